@@ -1,0 +1,333 @@
+//! Reading a SmallCap checkpoint's tensors: `model.safetensors`, or `pytorch_model.bin` (a PyTorch
+//! zip pickle) through a restricted reader that only accepts tensor rebuilding, and the table of
+//! every tensor the model needs, with its expected shape, checked before any model is built.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::pickle::{Object, Stack};
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::SmallCapConfig;
+use crate::error::{Error, Result};
+
+/// Names of the weight files, in the order they are looked for.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+pub const PYTORCH_FILE: &str = "pytorch_model.bin";
+
+/// The globals a PyTorch state-dict pickle may reference. Anything else (`os.system`,
+/// `builtins.eval`, ...) is refused: the pickle is read as data and no code ever runs.
+const ALLOWED_GLOBALS: &[(&str, &str)] = &[
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "Tensor"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "FloatStorage"),
+    ("torch", "HalfStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "DoubleStorage"),
+    ("torch", "LongStorage"),
+    ("torch", "IntStorage"),
+    ("torch", "ShortStorage"),
+    ("torch", "CharStorage"),
+    ("torch", "ByteStorage"),
+    ("torch", "BoolStorage"),
+];
+
+/// A tensor the model reads, with the shape the config implies.
+#[derive(Debug, Clone)]
+pub struct ExpectedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// Every tensor a SmallCap model with this config reads, in checkpoint key names.
+/// `decoder.lm_head.weight` is not listed: it is optional (tied to `wte` when absent).
+pub fn expected_tensors(cfg: &SmallCapConfig) -> Vec<ExpectedTensor> {
+    let mut out = Vec::new();
+    let mut add = |name: String, shape: &[usize]| {
+        out.push(ExpectedTensor {
+            name,
+            shape: shape.to_vec(),
+        })
+    };
+    let v = &cfg.encoder;
+    let h = v.hidden_size;
+    add("encoder.embeddings.class_embedding".into(), &[h]);
+    add(
+        "encoder.embeddings.patch_embedding.weight".into(),
+        &[h, v.num_channels, v.patch_size, v.patch_size],
+    );
+    add(
+        "encoder.embeddings.position_embedding.weight".into(),
+        &[v.num_positions(), h],
+    );
+    for ln in ["pre_layrnorm", "post_layernorm"] {
+        add(format!("encoder.{ln}.weight"), &[h]);
+        add(format!("encoder.{ln}.bias"), &[h]);
+    }
+    for i in 0..v.num_hidden_layers {
+        let p = format!("encoder.encoder.layers.{i}");
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            add(format!("{p}.self_attn.{proj}.weight"), &[h, h]);
+            add(format!("{p}.self_attn.{proj}.bias"), &[h]);
+        }
+        for ln in ["layer_norm1", "layer_norm2"] {
+            add(format!("{p}.{ln}.weight"), &[h]);
+            add(format!("{p}.{ln}.bias"), &[h]);
+        }
+        add(format!("{p}.mlp.fc1.weight"), &[v.intermediate_size, h]);
+        add(format!("{p}.mlp.fc1.bias"), &[v.intermediate_size]);
+        add(format!("{p}.mlp.fc2.weight"), &[h, v.intermediate_size]);
+        add(format!("{p}.mlp.fc2.bias"), &[h]);
+    }
+    let d = &cfg.decoder;
+    let e = d.n_embd;
+    let c = d.cross_attention_dim();
+    add("decoder.transformer.wte.weight".into(), &[d.vocab_size, e]);
+    add("decoder.transformer.wpe.weight".into(), &[d.n_positions, e]);
+    add("decoder.transformer.ln_f.weight".into(), &[e]);
+    add("decoder.transformer.ln_f.bias".into(), &[e]);
+    for i in 0..d.n_layer {
+        let p = format!("decoder.transformer.h.{i}");
+        for ln in ["ln_1", "ln_2", "ln_cross_attn"] {
+            add(format!("{p}.{ln}.weight"), &[e]);
+            add(format!("{p}.{ln}.bias"), &[e]);
+        }
+        add(format!("{p}.attn.c_attn.weight"), &[e, 3 * e]);
+        add(format!("{p}.attn.c_attn.bias"), &[3 * e]);
+        add(format!("{p}.attn.c_proj.weight"), &[e, e]);
+        add(format!("{p}.attn.c_proj.bias"), &[e]);
+        add(format!("{p}.crossattention.q_attn.weight"), &[e, c]);
+        add(format!("{p}.crossattention.q_attn.bias"), &[c]);
+        add(format!("{p}.crossattention.c_attn.weight"), &[e, 2 * c]);
+        add(format!("{p}.crossattention.c_attn.bias"), &[2 * c]);
+        add(format!("{p}.crossattention.c_proj.weight"), &[c, e]);
+        add(format!("{p}.crossattention.c_proj.bias"), &[e]);
+        add(format!("{p}.mlp.c_fc.weight"), &[e, d.n_inner]);
+        add(format!("{p}.mlp.c_fc.bias"), &[d.n_inner]);
+        add(format!("{p}.mlp.c_proj.weight"), &[d.n_inner, e]);
+        add(format!("{p}.mlp.c_proj.bias"), &[e]);
+    }
+    out
+}
+
+/// Name of the optional LM head; tied to `decoder.transformer.wte.weight` when absent.
+pub const LM_HEAD: &str = "decoder.lm_head.weight";
+
+/// The tensors a model needs, loaded as f32 and checked against [`expected_tensors`].
+pub struct StateDict {
+    pub tensors: HashMap<String, Tensor>,
+    pub path: PathBuf,
+}
+
+impl StateDict {
+    /// Loads the weights of a checkpoint folder (safetensors preferred over the pickle).
+    pub fn load_dir(dir: &Path, cfg: &SmallCapConfig, device: &Device) -> Result<Self> {
+        let st = dir.join(SAFETENSORS_FILE);
+        let pt = dir.join(PYTORCH_FILE);
+        if st.is_file() {
+            Self::load_file(&st, cfg, device)
+        } else if pt.is_file() {
+            Self::load_file(&pt, cfg, device)
+        } else {
+            Err(Error::checkpoint(
+                dir,
+                format!("no weights: neither {SAFETENSORS_FILE} nor {PYTORCH_FILE} is there"),
+            ))
+        }
+    }
+
+    /// Loads one weight file (`.safetensors`, or anything else as a PyTorch zip pickle).
+    pub fn load_file(path: &Path, cfg: &SmallCapConfig, device: &Device) -> Result<Self> {
+        let expected = expected_tensors(cfg);
+        let mut wanted: Vec<&str> = expected.iter().map(|t| t.name.as_str()).collect();
+        wanted.push(LM_HEAD);
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let mut tensors = if is_safetensors {
+            read_safetensors(path, &wanted, device)?
+        } else {
+            read_pytorch(path, &wanted, device)?
+        };
+        for t in &expected {
+            match tensors.get(&t.name) {
+                None => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!(
+                            "missing tensor {} (expected shape {:?})",
+                            t.name, t.shape
+                        ),
+                    ))
+                }
+                Some(found) if found.dims() != t.shape.as_slice() => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!(
+                            "tensor {} has shape {:?}, but config.json implies {:?}",
+                            t.name,
+                            found.dims(),
+                            t.shape
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let wte_shape = tensors["decoder.transformer.wte.weight"].dims().to_vec();
+        match tensors.get(LM_HEAD) {
+            Some(head) if head.dims() != wte_shape.as_slice() => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor {LM_HEAD} has shape {:?}, but config.json implies {:?}",
+                        head.dims(),
+                        wte_shape
+                    ),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                let wte = tensors["decoder.transformer.wte.weight"].clone();
+                tensors.insert(LM_HEAD.to_string(), wte);
+            }
+        }
+        Ok(Self {
+            tensors,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn read_safetensors(
+    path: &Path,
+    wanted: &[&str],
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::checkpoint(path, format!("not a valid safetensors file: {e}"))
+    };
+    // SAFETY: the file is mapped read-only; safetensors validates the header against its length.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(&e))?;
+    let names: std::collections::HashSet<String> =
+        st.tensors().into_iter().map(|(n, _)| n).collect();
+    let mut out = HashMap::new();
+    for &name in wanted {
+        if names.contains(name) {
+            let t = st.load(name, device).map_err(|e| bad(&e))?;
+            out.insert(name.to_string(), t.to_dtype(DType::F32)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a PyTorch zip checkpoint as data: the pickle is parsed into objects, every global it
+/// names is checked against [`ALLOWED_GLOBALS`], and tensor bytes are read from the archive.
+fn read_pytorch(path: &Path, wanted: &[&str], device: &Device) -> Result<HashMap<String, Tensor>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+        Error::checkpoint(
+            path,
+            format!("not a PyTorch zip checkpoint (truncated or corrupt?): {e}"),
+        )
+    })?;
+    let pkl_name = zip
+        .file_names()
+        .filter_map(|n| n.ok())
+        .find(|n| n.ends_with("data.pkl"))
+        .map(|n| n.into_owned())
+        .ok_or_else(|| Error::checkpoint(path, "the archive holds no data.pkl"))?;
+    let dir_name = pkl_name.trim_end_matches(".pkl").to_string();
+    let root = {
+        let entry = zip
+            .by_name(&pkl_name)
+            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
+        let mut reader = std::io::BufReader::new(entry);
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut reader)
+            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?;
+        stack
+            .finalize()
+            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?
+    };
+    check_globals(&root).map_err(|msg| Error::checkpoint(path, msg))?;
+    let Object::Dict(items) = root else {
+        return Err(Error::checkpoint(
+            path,
+            "the pickle does not hold a state dict (a mapping of names to tensors)",
+        ));
+    };
+    let mut out = HashMap::new();
+    for (key, value) in items {
+        let Object::Unicode(name) = &key else { continue };
+        if !wanted.contains(&name.as_str()) {
+            continue;
+        }
+        let info = value
+            .into_tensor_info(key.clone(), Path::new(&dir_name))
+            .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {e}")))?
+            .ok_or_else(|| Error::checkpoint(path, format!("entry {name} is not a tensor")))?;
+        let layout = &info.layout;
+        if !layout.is_contiguous() {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor {name} is stored non-contiguously"),
+            ));
+        }
+        let shape = layout.shape().clone();
+        let nbytes = shape.elem_count() * info.dtype.size_in_bytes();
+        let mut entry = zip
+            .by_name(&info.path)
+            .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {}: {e}", info.path)))?;
+        let mut skip = vec![0u8; layout.start_offset()];
+        let mut data = vec![0u8; nbytes];
+        entry
+            .read_exact(&mut skip)
+            .and_then(|_| entry.read_exact(&mut data))
+            .map_err(|e| {
+                Error::checkpoint(
+                    path,
+                    format!("tensor {name}: storage {} is too short: {e}", info.path),
+                )
+            })?;
+        let t = Tensor::from_raw_buffer(&data, info.dtype, shape.dims(), device)?;
+        out.insert(name.clone(), t.to_dtype(DType::F32)?);
+    }
+    Ok(out)
+}
+
+/// Walks the unpickled object tree and refuses any global outside [`ALLOWED_GLOBALS`].
+fn check_globals(obj: &Object) -> std::result::Result<(), String> {
+    match obj {
+        Object::Class {
+            module_name,
+            class_name,
+        } => {
+            if ALLOWED_GLOBALS
+                .iter()
+                .any(|(m, c)| m == module_name && c == class_name)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the pickle references {module_name}.{class_name}, which is not tensor rebuilding; refusing to load it"
+                ))
+            }
+        }
+        Object::Tuple(v) | Object::List(v) => v.iter().try_for_each(check_globals),
+        Object::Dict(kv) => kv.iter().try_for_each(|(k, v)| {
+            check_globals(k)?;
+            check_globals(v)
+        }),
+        Object::Reduce { callable, args } | Object::Build { callable, args } => {
+            check_globals(callable)?;
+            check_globals(args)
+        }
+        Object::PersistentLoad(o) => check_globals(o),
+        _ => Ok(()),
+    }
+}

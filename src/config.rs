@@ -1,0 +1,248 @@
+//! `config.json` of a SmallCap checkpoint: the top-level `SmallCapConfig` with its CLIP vision
+//! `encoder` and its GPT-2 `decoder` sections, parsed and checked for consistency.
+//!
+//! Every model dimension comes from here; nothing is hard-coded to the published sizes.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Reduce factors the reference supports (`PARAMS2REDUCE_FACTOR` in train.py).
+pub const REDUCE_FACTORS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// The CLIP vision tower's sizes (HF `CLIPVisionConfig`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub layer_norm_eps: f64,
+}
+
+impl VisionConfig {
+    /// Number of encoder tokens: the class token plus one per patch (50 for ViT-B/32 at 224 px).
+    pub fn num_positions(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2) + 1
+    }
+}
+
+/// GPT-2 with SmallCap's cross-attention (`ThisGPT2Config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f64,
+    pub cross_attention_reduce_factor: usize,
+}
+
+impl DecoderConfig {
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+    /// Width of the reduced cross-attention projections (`n_embd / r`).
+    pub fn cross_attention_dim(&self) -> usize {
+        self.n_embd / self.cross_attention_reduce_factor
+    }
+    /// Head size of the reduced cross-attention (`head_dim / r`), which also sets its softmax scale.
+    pub fn cross_attention_head_dim(&self) -> usize {
+        self.head_dim() / self.cross_attention_reduce_factor
+    }
+}
+
+/// The whole checkpoint configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmallCapConfig {
+    pub encoder: VisionConfig,
+    pub decoder: DecoderConfig,
+    /// End-of-caption token (`.` = 13 in SmallCap).
+    pub eos_token_id: u32,
+    /// Padding token (`!` = 0 in SmallCap).
+    pub pad_token_id: u32,
+    /// Number of retrieved captions the model was trained with.
+    pub k: usize,
+    /// Whether the model was trained with retrieval (`rag`).
+    pub rag: bool,
+    /// The retrieval encoder named at training time (e.g. `RN50x64`), if recorded.
+    pub retrieval_encoder: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTop {
+    encoder: serde_json::Value,
+    decoder: RawDecoder,
+    eos_token_id: Option<u32>,
+    pad_token_id: Option<u32>,
+    k: Option<usize>,
+    rag: Option<bool>,
+    retrieval_encoder: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawVision {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default = "three")]
+    num_channels: usize,
+    image_size: usize,
+    patch_size: usize,
+    #[serde(default = "ln_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "quick_gelu")]
+    hidden_act: String,
+}
+
+#[derive(Deserialize)]
+struct RawDecoder {
+    vocab_size: usize,
+    n_positions: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    n_inner: Option<usize>,
+    #[serde(default = "ln_eps")]
+    layer_norm_epsilon: f64,
+    #[serde(default = "one")]
+    cross_attention_reduce_factor: usize,
+    #[serde(default = "gelu_new")]
+    activation_function: String,
+    #[serde(default)]
+    add_cross_attention: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn one() -> usize {
+    1
+}
+fn ln_eps() -> f64 {
+    1e-5
+}
+fn quick_gelu() -> String {
+    "quick_gelu".into()
+}
+fn gelu_new() -> String {
+    "gelu_new".into()
+}
+
+impl SmallCapConfig {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|e| match e {
+            Error::Config { msg, .. } => Error::Config {
+                path: path.to_path_buf(),
+                msg,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates the JSON text of a `config.json`.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let bad = |msg: String| Error::Config {
+            path: "config.json".into(),
+            msg,
+        };
+        let raw: RawTop = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        // The encoder section is a full CLIPConfig (with `vision_config`) or a CLIPVisionConfig.
+        let vision_value = raw
+            .encoder
+            .get("vision_config")
+            .cloned()
+            .unwrap_or(raw.encoder.clone());
+        let v: RawVision = serde_json::from_value(vision_value)
+            .map_err(|e| bad(format!("encoder.vision_config: {e}")))?;
+        if v.hidden_act != "quick_gelu" {
+            return Err(bad(format!(
+                "encoder.vision_config.hidden_act: only quick_gelu is supported, found {:?}",
+                v.hidden_act
+            )));
+        }
+        if v.layer_norm_eps != 1e-5 {
+            return Err(bad(format!(
+                "encoder.vision_config.layer_norm_eps: only 1e-5 is supported, found {}",
+                v.layer_norm_eps
+            )));
+        }
+        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+            return Err(bad(format!(
+                "encoder.vision_config: image_size {} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            )));
+        }
+        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+            return Err(bad(format!(
+                "encoder.vision_config: hidden_size {} is not divisible by num_attention_heads {}",
+                v.hidden_size, v.num_attention_heads
+            )));
+        }
+        let d = raw.decoder;
+        if d.activation_function != "gelu_new" {
+            return Err(bad(format!(
+                "decoder.activation_function: only gelu_new is supported, found {:?}",
+                d.activation_function
+            )));
+        }
+        if !d.add_cross_attention {
+            return Err(bad("decoder.add_cross_attention must be true".into()));
+        }
+        let r = d.cross_attention_reduce_factor;
+        if !REDUCE_FACTORS.contains(&r) {
+            return Err(bad(format!(
+                "decoder.cross_attention_reduce_factor must be one of {REDUCE_FACTORS:?}, found {r}"
+            )));
+        }
+        if d.n_head == 0 || d.n_embd % d.n_head != 0 || (d.n_embd / d.n_head) % r != 0 {
+            return Err(bad(format!(
+                "decoder: n_embd {} / n_head {} / reduce factor {r} do not divide evenly",
+                d.n_embd, d.n_head
+            )));
+        }
+        if v.hidden_size != d.n_embd {
+            return Err(bad(format!(
+                "encoder hidden_size {} differs from decoder n_embd {}: SmallCap feeds the encoder states to the cross-attention unprojected",
+                v.hidden_size, d.n_embd
+            )));
+        }
+        Ok(Self {
+            encoder: VisionConfig {
+                hidden_size: v.hidden_size,
+                intermediate_size: v.intermediate_size,
+                num_hidden_layers: v.num_hidden_layers,
+                num_attention_heads: v.num_attention_heads,
+                num_channels: v.num_channels,
+                image_size: v.image_size,
+                patch_size: v.patch_size,
+                layer_norm_eps: v.layer_norm_eps,
+            },
+            decoder: DecoderConfig {
+                vocab_size: d.vocab_size,
+                n_positions: d.n_positions,
+                n_embd: d.n_embd,
+                n_layer: d.n_layer,
+                n_head: d.n_head,
+                n_inner: d.n_inner.unwrap_or(4 * d.n_embd),
+                layer_norm_epsilon: d.layer_norm_epsilon,
+                cross_attention_reduce_factor: r,
+            },
+            eos_token_id: raw.eos_token_id.unwrap_or(13),
+            pad_token_id: raw.pad_token_id.unwrap_or(0),
+            k: raw.k.unwrap_or(4),
+            rag: raw.rag.unwrap_or(true),
+            retrieval_encoder: raw.retrieval_encoder,
+        })
+    }
+}

@@ -1,0 +1,22 @@
+//! smallcap: SmallCap image captioning (Ramos et al., CVPR 2023) in Rust, faithful to the
+//! reference implementation token for token.
+//!
+//! The pieces, in the order an image flows through them:
+//! - [`config`] and [`checkpoint`]: a checkpoint folder's `config.json` and tensors;
+//! - [`models`]: the CLIP vision encoder and GPT-2 with SmallCap's cross-attention;
+//! - [`prompt`] and [`tokenizer`]: the retrieval prompt and GPT-2 BPE;
+//! - [`generation`]: beam search and greedy decoding as transformers 4.21.1;
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generation;
+pub mod models;
+pub mod prompt;
+pub mod tokenizer;
+
+pub use config::SmallCapConfig;
+pub use error::{Error, Result};
+pub use generation::GenerationConfig;
+pub use models::SmallCap;
+pub use tokenizer::Gpt2Tokenizer;

@@ -1,0 +1,10 @@
+//! The networks: the CLIP vision encoder, GPT-2 with SmallCap cross-attention, and the
+//! SmallCap model that joins them.
+
+pub mod clip_vision;
+pub mod gpt2;
+pub mod smallcap;
+
+pub use clip_vision::ClipVision;
+pub use gpt2::{Gpt2, Sequence};
+pub use smallcap::SmallCap;

@@ -1,0 +1,52 @@
+//! The SmallCap model: the frozen CLIP vision `encoder` and the GPT-2 `decoder` with
+//! cross-attention, loaded from a checkpoint folder (`config.json` + weights).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::checkpoint::StateDict;
+use crate::config::SmallCapConfig;
+use crate::error::{Error, Result};
+use crate::models::{ClipVision, Gpt2};
+
+#[derive(Debug, Clone)]
+pub struct SmallCap {
+    pub config: SmallCapConfig,
+    pub encoder: ClipVision,
+    pub decoder: Gpt2,
+}
+
+impl SmallCap {
+    /// Loads `dir/config.json` and `dir/model.safetensors` or `dir/pytorch_model.bin`.
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let config = SmallCapConfig::from_file(&dir.join("config.json"))?;
+        let weights = StateDict::load_dir(dir, &config, device)?;
+        Self::from_state_dict(config, weights, device)
+    }
+
+    /// Builds the model from already checked tensors.
+    pub fn from_state_dict(config: SmallCapConfig, weights: StateDict, device: &Device) -> Result<Self> {
+        let path = weights.path.clone();
+        let vb = VarBuilder::from_tensors(weights.tensors, DType::F32, device);
+        let build = || -> candle_core::Result<(ClipVision, Gpt2)> {
+            Ok((
+                ClipVision::load(vb.pp("encoder"), &config.encoder)?,
+                Gpt2::load(vb.pp("decoder"), &config.decoder)?,
+            ))
+        };
+        let (encoder, decoder) =
+            build().map_err(|e| Error::checkpoint(&path, e.to_string()))?;
+        Ok(Self {
+            config,
+            encoder,
+            decoder,
+        })
+    }
+
+    /// `pixel_values` `[B, 3, H, W]` → `encoder_hidden_states` `[B, tokens, n_embd]`.
+    pub fn encode(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        Ok(self.encoder.forward(pixel_values)?)
+    }
+}

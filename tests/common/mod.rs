@@ -1,0 +1,87 @@
+//! Shared helpers for the integration tests: the reference fixture pack and tensor comparisons.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/smallcap-tiny")
+        .join(rel)
+}
+
+#[derive(Deserialize, Clone)]
+pub struct Decoded {
+    pub generated_ids: Vec<u32>,
+    pub caption: String,
+}
+
+#[derive(Deserialize, Clone)]
+pub struct Case {
+    pub id: String,
+    pub image: String,
+    pub retrieved_captions: Option<Vec<String>>,
+    pub k: usize,
+    pub prompt_ids: Vec<u32>,
+    pub expected: std::collections::BTreeMap<String, Decoded>,
+}
+
+#[derive(Deserialize)]
+struct Cases {
+    cases: Vec<Case>,
+}
+
+pub fn cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(fixture("cases.json")).unwrap();
+    serde_json::from_str::<Cases>(&text).unwrap().cases
+}
+
+pub fn expected_tensors() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture("expected_tensors.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (diff / norm).sqrt() as f32
+}
+
+pub fn max_abs_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The decode settings of the fixture pack.
+pub fn settings() -> Vec<(&'static str, smallcap::GenerationConfig)> {
+    let base = smallcap::GenerationConfig {
+        num_beams: 3,
+        early_stopping: true,
+        length_penalty: 0.0,
+        max_new_tokens: 25,
+        eos_token_id: 13,
+        pad_token_id: 0,
+    };
+    vec![
+        ("beam3_early", base.clone()),
+        (
+            "beam3",
+            smallcap::GenerationConfig {
+                early_stopping: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "greedy",
+            smallcap::GenerationConfig {
+                num_beams: 1,
+                ..base
+            },
+        ),
+    ]
+}

@@ -1,0 +1,86 @@
+//! The model against the reference fixture pack: encoder states, last-position logits, prompt
+//! ids, and the generated ids and captions of all three decode settings.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use smallcap::generation::{generate, Request};
+use smallcap::{prompt, Gpt2Tokenizer, SmallCap};
+
+fn model() -> SmallCap {
+    SmallCap::load_dir(&fixture("model"), &Device::Cpu).unwrap()
+}
+
+fn image_key(case: &Case) -> String {
+    let file = case.image.rsplit('/').next().unwrap();
+    format!("{file}.pixel_values")
+}
+
+#[test]
+fn prompt_ids_equal_the_reference() {
+    let tok = Gpt2Tokenizer::from_dir(&fixture("tokenizer")).unwrap();
+    for case in cases() {
+        let caps = case.retrieved_captions.as_deref();
+        let text = prompt::prompt_text(caps.filter(|_| case.k > 0), case.k);
+        assert_eq!(tok.encode(&text).unwrap(), case.prompt_ids, "{}", case.id);
+    }
+}
+
+#[test]
+fn encoder_states_and_logits_equal_the_reference() {
+    let m = model();
+    let t = expected_tensors();
+    for case in cases() {
+        let px = t[&image_key(&case)].unsqueeze(0).unwrap();
+        let enc = m.encode(&px).unwrap().squeeze(0).unwrap();
+        let want = &t[&format!("{}.encoder_hidden", case.id)];
+        let e = rel_err(&enc, want);
+        assert!(e < 1e-4, "{}: encoder_hidden relative error {e}", case.id);
+
+        let mut seq = m.decoder.start(&enc).unwrap();
+        let logits = m
+            .decoder
+            .forward(&case.prompt_ids, case.prompt_ids.len(), &mut [&mut seq])
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let want = &t[&format!("{}.logits_last", case.id)];
+        let e = rel_err(&logits, want);
+        assert!(e < 1e-4, "{}: logits_last relative error {e}", case.id);
+    }
+}
+
+#[test]
+fn generated_ids_and_captions_equal_the_reference() {
+    let m = model();
+    let tok = Gpt2Tokenizer::from_dir(&fixture("tokenizer")).unwrap();
+    let t = expected_tensors();
+    let cases = cases();
+    let states: Vec<Tensor> = cases
+        .iter()
+        .map(|c| m.encode(&t[&image_key(c)].unsqueeze(0).unwrap()).unwrap().squeeze(0).unwrap())
+        .collect();
+    for (name, cfg) in settings() {
+        let requests: Vec<Request> = cases
+            .iter()
+            .zip(&states)
+            .map(|(c, s)| Request {
+                prompt_ids: &c.prompt_ids,
+                encoder_hidden_states: s.clone(),
+            })
+            .collect();
+        // All cases in one batch, and each alone: the same ids either way.
+        let batched = generate(&m.decoder, &requests, &cfg).unwrap();
+        for (i, case) in cases.iter().enumerate() {
+            let want = &case.expected[name];
+            assert_eq!(batched[i], want.generated_ids, "{} {name} (batched)", case.id);
+            let alone = generate(&m.decoder, &requests[i..i + 1], &cfg).unwrap();
+            assert_eq!(alone[0], want.generated_ids, "{} {name} (alone)", case.id);
+            let mut full = case.prompt_ids.clone();
+            full.extend(&alone[0]);
+            let caption = prompt::postprocess(&tok.decode(&full).unwrap());
+            assert_eq!(caption, want.caption, "{} {name}", case.id);
+        }
+    }
+}
