@@ -6,13 +6,20 @@
 //! - [`models`]: the CLIP vision encoder and GPT-2 with SmallCap's cross-attention;
 //! - [`prompt`] and [`tokenizer`]: the retrieval prompt and GPT-2 BPE;
 //! - [`generation`]: beam search and greedy decoding as transformers 4.21.1;
+//! - [`captioner`]: the API that ties them together (load once, caption many);
+//! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub;
 
+
+// pub mod captioner;
 pub mod checkpoint;
+
 pub mod config;
 pub mod error;
 pub mod generation;
+pub mod hub;
 pub mod models;
 pub mod prompt;
+pub mod retrieved;
 pub mod tokenizer;
 
 pub use config::SmallCapConfig;

@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use crate::checkpoint::StateDict;
 use crate::config::SmallCapConfig;
 use crate::error::{Error, Result};
+use crate::hub::ModelFiles;
 use crate::models::{ClipVision, Gpt2};
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,13 @@ impl SmallCap {
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
         let config = SmallCapConfig::from_file(&dir.join("config.json"))?;
         let weights = StateDict::load_dir(dir, &config, device)?;
+        Self::from_state_dict(config, weights, device)
+    }
+
+    /// Loads a checkpoint from its resolved files (a local folder or the hub cache).
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
+        let config = SmallCapConfig::from_file(&files.config)?;
+        let weights = StateDict::load_file(&files.weights, &config, device)?;
         Self::from_state_dict(config, weights, device)
     }
 

@@ -1,0 +1,200 @@
+//! The captioning API: load a checkpoint and tokenizer once, then caption many images, several
+//! sharing each forward pass. `Captioner` is `Send + Sync`, so a server can share one.
+//!
+//! ```no_run
+//! use smallcap::captioner::{Captioner, Retrieval};
+//! # fn main() -> smallcap::Result<()> {
+//! let captioner = Captioner::from_specs("Yova/SmallCap7M", None, &candle_core::Device::Cpu)?;
+//! let pixels = captioner.load_image(std::path::Path::new("dog.jpg"))?;
+//! let captions = vec!["a dog on a beach".to_string(); 4];
+//! let item = captioner.prepare(pixels, Retrieval::Captions(captions), 4)?;
+//! let out = captioner.caption(&[item], &captioner.default_generation())?;
+//! println!("{}", out[0].caption);
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::generation::{generate, GenerationConfig, Request};
+use crate::hub;
+use crate::models::SmallCap;
+use crate::prompt;
+use crate::tokenizer::Gpt2Tokenizer;
+
+/// Where an image's prompt captions come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Retrieval {
+    /// The no-retrieval prompt `This image shows `.
+    None,
+    /// Retrieved captions, best first; the first k are used.
+    Captions(Vec<String>),
+}
+
+/// An image ready to caption: its pixels and its prompt.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `[3, size, size]`, as CLIPFeatureExtractor outputs.
+    pub pixel_values: Tensor,
+    pub prompt_ids: Vec<u32>,
+    pub retrieved_captions: Vec<String>,
+}
+
+/// One image's result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Caption {
+    pub caption: String,
+    /// The new tokens as the reference's `generate` returns them (eos included when emitted).
+    pub generated_ids: Vec<u32>,
+    pub prompt_ids: Vec<u32>,
+    pub retrieved_captions: Vec<String>,
+}
+
+pub struct Captioner {
+    model: SmallCap,
+    tokenizer: Gpt2Tokenizer,
+    device: Device,
+}
+
+impl Captioner {
+    pub fn new(model: SmallCap, tokenizer: Gpt2Tokenizer, device: Device) -> Self {
+        Self {
+            model,
+            tokenizer,
+            device,
+        }
+    }
+
+    /// Loads from a model folder or hub id, and a tokenizer folder or hub id. Without a
+    /// tokenizer, the model folder's own `vocab.json`/`merges.txt` are used when present,
+    /// otherwise the hub's `gpt2`.
+    pub fn from_specs(model: &str, tokenizer: Option<&str>, device: &Device) -> Result<Self> {
+        let files = hub::model_files(model)?;
+        let tokenizer_dir = match tokenizer {
+            Some(spec) => hub::tokenizer_dir(spec)?,
+            None => {
+                let own = files.config.parent().map(Path::to_path_buf).unwrap_or_default();
+                if own.join("vocab.json").is_file() && own.join("merges.txt").is_file() {
+                    own
+                } else {
+                    hub::tokenizer_dir(hub::GPT2_TOKENIZER_REPO)?
+                }
+            }
+        };
+        let tokenizer = Gpt2Tokenizer::from_dir(&tokenizer_dir)?;
+        let model = SmallCap::load(&files, device)?;
+        Ok(Self::new(model, tokenizer, device.clone()))
+    }
+
+    pub fn model(&self) -> &SmallCap {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Gpt2Tokenizer {
+        &self.tokenizer
+    }
+
+    /// infer.py's decoding settings with this checkpoint's eos and pad tokens.
+    pub fn default_generation(&self) -> GenerationConfig {
+        GenerationConfig {
+            eos_token_id: self.model.config.eos_token_id,
+            pad_token_id: self.model.config.pad_token_id,
+            ..GenerationConfig::default()
+        }
+    }
+
+    /// Reads and preprocesses an image file (see [`smallcap_image`]).
+    pub fn load_image(&self, path: &Path) -> Result<Tensor> {
+        let img = smallcap_image::load_rgb(path)?;
+        self.pixel_values(&img)
+    }
+
+    /// Decodes and preprocesses an image held in memory (`name` is used in errors).
+    pub fn decode_image(&self, bytes: &[u8], name: &str) -> Result<Tensor> {
+        let img = smallcap_image::decode_rgb(bytes, name)?;
+        self.pixel_values(&img)
+    }
+
+    /// CLIPFeatureExtractor at the encoder's resolution: `[3, size, size]`.
+    pub fn pixel_values(&self, img: &smallcap_image::RgbImage) -> Result<Tensor> {
+        let size = self.model.config.encoder.image_size;
+        let chw = smallcap_image::clip_feature_extractor(img, size as u32);
+        Ok(Tensor::from_vec(chw, (3, size, size), &self.device)?)
+    }
+
+    /// The prompt ids for `retrieval` with the first `k` captions, checked against the model.
+    pub fn prompt_ids(&self, retrieval: &Retrieval, k: usize) -> Result<(Vec<u32>, Vec<String>)> {
+        let (text, used) = match retrieval {
+            Retrieval::None => (prompt::prompt_text(None, 0), Vec::new()),
+            Retrieval::Captions(caps) => {
+                if k == 0 {
+                    return Err(Error::Input(
+                        "k must be at least 1 (the prompt without captions is --no-retrieval)".into(),
+                    ));
+                }
+                if k > caps.len() {
+                    return Err(Error::Input(format!(
+                        "k = {k}, but only {} retrieved captions were given",
+                        caps.len()
+                    )));
+                }
+                (prompt::prompt_text(Some(caps), k), caps[..k].to_vec())
+            }
+        };
+        let ids = self.tokenizer.encode(&text)?;
+        let n_positions = self.model.config.decoder.n_positions;
+        if ids.len() >= n_positions {
+            return Err(Error::Input(format!(
+                "the prompt has {} tokens; the model has only {n_positions} positions",
+                ids.len()
+            )));
+        }
+        Ok((ids, used))
+    }
+
+    /// Pairs an image's pixels with its prompt.
+    pub fn prepare(&self, pixel_values: Tensor, retrieval: Retrieval, k: usize) -> Result<Prepared> {
+        let (prompt_ids, retrieved_captions) = self.prompt_ids(&retrieval, k)?;
+        Ok(Prepared {
+            pixel_values,
+            prompt_ids,
+            retrieved_captions,
+        })
+    }
+
+    /// Captions a batch: one encoder pass over all images, then decoding with every step shared.
+    pub fn caption(&self, items: &[Prepared], generation: &GenerationConfig) -> Result<Vec<Caption>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pixels: Vec<&Tensor> = items.iter().map(|p| &p.pixel_values).collect();
+        let states = self.model.encode(&Tensor::stack(&pixels, 0)?)?;
+        let requests = items
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Ok(Request {
+                    prompt_ids: &p.prompt_ids,
+                    encoder_hidden_states: states.get(i)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let generated = generate(&self.model.decoder, &requests, generation)?;
+        items
+            .iter()
+            .zip(generated)
+            .map(|(p, generated_ids)| {
+                let mut full = p.prompt_ids.clone();
+                full.extend(&generated_ids);
+                Ok(Caption {
+                    caption: prompt::postprocess(&self.tokenizer.decode(&full)?),
+                    generated_ids,
+                    prompt_ids: p.prompt_ids.clone(),
+                    retrieved_captions: p.retrieved_captions.clone(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,160 @@
+//! Where `--model` and `--tokenizer` come from: a local folder, or a Hugging Face hub repository
+//! (`owner/name`, optionally `@revision`) downloaded with `hf-hub` into the standard cache.
+//!
+//! Honours `HF_ENDPOINT` (another hub server), `HF_HOME` (the cache root) and `HF_HUB_OFFLINE`
+//! (use only what the cache already holds). A repository already in the cache is used without
+//! any network access.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use crate::checkpoint::{PYTORCH_FILE, SAFETENSORS_FILE};
+use crate::error::{Error, Result};
+
+/// The hub repository of the default GPT-2 tokenizer.
+pub const GPT2_TOKENIZER_REPO: &str = "gpt2";
+
+/// The files of a SmallCap checkpoint, wherever they live.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub weights: PathBuf,
+}
+
+/// A model folder, or a hub id whose `config.json` and weights (`model.safetensors`, else
+/// `pytorch_model.bin`) are fetched into the cache.
+pub fn model_files(spec: &str) -> Result<ModelFiles> {
+    if let Some(dir) = local_dir(spec)? {
+        let config = dir.join("config.json");
+        let weights = [SAFETENSORS_FILE, PYTORCH_FILE]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::checkpoint(
+                    &dir,
+                    format!("no weights: neither {SAFETENSORS_FILE} nor {PYTORCH_FILE} is there"),
+                )
+            })?;
+        if !config.is_file() {
+            return Err(Error::checkpoint(&dir, "no config.json in the model folder"));
+        }
+        return Ok(ModelFiles { config, weights });
+    }
+    let hub = HubRepo::parse(spec)?;
+    let config = hub.fetch("config.json")?;
+    let weights = hub.fetch_first(&[SAFETENSORS_FILE, PYTORCH_FILE])?;
+    Ok(ModelFiles { config, weights })
+}
+
+/// A tokenizer folder (`vocab.json` + `merges.txt`), or a hub id whose BPE files are fetched.
+/// Returns the folder that holds them.
+pub fn tokenizer_dir(spec: &str) -> Result<PathBuf> {
+    if let Some(dir) = local_dir(spec)? {
+        return Ok(dir);
+    }
+    let hub = HubRepo::parse(spec)?;
+    let vocab = hub.fetch("vocab.json")?;
+    let merges = hub.fetch("merges.txt")?;
+    let dir = vocab.parent().map(Path::to_path_buf).unwrap_or_default();
+    if merges.parent() != Some(dir.as_path()) {
+        return Err(Error::Hub(format!(
+            "{spec}: vocab.json and merges.txt resolved to different snapshots"
+        )));
+    }
+    Ok(dir)
+}
+
+fn local_dir(spec: &str) -> Result<Option<PathBuf>> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if path.exists() {
+        return Err(Error::Input(format!("{spec}: expected a folder, found a file")));
+    }
+    if spec.starts_with('.') || spec.starts_with('/') || spec.contains('\\') || spec.matches('/').count() > 1 {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+        ));
+    }
+    Ok(None)
+}
+
+struct HubRepo {
+    spec: String,
+    repo: Repo,
+}
+
+impl HubRepo {
+    fn parse(spec: &str) -> Result<Self> {
+        let (id, revision) = match spec.split_once('@') {
+            Some((id, rev)) => (id, rev.to_string()),
+            None => (spec, "main".to_string()),
+        };
+        let valid = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            && !id.contains("..");
+        if !valid {
+            return Err(Error::Hub(format!(
+                "{spec:?} is neither a folder nor a hub id like owner/name"
+            )));
+        }
+        Ok(Self {
+            spec: spec.to_string(),
+            repo: Repo::with_revision(id.to_string(), RepoType::Model, revision),
+        })
+    }
+
+    fn offline() -> bool {
+        std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false)
+    }
+
+    /// The cached copy, if the cache has one.
+    fn cached(&self, file: &str) -> Option<PathBuf> {
+        Cache::from_env().repo(self.repo.clone()).get(file)
+    }
+
+    fn fetch(&self, file: &str) -> Result<PathBuf> {
+        if let Some(path) = self.cached(file) {
+            return Ok(path);
+        }
+        if Self::offline() {
+            return Err(Error::Hub(format!(
+                "{}: {file} is not in the cache ({}) and HF_HUB_OFFLINE is set",
+                self.spec,
+                Cache::from_env().path().display()
+            )));
+        }
+        let api = ApiBuilder::from_env()
+            .with_progress(std::io::stderr().is_terminal())
+            .build()
+            .map_err(|e| Error::Hub(format!("{}: {e}", self.spec)))?;
+        api.repo(self.repo.clone())
+            .get(file)
+            .map_err(|e| Error::Hub(format!("{}: cannot download {file}: {e}", self.spec)))
+    }
+
+    /// The first of `files` that the cache or the hub has.
+    fn fetch_first(&self, files: &[&str]) -> Result<PathBuf> {
+        if let Some(path) = files.iter().find_map(|f| self.cached(f)) {
+            return Ok(path);
+        }
+        let mut errors = Vec::new();
+        for f in files {
+            match self.fetch(f) {
+                Ok(path) => return Ok(path),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(Error::Hub(errors.join("; ")))
+    }
+}

@@ -1,0 +1,175 @@
+//! Checkpoint loading: safetensors and the PyTorch pickle give the same model, and every kind of
+//! bad checkpoint is a clear error naming the file and tensor at fault.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use smallcap::checkpoint::StateDict;
+use smallcap::{SmallCap, SmallCapConfig};
+
+fn copy_config(dir: &Path) {
+    std::fs::copy(fixture("model/config.json"), dir.join("config.json")).unwrap();
+}
+
+fn config() -> SmallCapConfig {
+    SmallCapConfig::from_file(&fixture("model/config.json")).unwrap()
+}
+
+fn write_safetensors(dir: &Path, drop: Option<&str>) {
+    let sd = StateDict::load_dir(&fixture("model"), &config(), &Device::Cpu).unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> = sd
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| Some(k.as_str()) != drop)
+        .collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn safetensors_checkpoint_gives_the_reference_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_config(dir.path());
+    write_safetensors(dir.path(), None);
+    let m = SmallCap::load_dir(dir.path(), &Device::Cpu).unwrap();
+    let case = &cases()[2];
+    let t = expected_tensors();
+    let enc = &t[&format!("{}.encoder_hidden", case.id)];
+    let mut seq = m.decoder.start(enc).unwrap();
+    let logits = m
+        .decoder
+        .forward(&case.prompt_ids, case.prompt_ids.len(), &mut [&mut seq])
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let e = rel_err(&logits, &t[&format!("{}.logits_last", case.id)]);
+    assert!(e < 1e-4, "relative error {e}");
+}
+
+#[test]
+fn the_stored_lm_head_is_used_not_wte() {
+    // The fixture's lm_head differs from wte, as the README warns.
+    let sd = StateDict::load_dir(&fixture("model"), &config(), &Device::Cpu).unwrap();
+    let head = sd.tensors["decoder.lm_head.weight"].flatten_all().unwrap();
+    let wte = sd.tensors["decoder.transformer.wte.weight"].flatten_all().unwrap();
+    let diff = (head - wte).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff > 0.0);
+}
+
+#[test]
+fn lm_head_is_tied_to_wte_when_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_config(dir.path());
+    write_safetensors(dir.path(), Some("decoder.lm_head.weight"));
+    let sd = StateDict::load_dir(dir.path(), &config(), &Device::Cpu).unwrap();
+    let head = sd.tensors["decoder.lm_head.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let wte = sd.tensors["decoder.transformer.wte.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(head, wte);
+}
+
+fn load_err(dir: &Path) -> String {
+    match SmallCap::load_dir(dir, &Device::Cpu) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("config.json"), "{err}");
+    copy_config(dir.path());
+    let err = load_err(dir.path());
+    assert!(err.contains("no weights"), "{err}");
+}
+
+#[test]
+fn truncated_pytorch_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_config(dir.path());
+    let bytes = std::fs::read(fixture("model/pytorch_model.bin")).unwrap();
+    std::fs::write(dir.path().join("pytorch_model.bin"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("pytorch_model.bin") && err.contains("truncated or corrupt"), "{err}");
+}
+
+#[test]
+fn truncated_and_corrupt_safetensors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_config(dir.path());
+    write_safetensors(dir.path(), None);
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
+    std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("not a valid safetensors"), "{err}");
+}
+
+#[test]
+fn missing_tensor_is_named_with_its_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_config(dir.path());
+    write_safetensors(dir.path(), Some("decoder.transformer.h.1.crossattention.q_attn.weight"));
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("missing tensor decoder.transformer.h.1.crossattention.q_attn.weight")
+            && err.contains("[64, 16]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_that_disagrees_with_the_tensors_names_tensor_and_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("model/config.json")).unwrap()).unwrap();
+    // Reduce factor 2 instead of 4: the cross-attention projections are twice as wide.
+    cfg["decoder"]["cross_attention_reduce_factor"] = 2.into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(fixture("model/pytorch_model.bin"), dir.path().join("pytorch_model.bin")).unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("crossattention.q_attn.weight") && err.contains("[64, 16]") && err.contains("[64, 32]"),
+        "{err}"
+    );
+    cfg["decoder"]["cross_attention_reduce_factor"] = 3.into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("cross_attention_reduce_factor"), "{err}");
+}
+
+/// A zip archive whose data.pkl calls `os.system("echo pwned")` when unpickled by Python.
+fn malicious_checkpoint(path: &Path) {
+    let mut pkl = vec![0x80, 0x02]; // PROTO 2
+    pkl.extend(b"cos\nsystem\n"); // GLOBAL os.system
+    let arg = b"echo pwned";
+    pkl.push(b'X'); // BINUNICODE
+    pkl.extend((arg.len() as u32).to_le_bytes());
+    pkl.extend(arg);
+    pkl.push(0x85); // TUPLE1
+    pkl.push(b'R'); // REDUCE
+    pkl.push(b'.'); // STOP
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", opts).unwrap();
+    zip.write_all(&pkl).unwrap();
+    zip.finish().unwrap();
+}
+
+#[test]
+fn pickle_that_calls_code_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_config(dir.path());
+    malicious_checkpoint(&dir.path().join("pytorch_model.bin"));
+    let err = load_err(dir.path());
+    assert!(err.contains("os.system") && err.contains("refusing"), "{err}");
+}
