@@ -18,6 +18,8 @@ pub enum Error {
     Tokenizer { path: PathBuf, msg: String },
     #[error("hub: {0}")]
     Hub(String),
+    #[error(transparent)]
+    Image(#[from] smallcap_image::ImageError),
     #[error("{0}")]
     Input(String),
     #[error("tensor computation failed: {0}")]

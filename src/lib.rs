@@ -10,7 +10,7 @@
 //! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub;
 
 
-// pub mod captioner;
+pub mod captioner;
 pub mod checkpoint;
 
 pub mod config;

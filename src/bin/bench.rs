@@ -1,0 +1,210 @@
+//! `bench`: times captioning at full size (CLIP ViT-B/32 vision tower, GPT-2 124M, reduce factor
+//! 4) with random weights that it writes itself in the hub layout, on the workload of the
+//! reference's `perf_reference.py`: 4 retrieved captions (a prompt of about 60 tokens), 3 beams,
+//! early stopping, 25 new tokens at most. Reports per-image encode and generate time (median of
+//! the runs) and peak memory, for single images and for batches.
+//!
+//! `cargo run --release --bin bench -- [--images DIR] [--runs 3] [--batch 8]`
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+
+use smallcap::captioner::{Captioner, Prepared, Retrieval};
+use smallcap::checkpoint::expected_tensors;
+use smallcap::{Gpt2Tokenizer, SmallCap, SmallCapConfig};
+
+#[derive(Parser)]
+struct Args {
+    /// Where the random full-size checkpoint is written (reused when present).
+    #[arg(long, default_value = "target/bench-model")]
+    model_dir: PathBuf,
+    /// Images to caption.
+    #[arg(long, default_value = "tests/fixtures/smallcap-tiny/images")]
+    images: PathBuf,
+    /// GPT-2 BPE files.
+    #[arg(long, default_value = "tests/fixtures/smallcap-tiny/tokenizer")]
+    tokenizer: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Batch size of the batched measurement.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+}
+
+/// config.json of SmallCap7M's sizes (what `perf_reference.py --make` writes).
+fn full_size_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["SmallCap"], "model_type": "smallcap", "is_encoder_decoder": true,
+        "eos_token_id": 13, "pad_token_id": 0, "k": 4, "rag": true, "max_length": 25,
+        "retrieval_encoder": "RN50x64", "tie_word_embeddings": false, "vocab_size": 50257,
+        "encoder": {"model_type": "clip", "vision_config": {
+            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}},
+        "decoder": {"model_type": "this_gpt2", "vocab_size": 50257, "n_positions": 1024,
+            "n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": null,
+            "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
+            "add_cross_attention": true, "cross_attention_reduce_factor": 4}
+    })
+}
+
+/// Random weights as `perf_reference.py` makes them: N(0, 0.02)·3 for matrices, LayerNorms at
+/// ones/zeros, biases zero.
+fn write_random_checkpoint(dir: &Path) -> anyhow::Result<()> {
+    if dir.join("model.safetensors").is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let cfg_json = full_size_config();
+    let cfg = SmallCapConfig::from_json(&cfg_json.to_string())?;
+    let dev = Device::Cpu;
+    dev.set_seed(1234)?;
+    let mut tensors = HashMap::new();
+    let mut all = expected_tensors(&cfg);
+    all.push(smallcap::checkpoint::ExpectedTensor {
+        name: smallcap::checkpoint::LM_HEAD.into(),
+        shape: vec![50257, 768],
+    });
+    for t in all {
+        let is_ln_weight = t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
+        let value = if t.shape.len() >= 2 || t.name.ends_with("class_embedding") {
+            Tensor::randn(0f32, 0.06, t.shape.as_slice(), &dev)?
+        } else if is_ln_weight && t.name.ends_with("weight") {
+            Tensor::ones(t.shape.as_slice(), DType::F32, &dev)?
+        } else {
+            Tensor::zeros(t.shape.as_slice(), DType::F32, &dev)?
+        };
+        tensors.insert(t.name, value);
+    }
+    let tmp = dir.join("model.safetensors.partial");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg_json)?)?;
+    std::fs::rename(tmp, dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// perf_reference.py's caption vocabulary: 6–14 random words, deterministic.
+fn random_captions(seed: u64) -> Vec<String> {
+    let words: Vec<&str> = "a the man woman dog cat bus train on near with riding standing street beach table"
+        .split(' ')
+        .collect();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..4)
+        .map(|_| {
+            let n = 6 + next() % 9;
+            (0..n).map(|_| words[next() % words.len()]).collect::<Vec<_>>().join(" ")
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    write_random_checkpoint(&args.model_dir).context("writing the random checkpoint")?;
+    let dev = Device::Cpu;
+    let t0 = Instant::now();
+    let model = SmallCap::load_dir(&args.model_dir, &dev)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let tokenizer = Gpt2Tokenizer::from_dir(&args.tokenizer)?;
+    let captioner = Captioner::new(model, tokenizer, dev);
+    let generation = captioner.default_generation();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&args.images)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    images.sort();
+
+    let prepare = |path: &Path, i: usize| -> anyhow::Result<(Prepared, f64)> {
+        let t = Instant::now();
+        let px = captioner.load_image(path)?;
+        let pre = t.elapsed().as_secs_f64();
+        Ok((captioner.prepare(px, Retrieval::Captions(random_captions(i as u64)), 4)?, pre))
+    };
+
+    // Single images: encode (preprocessing + vision tower) and generate, separately timed.
+    let (mut enc, mut gen, mut tokens, mut prompt_len) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..args.runs {
+        for (i, path) in images.iter().enumerate() {
+            let (p, pre_s) = prepare(path, i)?;
+            let t = Instant::now();
+            let states = captioner.model().encode(&p.pixel_values.unsqueeze(0)?)?;
+            enc.push(pre_s + t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let out = smallcap::generation::generate(
+                &captioner.model().decoder,
+                &[smallcap::generation::Request {
+                    prompt_ids: &p.prompt_ids,
+                    encoder_hidden_states: states.get(0)?,
+                }],
+                &generation,
+            )?;
+            gen.push(t.elapsed().as_secs_f64());
+            tokens.push(out[0].len() as f64);
+            prompt_len.push(p.prompt_ids.len() as f64);
+        }
+    }
+    let single_peak = peak_rss_mib();
+
+    // Batches: the whole captioner call per batch, per image.
+    let mut batched = vec![];
+    for _ in 0..args.runs {
+        for chunk in images.chunks(args.batch).filter(|c| c.len() == args.batch) {
+            let t = Instant::now();
+            let items = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, p)| prepare(p, i).map(|x| x.0))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            captioner.caption(&items, &generation)?;
+            batched.push(t.elapsed().as_secs_f64() / chunk.len() as f64);
+        }
+    }
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!("| load checkpoint (s) | {load_s:.2} |");
+    println!("| images × runs | {} × {} |", images.len(), args.runs);
+    println!("| prompt tokens (mean) | {:.1} |", avg(&prompt_len));
+    println!("| new tokens (mean) | {:.1} |", avg(&tokens));
+    println!("| encode per image, batch 1 (s, median) | {:.3} |", median(enc.clone()));
+    println!("| generate per image, batch 1 (s, median) | {:.3} |", median(gen.clone()));
+    println!(
+        "| encode + generate per image, batch 1 (s, median) | {:.3} |",
+        median(enc.iter().zip(&gen).map(|(a, b)| a + b).collect())
+    );
+    println!("| peak RSS after batch 1 (MiB) | {single_peak:.0} |");
+    if !batched.is_empty() {
+        println!(
+            "| encode + generate per image, batch {} (s, median) | {:.3} |",
+            args.batch,
+            median(batched)
+        );
+        println!("| peak RSS after batch {} (MiB) | {:.0} |", args.batch, peak_rss_mib());
+    }
+    Ok(())
+}
