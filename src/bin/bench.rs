@@ -63,7 +63,7 @@ fn write_random_checkpoint(dir: &Path) -> anyhow::Result<()> {
     let cfg_json = full_size_config();
     let cfg = SmallCapConfig::from_json(&cfg_json.to_string())?;
     let dev = Device::Cpu;
-    dev.set_seed(1234)?;
+    let mut rng = Normal::new(1234);
     let mut tensors = HashMap::new();
     let mut all = expected_tensors(&cfg);
     all.push(smallcap::checkpoint::ExpectedTensor {
@@ -73,7 +73,9 @@ fn write_random_checkpoint(dir: &Path) -> anyhow::Result<()> {
     for t in all {
         let is_ln_weight = t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
         let value = if t.shape.len() >= 2 || t.name.ends_with("class_embedding") {
-            Tensor::randn(0f32, 0.06, t.shape.as_slice(), &dev)?
+            let n: usize = t.shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|_| 0.06 * rng.sample()).collect();
+            Tensor::from_vec(data, t.shape.as_slice(), &dev)?
         } else if is_ln_weight && t.name.ends_with("weight") {
             Tensor::ones(t.shape.as_slice(), DType::F32, &dev)?
         } else {
@@ -86,6 +88,39 @@ fn write_random_checkpoint(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg_json)?)?;
     std::fs::rename(tmp, dir.join("model.safetensors"))?;
     Ok(())
+}
+
+/// A seeded standard-normal generator (xorshift64* + Box–Muller), so the benchmark
+/// checkpoint is the same on every machine.
+struct Normal {
+    state: u64,
+    spare: Option<f32>,
+}
+
+impl Normal {
+    fn new(seed: u64) -> Self {
+        Self {
+            state: seed.max(1),
+            spare: None,
+        }
+    }
+    fn uniform(&mut self) -> f64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let x = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn sample(&mut self) -> f32 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        let (u, v) = (self.uniform(), self.uniform());
+        let r = (-2.0 * u.ln()).sqrt();
+        let t = 2.0 * std::f64::consts::PI * v;
+        self.spare = Some((r * t.sin()) as f32);
+        (r * t.cos()) as f32
+    }
 }
 
 fn peak_rss_mib() -> f64 {

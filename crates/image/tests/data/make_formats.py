@@ -202,6 +202,117 @@ save("bmp_l.bmp", grey())
 save("bmp_1.bmp", grey().convert("1"))
 save("bmp_rgba.bmp", rgba())
 
+
+
+def raw_bmp(w, h, bits, pixel_rows, header=40, compression=0, masks=None, palette=None, top_down=False,
+            rle=None):
+    """A BMP written by hand: `pixel_rows` top row first (bytes, unpadded) or `rle` (encoded stream)."""
+    if rle is None:
+        stride = ((w * bits + 31) >> 3) & ~3
+        rows = [r + b"\x00" * (stride - len(r)) for r in pixel_rows]
+        data = b"".join(rows if top_down else rows[::-1])
+    else:
+        data = rle
+    pal = b""
+    if palette is not None:
+        pal = b"".join(bytes([b, g, r]) + (b"" if header == 12 else b"\x00") for r, g, b in palette)
+    extra = b""
+    if header == 12:
+        dib = struct.pack("<IHHHH", 12, w, h, 1, bits)
+    else:
+        dib = struct.pack("<IiiHHIIiiII", header, w, -h if top_down else h, 1, bits, compression,
+                          len(data), 2835, 2835, len(palette or []), 0)
+        if header > 40:
+            m = list(masks or (0, 0, 0, 0)) + [0] * 4
+            dib += struct.pack("<IIII", *m[:4]) + b"\x00" * (header - 56)
+        elif masks is not None:
+            extra = struct.pack("<III", *masks[:3])
+    offset = 14 + len(dib) + len(extra) + len(pal)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + dib + extra + pal + data
+
+
+def rle8_encode(rows):
+    """RLE8: runs, absolute stretches (odd lengths too, word-aligned), end-of-line, end-of-bitmap."""
+    out = bytearray()
+    for row in rows[::-1]:  # bottom-up
+        i = 0
+        while i < len(row):
+            j = i
+            while j < len(row) and row[j] == row[i] and j - i < 255:
+                j += 1
+            if j - i >= 3 or len(row) - i < 3:
+                out += bytes([j - i, row[i]])
+                i = j
+            else:
+                n = min(5, len(row) - i)
+                out += bytes([0, n]) + bytes(row[i:i + n]) + (b"\x00" if n % 2 else b"")
+                i += n
+        out += b"\x00\x00"
+    return bytes(out + b"\x00\x01")
+
+
+def rle4_encode(rows):
+    """RLE4: two-colour alternating runs and even-length absolute stretches."""
+    out = bytearray()
+    for row in rows[::-1]:
+        i = 0
+        while i < len(row):
+            if len(row) - i >= 4 and i % 3 == 0:
+                chunk = row[i:i + 4]
+                out += bytes([0, 4, (chunk[0] << 4) | chunk[1], (chunk[2] << 4) | chunk[3]])
+                i += 4
+            else:
+                n = min(3, len(row) - i)
+                a, b = row[i], row[i + 1] if n > 1 else 0
+                if n == 3 and row[i + 2] != a:
+                    n = 2
+                out += bytes([n, (a << 4) | b])
+                i += n
+        out += b"\x00\x00"
+    return bytes(out + b"\x00\x01")
+
+
+px = pattern()
+pal16 = [tuple(int(v) for v in c) for c in rng.randint(0, 256, size=(16, 3))]
+pal256 = [tuple(int(v) for v in c) for c in rng.randint(0, 256, size=(256, 3))]
+idx16 = (np.asarray(grey()).astype(int) * 15 // 255).astype(np.uint8)
+idx256 = np.asarray(pal(200))
+r5, g5, b5 = (px[..., 0] >> 3).astype(int), (px[..., 1] >> 3).astype(int), (px[..., 2] >> 3).astype(int)
+g6 = (px[..., 1] >> 2).astype(int)
+save_bytes("bmp_555.bmp", raw_bmp(W, H, 16, [struct.pack(f"<{W}H", *((r5[y] << 10) | (g5[y] << 5) | b5[y]))
+                                              for y in range(H)]))
+save_bytes("bmp_565_bitfields.bmp", raw_bmp(W, H, 16, [struct.pack(f"<{W}H", *((r5[y] << 11) | (g6[y] << 5) | b5[y]))
+                                                        for y in range(H)], compression=3,
+                                            masks=(0xF800, 0x7E0, 0x1F)))
+bgra = np.dstack([px[..., 2], px[..., 1], px[..., 0], alpha_plane()])
+save_bytes("bmp_bgra_v4.bmp", raw_bmp(W, H, 32, [bgra[y].tobytes() for y in range(H)], header=108, compression=3,
+                                      masks=(0xFF0000, 0xFF00, 0xFF, 0xFF000000)))
+save_bytes("bmp_topdown.bmp", raw_bmp(W, H, 24, [px[y][:, ::-1].tobytes() for y in range(H)], top_down=True))
+save_bytes("bmp_os2_p8.bmp", raw_bmp(W, H, 8, [idx256[y].tobytes() for y in range(H)], header=12,
+                                     palette=pal256))
+save_bytes("bmp_p4.bmp", raw_bmp(W, H, 4, [pack_bits(idx16[y], 4) for y in range(H)], palette=pal16))
+save_bytes("bmp_rle8.bmp", raw_bmp(W, H, 8, None, compression=1, palette=pal256,
+                                   rle=rle8_encode([list(idx256[y]) for y in range(H)])))
+save_bytes("bmp_rle4.bmp", raw_bmp(W, H, 4, None, compression=2, palette=pal16,
+                                   rle=rle4_encode([list(idx16[y]) for y in range(H)])))
+
+# ---------------------------------------------------------------- GIF, larger: interlaced, local palette
+big = Image.fromarray(pattern(33, 17)).quantize(colors=64)  # Pillow interlaces from 16 rows
+save("gif_interlaced.gif", big, interlace=True)
+buf = io.BytesIO()
+big.save(buf, "GIF", interlace=False)
+g = bytearray(buf.getvalue())
+# move the global colour table into a local one: clear the global flag, set the local flag
+flags = g[10]
+gsize = 3 << ((flags & 7) + 1)
+table = g[13:13 + gsize]
+del g[13:13 + gsize]
+g[10] = flags & 0x7F
+i = g.index(b",", 13)
+g[i + 9] = 0x80 | (flags & 7)
+g[i + 10:i + 10] = table
+save_bytes("gif_local_palette.gif", bytes(g))
+
 # ---------------------------------------------------------------- TIFF
 save("tiff_rgb.tif", rgb())
 save("tiff_rgb_lzw.tif", rgb(), compression="tiff_lzw")
@@ -211,6 +322,12 @@ save("tiff_l.tif", grey())
 save("tiff_1.tif", grey().convert("1"))
 save("tiff_p.tif", pal())
 save("tiff_cmyk.tif", rgb().convert("CMYK"))
+# Pillow always writes ExtraSamples = 2 (unassociated); patch the IFD entry to 1 (associated alpha)
+buf = io.BytesIO()
+Image.fromarray(np.dstack([pattern(), alpha_plane()]), "RGBA").save(buf, "TIFF")
+entry = struct.pack("<HHIHH", 338, 3, 1, 2, 0)
+assert buf.getvalue().count(entry) == 1
+save_bytes("tiff_rgba_associated.tif", buf.getvalue().replace(entry, struct.pack("<HHIHH", 338, 3, 1, 1, 0)))
 save("tiff_i16.tif", Image.fromarray((pattern()[..., 0].astype(np.uint16) * 3 + 40)).convert("I;16"))
 
 # ---------------------------------------------------------------- expectations

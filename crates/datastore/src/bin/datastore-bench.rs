@@ -1,0 +1,256 @@
+//! Benchmark: exact inner-product search over 565,497 × 1024 random L2-normalised f32 vectors
+//! (SmallCap's COCO datastore shape), generated deterministically into a temporary FAISS
+//! `IndexFlatIP` file; our search on the FAISS file (memory-mapped, unaligned) and on our store
+//! (aligned f32), single query and a batch of 64 (k = 4), plus open times; and faiss-cpu
+//! `IndexFlatIP` on the same file in the same run (Python subprocess, 2 OpenMP threads).
+//! Prints a Markdown table. The temporary files are deleted at the end.
+//!
+//! Usage: `datastore-bench [--n N] [--dim D] [--dir DIR] [--python PY]` (Python from
+//! `$SMALLCAP_PYTHON` by default; the faiss rows are left out when it has no faiss).
+
+use smallcap_datastore::faiss::{FlatIndex, FlatIpWriter};
+use smallcap_datastore::store::{normalize_l2, StoreOptions};
+use smallcap_datastore::{top_k, Datastore, Dtype};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// SplitMix64: deterministic pseudo-random numbers.
+struct Rng(u64);
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time_ms<R>(reps: usize, mut f: impl FnMut() -> R) -> (f64, R) {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..reps {
+        let t = Instant::now();
+        last = Some(f());
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    (median(times), last.expect("reps > 0"))
+}
+
+const FAISS_SCRIPT: &str = r#"
+import sys, time, json
+import numpy as np
+import faiss
+faiss.omp_set_num_threads(2)
+path, qpath, d, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+t = time.perf_counter(); ix = faiss.read_index(path); t_open = (time.perf_counter() - t) * 1e3
+q = np.fromfile(qpath, dtype="<f4").reshape(-1, d)
+def bench(x):
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter(); D, I = ix.search(x, 4); ts.append((time.perf_counter() - t) * 1e3)
+    return sorted(ts)[len(ts) // 2], I.tolist()
+t1, i1 = bench(q[:1])
+t64, i64 = bench(q)
+print(json.dumps({"version": faiss.__version__, "open_ms": t_open, "single_ms": t1, "batch_ms": t64, "batch_ids": i64}))
+"#;
+
+fn main() {
+    let mut n = 565_497usize;
+    let mut dim = 1024usize;
+    let mut dir = std::env::temp_dir();
+    let mut py = std::env::var("SMALLCAP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--n" => n = v.parse().expect("--n N"),
+            "--dim" => dim = v.parse().expect("--dim D"),
+            "--dir" => dir = PathBuf::from(v),
+            "--python" => py = v,
+            other => {
+                eprintln!("unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    let work = dir.join(format!("datastore-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("create bench folder");
+    let result = run(&work, n, dim, &py);
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(work: &Path, n: usize, dim: usize, py: &str) -> smallcap_datastore::Result<()> {
+    let index = work.join("index");
+    let t = Instant::now();
+    let mut w = FlatIpWriter::create(&index, dim, n)?;
+    let mut rng = Rng(42);
+    let mut queries = Vec::new();
+    let step = 4096;
+    let mut done = 0;
+    while done < n {
+        let rows = step.min(n - done);
+        let mut buf: Vec<f32> = (0..rows * dim).map(|_| rng.next_f32()).collect();
+        normalize_l2(&mut buf, dim);
+        // queries: 64 stored rows (spread over the store) plus noise, normalised
+        for r in 0..rows {
+            let id = done + r;
+            if queries.len() < 64 * dim && id % (n / 64).max(1) == 7 {
+                queries.extend(
+                    buf[r * dim..(r + 1) * dim]
+                        .iter()
+                        .map(|x| x + 0.02 * rng.next_f32()),
+                );
+            }
+        }
+        w.push(&buf)?;
+        done += rows;
+    }
+    w.finish()?;
+    let nq = queries.len() / dim;
+    normalize_l2(&mut queries, dim);
+    eprintln!(
+        "generated {n} × {dim} ({:.1} GB) in {:.1} s; {nq} queries",
+        (n * dim * 4) as f64 / 1e9,
+        t.elapsed().as_secs_f64()
+    );
+    let qpath = work.join("queries.f32");
+    std::fs::write(
+        &qpath,
+        queries
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .expect("write queries");
+
+    let reps = 5;
+    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
+    // ours on the FAISS file
+    let (open_ms, idx) = time_ms(reps, || FlatIndex::open(&index));
+    let idx = idx?;
+    let _ = top_k(&idx.vectors(), &queries[..dim], dim, 4)?; // warm the page cache
+    let (s1, _) = time_ms(reps, || top_k(&idx.vectors(), &queries[..dim], dim, 4));
+    let (s64, ours) = time_ms(reps, || top_k(&idx.vectors(), &queries, dim, 4));
+    let ours = ours?;
+    rows.push((
+        "smallcap-datastore, FAISS file (mmap, unaligned)".into(),
+        open_ms,
+        s1,
+        s64,
+    ));
+    // ours on our store format
+    let t = Instant::now();
+    let store = work.join("store");
+    let opts = StoreOptions {
+        encoder: "bench:random".into(),
+        dtype: Dtype::F32,
+    };
+    drop(Datastore::from_faiss(
+        &index,
+        write_caps(work, n)?,
+        &store,
+        &opts,
+    )?);
+    eprintln!(
+        "converted to our store in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (open_ms, ds) = time_ms(reps, || Datastore::open(&store));
+    let ds = ds?;
+    let _ = ds.search(&queries[..dim], dim, 4)?;
+    let (s1, _) = time_ms(reps, || ds.search(&queries[..dim], dim, 4));
+    let (s64, ours2) = time_ms(reps, || ds.search(&queries, dim, 4));
+    assert_eq!(ours, ours2?, "same results on both layouts");
+    rows.push((
+        "smallcap-datastore, our store (mmap, aligned f32)".into(),
+        open_ms,
+        s1,
+        s64,
+    ));
+    drop(ds);
+    let _ = std::fs::remove_dir_all(&store);
+
+    let out = Command::new(py)
+        .args([
+            "-c",
+            FAISS_SCRIPT,
+            index.to_str().expect("utf-8 path"),
+            qpath.to_str().expect("utf-8 path"),
+            &dim.to_string(),
+            &reps.to_string(),
+        ])
+        .output();
+    let mut agree = String::from("faiss not run");
+    match out {
+        Ok(o) if o.status.success() => {
+            let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("faiss output");
+            let faiss_ids: Vec<Vec<i64>> =
+                serde_json::from_value(r["batch_ids"].clone()).expect("ids");
+            let ours_ids: Vec<Vec<i64>> = ours
+                .iter()
+                .map(|h| h.iter().map(|x| x.0).collect())
+                .collect();
+            agree = format!(
+                "ids identical to faiss for {}/{} batch queries",
+                ours_ids
+                    .iter()
+                    .zip(&faiss_ids)
+                    .filter(|(a, b)| a == b)
+                    .count(),
+                nq
+            );
+            rows.push((
+                format!(
+                    "faiss-cpu {} IndexFlatIP (read_index into RAM, 2 OpenMP threads)",
+                    r["version"].as_str().unwrap_or("?")
+                ),
+                r["open_ms"].as_f64().unwrap_or(f64::NAN),
+                r["single_ms"].as_f64().unwrap_or(f64::NAN),
+                r["batch_ms"].as_f64().unwrap_or(f64::NAN),
+            ));
+        }
+        Ok(o) => eprintln!("faiss run failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => eprintln!("cannot run {py}: {e}"),
+    }
+    println!(
+        "\n{n} × {dim} f32, k = 4, median of {reps}, {} rayon threads; {agree}\n",
+        rayon::current_num_threads()
+    );
+    println!(
+        "| implementation | open (ms) | 1 query (ms) | 64 queries (ms) | per query in batch (ms) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, o, s1, s64) in rows {
+        println!(
+            "| {name} | {o:.1} | {s1:.1} | {s64:.1} | {:.2} |",
+            s64 / nq as f64
+        );
+    }
+    Ok(())
+}
+
+fn write_caps(work: &Path, n: usize) -> smallcap_datastore::Result<PathBuf> {
+    let p = work.join("captions.json");
+    let caps: Vec<String> = (0..n).map(|i| format!("caption {i}")).collect();
+    std::fs::write(&p, serde_json::to_vec(&caps).expect("json")).map_err(|e| {
+        smallcap_datastore::Error::Io {
+            path: p.clone(),
+            source: e,
+        }
+    })?;
+    Ok(p)
+}

@@ -1,0 +1,67 @@
+//! Error type of the crate: every error names the file (or argument) and what is wrong.
+
+use std::path::PathBuf;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system error on a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The content of a file is not what its format requires.
+    #[error("{}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+    /// A file is not valid JSON (or not the JSON shape expected).
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// A file is not UTF-8.
+    #[error("{}: not valid UTF-8 (first bad byte at offset {offset})", path.display())]
+    NotUtf8 { path: PathBuf, offset: usize },
+    /// A file holds no data at all.
+    #[error("{}: file is empty", path.display())]
+    Empty { path: PathBuf },
+    /// Vector dimensions that disagree.
+    #[error("dimension mismatch: {what} has dimension {found}, expected {expected}")]
+    DimensionMismatch {
+        what: String,
+        expected: usize,
+        found: usize,
+    },
+    /// The number of vectors and captions disagree.
+    #[error("count mismatch: {vectors} vectors but {captions} captions ({what})")]
+    CountMismatch {
+        what: String,
+        vectors: usize,
+        captions: usize,
+    },
+    /// `k` asked for more results than the store holds.
+    #[error("k = {k} is larger than the store ({ntotal} vectors)")]
+    KTooLarge { k: usize, ntotal: usize },
+    /// An invalid argument (not tied to a file).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Search of an IVF-flat index with `nprobe`, as FAISS `IndexIVFFlat::search` computes it: the
+//! coarse quantizer picks the `nprobe` closest centroids (largest inner product, or smallest L2
+//! distance for an L2 quantizer), the probed lists are scanned in that order, each list in its
+//! stored order, and the `k` entries with the largest inner product are kept. Both selections use
+//! FAISS's heap ([`crate::search`] module note), so ties come out as FAISS's do.
+
+use crate::error::{Error, Result};
+use crate::faiss::{IvfFlatIndex, Metric};
+use crate::search::{check_queries, dot_le, FaissHeap, Hit};
+use rayon::prelude::*;
+
+/// Searches `index` for each query (row-major, `query_dim` each) and returns the best `k` hits per
+/// query, best first. `nprobe` larger than `nlist` is clamped to `nlist`, as FAISS does. When the
+/// probed lists hold fewer than `k` entries the result is shorter (FAISS pads with id -1).
+///
+/// Errors: dimension mismatch, `k == 0` or `k` larger than the index, `nprobe == 0`, an index
+/// whose metric is not inner product.
+pub fn search(
+    index: &IvfFlatIndex,
+    queries: &[f32],
+    query_dim: usize,
+    k: usize,
+    nprobe: usize,
+) -> Result<Vec<Vec<Hit>>> {
+    let d = index.dim();
+    let nq = check_queries(queries, query_dim, d)?;
+    if index.metric() != Metric::InnerProduct {
+        return Err(Error::format(
+            index.path(),
+            "IVF index metric is L2, not inner product; only inner-product IVF is searched",
+        ));
+    }
+    if k == 0 {
+        return Err(Error::Invalid("k must be at least 1".into()));
+    }
+    if k > index.len() {
+        return Err(Error::KTooLarge {
+            k,
+            ntotal: index.len(),
+        });
+    }
+    if nprobe == 0 {
+        return Err(Error::Invalid("nprobe must be at least 1".into()));
+    }
+    let nprobe = nprobe.min(index.nlist());
+    let centroids = index.centroids();
+    let cent_bytes = centroids.raw_rows(0, centroids.len());
+    let qmetric = index.quantizer_metric();
+    let bytes = index.bytes();
+    let row = d * 4;
+    let out = (0..nq)
+        .into_par_iter()
+        .map(|qi| {
+            let q = &queries[qi * d..(qi + 1) * d];
+            let mut probe = FaissHeap::new(nprobe, qmetric == Metric::InnerProduct);
+            for (c, cb) in cent_bytes.chunks_exact(row).enumerate() {
+                let key = match qmetric {
+                    Metric::InnerProduct => dot_le(q, cb),
+                    Metric::L2 => l2sqr_le(q, cb),
+                };
+                probe.push((c as i64, key));
+            }
+            let mut top = FaissHeap::new(k, true);
+            for (list, _) in probe.into_sorted() {
+                let l = index.lists()[list as usize];
+                for j in 0..l.n {
+                    let code = &bytes[l.codes + j * row..l.codes + (j + 1) * row];
+                    let idb = &bytes[l.ids + j * 8..l.ids + j * 8 + 8];
+                    let id = i64::from_le_bytes(idb.try_into().expect("8 bytes"));
+                    top.push((id, dot_le(q, code)));
+                }
+            }
+            top.into_sorted()
+        })
+        .collect();
+    Ok(out)
+}
+
+/// Squared L2 distance between an f32 vector and a little-endian f32 row of any alignment.
+fn l2sqr_le(a: &[f32], b: &[u8]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let mut ac = a.chunks_exact(L);
+    let mut bc = b.chunks_exact(4 * L);
+    for (x, y) in (&mut ac).zip(&mut bc) {
+        for i in 0..L {
+            let v = f32::from_le_bytes([y[4 * i], y[4 * i + 1], y[4 * i + 2], y[4 * i + 3]]);
+            let t = x[i] - v;
+            acc[i] += t * t;
+        }
+    }
+    let mut s = 0.0f32;
+    for (x, y) in ac.remainder().iter().zip(bc.remainder().chunks_exact(4)) {
+        let t = x - f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        s += t * t;
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+/// Assigns each vector to its closest centroid by inner product (ties: lower list), as FAISS's
+/// `add` does with an inner-product quantizer. Used to build IVF files with
+/// [`crate::faiss::write_ivf_flat`].
+pub fn assign_lists(
+    centroids: &crate::search::VectorSet<'_>,
+    vectors: &crate::search::VectorSet<'_>,
+) -> Result<Vec<usize>> {
+    let mut out = Vec::with_capacity(vectors.len());
+    vectors.for_each_chunk(|_, rows| {
+        let hits = crate::search::top_k(centroids, rows, vectors.dim(), 1)?;
+        out.extend(hits.into_iter().map(|h| h[0].0 as usize));
+        Ok(())
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,31 @@
+//! The SmallCap caption datastore, model-free core.
+//!
+//! * [`faiss`]: read (memory-mapped) and write FAISS `IndexFlatIP` and `IndexIVFFlat` files.
+//! * [`ivf`]: `nprobe` search over an IVF-flat index, as FAISS computes it.
+//! * [`store`]: our own folder format (manifest + aligned embeddings + captions), conversion to and
+//!   from FAISS, atomic append.
+//! * [`search`]: exact inner-product top-k (batched GEMM, multi-threaded), identical ids to
+//!   FAISS `IndexFlatIP`.
+//! * [`captions`]: caption-file readers (text, JSON list/dict, COCO annotations, Karpathy).
+//! * [`clip_tokenizer`]: OpenAI CLIP's BPE tokenizer (`clip.tokenize`).
+//! * [`text_clean`]: the ftfy / HTML clean-up that CLIP applies before tokenizing.
+
+pub mod captions;
+pub mod clip_tokenizer;
+pub mod error;
+pub mod faiss;
+mod fsutil;
+pub mod ivf;
+pub mod search;
+pub mod store;
+pub mod text_clean;
+
+pub use captions::CaptionRecord;
+pub use clip_tokenizer::ClipTokenizer;
+pub use error::{Error, Result};
+pub use faiss::{FaissIndex, FlatIndex, IvfFlatIndex, Metric};
+pub use search::{top_k, Dtype, VectorSet};
+pub use store::{Datastore, Manifest};
+
+#[cfg(target_endian = "big")]
+compile_error!("smallcap-datastore reads little-endian files by viewing them in place; big-endian targets are not supported");
