@@ -157,10 +157,7 @@ impl StateDict {
                 None => {
                     return Err(Error::checkpoint(
                         path,
-                        format!(
-                            "missing tensor {} (expected shape {:?})",
-                            t.name, t.shape
-                        ),
+                        format!("missing tensor {} (expected shape {:?})", t.name, t.shape),
                     ))
                 }
                 Some(found) if found.dims() != t.shape.as_slice() => {
@@ -211,7 +208,8 @@ fn read_safetensors(
         Error::checkpoint(path, format!("not a valid safetensors file: {e}"))
     };
     // SAFETY: the file is mapped read-only; safetensors validates the header against its length.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(&e))?;
+    let st =
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(&e))?;
     let names: std::collections::HashSet<String> =
         st.tensors().into_iter().map(|(n, _)| n).collect();
     let mut out = HashMap::new();
@@ -263,7 +261,9 @@ fn read_pytorch(path: &Path, wanted: &[&str], device: &Device) -> Result<HashMap
     };
     let mut out = HashMap::new();
     for (key, value) in items {
-        let Object::Unicode(name) = &key else { continue };
+        let Object::Unicode(name) = &key else {
+            continue;
+        };
         if !wanted.contains(&name.as_str()) {
             continue;
         }

@@ -57,6 +57,15 @@ pub struct CaptionArgs {
     coco_results: Option<PathBuf>,
 }
 
+/// One line of output, in the documented key order.
+#[derive(serde::Serialize)]
+struct OutputLine<'a> {
+    image: &'a str,
+    caption: &'a str,
+    generated_ids: &'a [u32],
+    retrieved_captions: &'a [String],
+}
+
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
 fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -116,8 +125,10 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
     let progress = if images.len() > 1 && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(images.len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {elapsed} (eta {eta})")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} images  {elapsed} (eta {eta})",
+            )
+            .expect("valid template"),
         );
         bar
     } else {
@@ -160,16 +171,18 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
         for (path, slot) in chunk.iter().zip(slots) {
             let Some(i) = slot else { continue };
             let r = &results[i];
-            let line = serde_json::json!({
-                "image": path.to_string_lossy(),
-                "caption": r.caption,
-                "generated_ids": r.generated_ids,
-                "retrieved_captions": r.retrieved_captions,
-            });
-            writeln!(out, "{line}")?;
+            let line = OutputLine {
+                image: &path.to_string_lossy(),
+                caption: &r.caption,
+                generated_ids: &r.generated_ids,
+                retrieved_captions: &r.retrieved_captions,
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
             if args.coco_results.is_some() {
                 match image_id(path) {
-                    Some(id) => coco.push(serde_json::json!({"image_id": id, "caption": r.caption})),
+                    Some(id) => {
+                        coco.push(serde_json::json!({"image_id": id, "caption": r.caption}))
+                    }
                     None => {
                         progress.suspend(|| {
                             eprintln!(

@@ -107,7 +107,9 @@ impl BeamSearch {
             let base = self.beam_scores[b];
             for (t, &lp) in row.iter().enumerate() {
                 let s = lp + base;
-                if top.len() == want && !(s > top[want - 1].0) {
+                if top.len() == want
+                    && s.partial_cmp(&top[want - 1].0) != Some(std::cmp::Ordering::Greater)
+                {
                     continue;
                 }
                 let idx = b * vocab + t;
@@ -138,7 +140,10 @@ impl BeamSearch {
                 break;
             }
         }
-        let best = top.iter().map(|&(s, _)| s).fold(f32::NEG_INFINITY, f32::max);
+        let best = top
+            .iter()
+            .map(|&(s, _)| s)
+            .fold(f32::NEG_INFINITY, f32::max);
         self.done = self.done || self.hyps.is_done(best as f64, cur_len);
         self.sequences = next
             .beam_indices
