@@ -86,7 +86,10 @@ pub struct Gpt2 {
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    lm_head: Tensor,
+    /// `lm_head.weight` transposed to `[n_embd, vocab]` once at load: gemm streams a row-major
+    /// right-hand side several times faster than a transposed view, and decoding reads the whole
+    /// head at every step.
+    lm_head_t: Tensor,
     cfg: DecoderConfig,
 }
 
@@ -165,7 +168,10 @@ impl Gpt2 {
             wpe: t.get((cfg.n_positions, e), "wpe.weight")?,
             blocks,
             ln_f: layer_norm(t.pp("ln_f"), e, eps)?,
-            lm_head: vb.get((cfg.vocab_size, e), "lm_head.weight")?,
+            lm_head_t: vb
+                .get((cfg.vocab_size, e), "lm_head.weight")?
+                .t()?
+                .contiguous()?,
             cfg: cfg.clone(),
         })
     }
@@ -253,7 +259,7 @@ impl Gpt2 {
         }
         let h = h.index_select(&Tensor::new(last.as_slice(), device)?, 0)?;
         let h = self.ln_f.forward(&h)?;
-        h.matmul(&self.lm_head.t()?)
+        h.matmul(&self.lm_head_t)
     }
 }
 
