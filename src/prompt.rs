@@ -49,8 +49,8 @@ mod tests {
 
     #[test]
     fn template_matches_the_reference_file_after_strip() {
-        // src/template.txt is "Similar images show\n\n||\n\nThis image shows\n" (43 bytes).
-        let file = "Similar images show\n\n||\n\nThis image shows\n";
+        // src/template.txt at 19cc4f4 is these 43 bytes (a space before the final newline).
+        let file = "Similar images show\n\n||\n\nThis image shows \n";
         assert_eq!(file.len(), 43);
         assert_eq!(format!("{} ", file.trim()), TEMPLATE);
     }

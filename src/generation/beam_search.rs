@@ -182,3 +182,88 @@ impl BeamSearch {
         best
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A hand-worked search over a 4-token vocabulary (eos = 3, two beams, prompt `[9]`, three new
+    //! tokens at most) where early stopping changes the answer. The expected sequences follow from
+    //! the log-probabilities below by the reference's rules (worked out in the comments).
+    use super::*;
+
+    /// Log-probabilities of the four tokens (not necessarily normalised: the search only adds them).
+    fn row(p: [f64; 4]) -> Vec<f32> {
+        p.iter().map(|x| x.ln() as f32).collect()
+    }
+
+    fn run(early_stopping: bool) -> Vec<u32> {
+        let cfg = GenerationConfig {
+            num_beams: 2,
+            early_stopping,
+            length_penalty: 0.0,
+            max_new_tokens: 3,
+            eos_token_id: 3,
+            pad_token_id: 0,
+        };
+        let mut search = BeamSearch::new(&[9], &cfg);
+        // Step 1: both rows are the prompt's; beam 1 starts at -1e9. Running: [9,0] (ln .5),
+        // [9,1] (ln .3); eos ranks 4th and is ignored.
+        let s = search.step(&[row([0.5, 0.3, 0.1, 0.1]), row([0.5, 0.3, 0.1, 0.1])]);
+        assert_eq!(s.unwrap().tokens, vec![0, 1]);
+        // Step 2: [9,1]+0 = -1.309 runs; [9,0]+eos = -1.743 is finished (rank 1);
+        // [9,0]+0 = -2.590 runs.
+        let s = search.step(&[
+            row([0.15, 0.01, 0.01, 0.35]),
+            row([0.9, 0.05, 0.025, 0.025]),
+        ]);
+        let s = s.unwrap();
+        assert_eq!(
+            (s.beam_indices.clone(), s.tokens.clone()),
+            (vec![1, 0], vec![0, 0])
+        );
+        // Step 3: [9,1,0]+1 = -1.360 runs; [9,0,0]+eos = -2.813 is finished (rank 1), so two
+        // hypotheses exist, the worst -2.813; [9,0,0]+0 = -4.487 runs. Early stopping ends here
+        // and picks the best finished one, [9,0] (+eos). Without it, -2.813 < -1.360 (the best
+        // candidate) keeps the search going, the length limit ends it, and the running [9,1,0,1]
+        // (-1.360) enters the finished list and wins; at the limit no eos is appended.
+        let s = search.step(&[
+            row([0.02, 0.95, 0.02, 0.01]),
+            row([0.15, 0.025, 0.025, 0.8]),
+        ]);
+        assert!(s.is_none());
+        search.finish()
+    }
+
+    #[test]
+    fn early_stopping_takes_the_first_finished_set() {
+        assert_eq!(run(true), vec![9, 0, 3]);
+    }
+
+    #[test]
+    fn without_early_stopping_a_better_running_beam_wins() {
+        assert_eq!(run(false), vec![9, 1, 0, 1]);
+    }
+
+    #[test]
+    fn hypotheses_drop_the_worst_and_ties_keep_the_later() {
+        let cfg = GenerationConfig {
+            num_beams: 2,
+            ..GenerationConfig::default()
+        };
+        let mut h = BeamHypotheses::new(&cfg);
+        h.add(vec![1], -1.0);
+        h.add(vec![2], -2.0);
+        assert_eq!(h.worst_score, -2.0);
+        h.add(vec![3], -1.5); // drops [2]
+        assert_eq!(h.worst_score, -1.5);
+        assert_eq!(
+            h.beams.iter().map(|b| b.1[0]).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        h.add(vec![4], -1.5); // not better than the worst: ignored
+        assert_eq!(h.beams.len(), 2);
+        h.add(vec![5], -1.0); // ties with [1]: the stable sort + pop picks the later one
+        let mut sorted = h.beams.clone();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert_eq!(sorted.pop().unwrap().1, vec![5]);
+    }
+}
