@@ -34,6 +34,23 @@ struct Args {
     /// Batch size of the batched measurement.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// A folder made by the reference's `perf_reference.py --make` and run: its `model/` is used
+    /// instead of the random checkpoint, its `cases.json` gives each image's prompt ids, and every
+    /// generated id sequence is checked against the reference's.
+    #[arg(long)]
+    perf_dir: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize)]
+struct PerfCase {
+    image: String,
+    prompt_ids: Vec<u32>,
+    generated_ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct PerfCases {
+    cases: Vec<PerfCase>,
 }
 
 /// config.json of SmallCap7M's sizes (what `perf_reference.py --make` writes).
@@ -174,10 +191,25 @@ fn random_captions(seed: u64) -> Vec<String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    write_random_checkpoint(&args.model_dir).context("writing the random checkpoint")?;
+    let (model_dir, reference) = match &args.perf_dir {
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join("cases.json"))?;
+            let cases: PerfCases = serde_json::from_str(&text)?;
+            let map: HashMap<String, PerfCase> = cases
+                .cases
+                .into_iter()
+                .map(|c| (c.image.clone(), c))
+                .collect();
+            (dir.join("model"), Some(map))
+        }
+        None => {
+            write_random_checkpoint(&args.model_dir).context("writing the random checkpoint")?;
+            (args.model_dir.clone(), None)
+        }
+    };
     let dev = Device::Cpu;
     let t0 = Instant::now();
-    let model = SmallCap::load_dir(&args.model_dir, &dev)?;
+    let model = SmallCap::load_dir(&model_dir, &dev)?;
     let load_s = t0.elapsed().as_secs_f64();
     let tokenizer = Gpt2Tokenizer::from_dir(&args.tokenizer)?;
     let captioner = Captioner::new(model, tokenizer, dev);
@@ -188,15 +220,26 @@ fn main() -> anyhow::Result<()> {
         .collect();
     images.sort();
 
+    let name = |path: &Path| {
+        path.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string()
+    };
     let prepare = |path: &Path, i: usize| -> anyhow::Result<(Prepared, f64)> {
         let t = Instant::now();
         let px = captioner.load_image(path)?;
         let pre = t.elapsed().as_secs_f64();
-        Ok((
-            captioner.prepare(px, Retrieval::Captions(random_captions(i as u64)), 4)?,
-            pre,
-        ))
+        let mut p = captioner.prepare(px, Retrieval::Captions(random_captions(i as u64)), 4)?;
+        if let Some(reference) = &reference {
+            let case = reference.get(&name(path)).with_context(|| {
+                format!("{} is not in the reference's cases.json", path.display())
+            })?;
+            p.prompt_ids = case.prompt_ids.clone();
+        }
+        Ok((p, pre))
     };
+    let mut mismatches = 0usize;
 
     // Single images: encode (preprocessing + vision tower) and generate, separately timed.
     let (mut enc, mut gen, mut tokens, mut prompt_len) = (vec![], vec![], vec![], vec![]);
@@ -216,6 +259,15 @@ fn main() -> anyhow::Result<()> {
                 &generation,
             )?;
             gen.push(t.elapsed().as_secs_f64());
+            if let Some(reference) = &reference {
+                if reference[&name(path)].generated_ids != out[0] {
+                    mismatches += 1;
+                    eprintln!(
+                        "{}: generated ids differ from the reference's",
+                        path.display()
+                    );
+                }
+            }
             tokens.push(out[0].len() as f64);
             prompt_len.push(p.prompt_ids.len() as f64);
         }
@@ -241,6 +293,13 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|");
     println!("| load checkpoint (s) | {load_s:.2} |");
     println!("| images × runs | {} × {} |", images.len(), args.runs);
+    if reference.is_some() {
+        println!(
+            "| generated ids equal to the reference's | {} of {} |",
+            enc.len() - mismatches,
+            enc.len()
+        );
+    }
     println!("| prompt tokens (mean) | {:.1} |", avg(&prompt_len));
     println!("| new tokens (mean) | {:.1} |", avg(&tokens));
     println!(
