@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -289,25 +289,7 @@ fn bad_arguments_and_retrieval_files_are_clear_errors() {
 
 #[test]
 fn downloads_from_a_hub_server_then_runs_offline() {
-    let mut files = HashMap::new();
-    files.insert(
-        "test-org/smallcap-tiny".to_string(),
-        HashMap::from([
-            ("config.json".to_string(), fixture("model/config.json")),
-            (
-                "pytorch_model.bin".to_string(),
-                fixture("model/pytorch_model.bin"),
-            ),
-        ]),
-    );
-    files.insert(
-        "gpt2".to_string(),
-        HashMap::from([
-            ("vocab.json".to_string(), fixture("tokenizer/vocab.json")),
-            ("merges.txt".to_string(), fixture("tokenizer/merges.txt")),
-        ]),
-    );
-    let server = hub_server::start(files);
+    let server = hub_server::start(hub_server::fixture_repos());
     let home = tempfile::tempdir().unwrap();
     let img = fixture("images/chelsea.png");
     let run = |offline: bool| {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use candle_core::Device;
@@ -13,25 +12,7 @@ use smallcap::{hub, Gpt2Tokenizer, SmallCap};
 
 #[test]
 fn model_and_tokenizer_come_from_the_hub_then_from_the_cache() {
-    let mut files = HashMap::new();
-    files.insert(
-        "test-org/smallcap-tiny".to_string(),
-        HashMap::from([
-            ("config.json".to_string(), fixture("model/config.json")),
-            (
-                "pytorch_model.bin".to_string(),
-                fixture("model/pytorch_model.bin"),
-            ),
-        ]),
-    );
-    files.insert(
-        "gpt2".to_string(),
-        HashMap::from([
-            ("vocab.json".to_string(), fixture("tokenizer/vocab.json")),
-            ("merges.txt".to_string(), fixture("tokenizer/merges.txt")),
-        ]),
-    );
-    let server = hub_server::start(files);
+    let server = hub_server::start(hub_server::fixture_repos());
     let home = tempfile::tempdir().unwrap();
     std::env::set_var("HF_ENDPOINT", &server.endpoint);
     std::env::set_var("HF_HOME", home.path());

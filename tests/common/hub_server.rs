@@ -85,3 +85,28 @@ pub fn start(files: HashMap<String, HashMap<String, PathBuf>>) -> HubServer {
     });
     HubServer { endpoint, requests }
 }
+
+/// The fixture pack as two hub repositories: `test-org/smallcap-tiny` (config + pickle weights)
+/// and `gpt2` (the BPE files).
+pub fn fixture_repos() -> HashMap<String, HashMap<String, PathBuf>> {
+    let f = super::fixture;
+    HashMap::from([
+        (
+            "test-org/smallcap-tiny".to_string(),
+            HashMap::from([
+                ("config.json".to_string(), f("model/config.json")),
+                (
+                    "pytorch_model.bin".to_string(),
+                    f("model/pytorch_model.bin"),
+                ),
+            ]),
+        ),
+        (
+            "gpt2".to_string(),
+            HashMap::from([
+                ("vocab.json".to_string(), f("tokenizer/vocab.json")),
+                ("merges.txt".to_string(), f("tokenizer/merges.txt")),
+            ]),
+        ),
+    ])
+}
