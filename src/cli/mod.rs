@@ -1,6 +1,7 @@
 //! The `smallcap` command line: argument parsing and dispatch to one module per subcommand.
 
 mod caption;
+mod eval;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Caption images (one JSON object per line on stdout).
     Caption(caption::CaptionArgs),
+    /// Score captions with the COCO caption metrics (as pycocoevalcap).
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the command line; the exit code is non-zero when anything failed.
@@ -35,6 +38,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Caption(args) => caption::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,50 @@
+//! `smallcap eval`: the COCO caption metrics of a results file against caption annotations,
+//! computed by `smallcap-metrics` exactly as pycocoevalcap does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use smallcap_metrics::{evaluate, EvalOptions, Metric};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// COCO caption annotations: `{"images": [...], "annotations": [{"image_id", "caption"}...]}`.
+    #[arg(long)]
+    gold: PathBuf,
+    /// COCO results: `[{"image_id", "caption"}...]`; the images present here are evaluated.
+    #[arg(long)]
+    pred: PathBuf,
+    /// Print the scores as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write every image's scores to this file (JSON).
+    #[arg(long)]
+    per_image: Option<PathBuf>,
+    /// Skip SPICE (it needs Java and the Stanford CoreNLP 3.6.0 models).
+    #[arg(long)]
+    no_spice: bool,
+    /// Skip METEOR (it needs Java and pycocoevalcap's jar).
+    #[arg(long)]
+    no_meteor: bool,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = EvalOptions::default();
+    opts.metrics.retain(|m| {
+        !(args.no_spice && *m == Metric::Spice || args.no_meteor && *m == Metric::Meteor)
+    });
+    let report = evaluate(&args.gold, &args.pred, &opts)?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    if let Some(path) = &args.per_image {
+        report.write_per_image(path)?;
+    }
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
