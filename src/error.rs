@@ -19,6 +19,8 @@ pub enum Error {
     #[error("hub: {0}")]
     Hub(String),
     #[error(transparent)]
+    Datastore(#[from] smallcap_datastore::Error),
+    #[error(transparent)]
     Image(#[from] smallcap_image::ImageError),
     #[error("{0}")]
     Input(String),
