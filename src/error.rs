@@ -24,6 +24,8 @@ pub enum Error {
     Image(#[from] smallcap_image::ImageError),
     #[error("{0}")]
     Input(String),
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

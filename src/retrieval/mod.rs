@@ -6,6 +6,7 @@
 //!
 //! `Retriever` is `Send + Sync`: a server can share one between requests.
 
+pub mod build;
 pub mod encoder;
 
 use std::collections::HashMap;
@@ -210,6 +211,11 @@ impl Retriever {
 
     pub fn store(&self) -> &CaptionStore {
         &self.store
+    }
+
+    /// Gives the store back.
+    pub fn into_store(self) -> CaptionStore {
+        self.store
     }
 
     /// Neighbours of L2-normalised query rows. With `exclude` (and one image id per query),
