@@ -35,6 +35,12 @@ const ALLOWED_GLOBALS: &[(&str, &str)] = &[
     ("torch", "CharStorage"),
     ("torch", "ByteStorage"),
     ("torch", "BoolStorage"),
+    // TorchScript archives tag typed containers with these identity functions.
+    ("torch.jit._pickle", "restore_type_tag"),
+    ("torch.jit._pickle", "build_intlist"),
+    ("torch.jit._pickle", "build_doublelist"),
+    ("torch.jit._pickle", "build_boollist"),
+    ("torch.jit._pickle", "build_tensorlist"),
 ];
 
 /// A tensor the model reads, with the shape the config implies.
