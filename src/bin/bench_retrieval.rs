@@ -87,6 +87,88 @@ fn random_store(dir: &Path, n: usize, dim: usize) -> anyhow::Result<Datastore> {
     Ok(ds)
 }
 
+type Init<'a> = dyn FnMut(String, &[usize], f64) -> anyhow::Result<()> + 'a;
+
+/// Random OpenAI text-tower weights (12 layers of width `tw`, projection to `embed`).
+fn add_text_tower(t: &mut Init<'_>, tw: usize, embed: usize) -> anyhow::Result<()> {
+    t("token_embedding.weight".into(), &[49408, tw], 0.02)?;
+    t("positional_embedding".into(), &[77, tw], 0.01)?;
+    t("text_projection".into(), &[tw, embed], 0.03)?;
+    t("ln_final.weight".into(), &[tw], -1.0)?;
+    t("ln_final.bias".into(), &[tw], 0.0)?;
+    add_blocks(t, "transformer", tw, 12)
+}
+
+/// Random `ResidualAttentionBlock` weights at `<prefix>.resblocks.{i}`.
+fn add_blocks(t: &mut Init<'_>, prefix: &str, tw: usize, layers: usize) -> anyhow::Result<()> {
+    for i in 0..layers {
+        let p = format!("{prefix}.resblocks.{i}");
+        t(format!("{p}.attn.in_proj_weight"), &[3 * tw, tw], 0.02)?;
+        t(format!("{p}.attn.in_proj_bias"), &[3 * tw], 0.0)?;
+        t(format!("{p}.attn.out_proj.weight"), &[tw, tw], 0.02)?;
+        t(format!("{p}.attn.out_proj.bias"), &[tw], 0.0)?;
+        for ln in ["ln_1", "ln_2"] {
+            t(format!("{p}.{ln}.weight"), &[tw], -1.0)?;
+            t(format!("{p}.{ln}.bias"), &[tw], 0.0)?;
+        }
+        t(format!("{p}.mlp.c_fc.weight"), &[4 * tw, tw], 0.02)?;
+        t(format!("{p}.mlp.c_fc.bias"), &[4 * tw], 0.0)?;
+        t(format!("{p}.mlp.c_proj.weight"), &[tw, 4 * tw], 0.02)?;
+        t(format!("{p}.mlp.c_proj.bias"), &[tw], 0.0)?;
+    }
+    Ok(())
+}
+
+/// A filler for random weights: std > 0: N(0, std²); std == 0: zeros; std < 0: ones.
+fn filler<'a>(
+    m: &'a mut HashMap<String, Tensor>,
+    dev: &'a Device,
+) -> impl FnMut(String, &[usize], f64) -> anyhow::Result<()> + 'a {
+    move |name, shape, std| {
+        let v = if std > 0.0 {
+            (Tensor::randn(0f32, 1f32, shape, dev)? * std)?
+        } else if std == 0.0 {
+            Tensor::zeros(shape, DType::F32, dev)?
+        } else {
+            Tensor::ones(shape, DType::F32, dev)?
+        };
+        m.insert(name, v);
+        Ok(())
+    }
+}
+
+/// Random OpenAI ViT-B/32 weights (the architecture of SmallCap's captioning encoder).
+fn vit_b32_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
+    let dims = ClipDims {
+        embed_dim: 512,
+        image_resolution: 224,
+        vision_layers: VisionLayers::Vit(12),
+        vision_width: 768,
+        vision_patch_size: Some(32),
+        context_length: 77,
+        vocab_size: 49408,
+        transformer_width: 512,
+        transformer_heads: 8,
+        transformer_layers: 12,
+    };
+    let mut m = HashMap::new();
+    {
+        let mut t = filler(&mut m, dev);
+        let w = 768;
+        t("visual.conv1.weight".into(), &[w, 3, 32, 32], 0.02)?;
+        t("visual.class_embedding".into(), &[w], 0.02)?;
+        t("visual.positional_embedding".into(), &[50, w], 0.01)?;
+        for ln in ["ln_pre", "ln_post"] {
+            t(format!("visual.{ln}.weight"), &[w], -1.0)?;
+            t(format!("visual.{ln}.bias"), &[w], 0.0)?;
+        }
+        t("visual.proj".into(), &[w, 512], 0.03)?;
+        add_blocks(&mut t, "visual.transformer", w, 12)?;
+        add_text_tower(&mut t, 512, 512)?;
+    }
+    Ok((Weights::new(Path::new("<random ViT-B/32>"), m), dims))
+}
+
 /// Random RN50x64 weights (BatchNorm statistics included), in OpenAI key names.
 fn rn50x64_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
     let dims = ClipDims {
@@ -102,18 +184,7 @@ fn rn50x64_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
         transformer_layers: 12,
     };
     let mut m: HashMap<String, Tensor> = HashMap::new();
-    // std > 0: N(0, std²); std == 0: zeros; std < 0: ones.
-    let mut t = |name: String, shape: &[usize], std: f64| -> anyhow::Result<()> {
-        let v = if std > 0.0 {
-            (Tensor::randn(0f32, 1f32, shape, dev)? * std)?
-        } else if std == 0.0 {
-            Tensor::zeros(shape, DType::F32, dev)?
-        } else {
-            Tensor::ones(shape, DType::F32, dev)?
-        };
-        m.insert(name, v);
-        Ok(())
-    };
+    let mut t = filler(&mut m, dev);
     let mut convs: Vec<(String, String, usize, usize, usize)> = Vec::new();
     let w = 128;
     for (i, (ci, co)) in [(3, w / 2), (w / 2, w / 2), (w / 2, w)]
@@ -183,27 +254,8 @@ fn rn50x64_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
     }
     t("visual.attnpool.c_proj.weight".into(), &[1024, e], 0.02)?;
     t("visual.attnpool.c_proj.bias".into(), &[1024], 0.0)?;
-    let tw = 1024;
-    t("token_embedding.weight".into(), &[49408, tw], 0.02)?;
-    t("positional_embedding".into(), &[77, tw], 0.01)?;
-    t("text_projection".into(), &[tw, 1024], 0.03)?;
-    t("ln_final.weight".into(), &[tw], -1.0)?;
-    t("ln_final.bias".into(), &[tw], 0.0)?;
-    for i in 0..12 {
-        let p = format!("transformer.resblocks.{i}");
-        t(format!("{p}.attn.in_proj_weight"), &[3 * tw, tw], 0.02)?;
-        t(format!("{p}.attn.in_proj_bias"), &[3 * tw], 0.0)?;
-        t(format!("{p}.attn.out_proj.weight"), &[tw, tw], 0.02)?;
-        t(format!("{p}.attn.out_proj.bias"), &[tw], 0.0)?;
-        for ln in ["ln_1", "ln_2"] {
-            t(format!("{p}.{ln}.weight"), &[tw], -1.0)?;
-            t(format!("{p}.{ln}.bias"), &[tw], 0.0)?;
-        }
-        t(format!("{p}.mlp.c_fc.weight"), &[4 * tw, tw], 0.02)?;
-        t(format!("{p}.mlp.c_fc.bias"), &[4 * tw], 0.0)?;
-        t(format!("{p}.mlp.c_proj.weight"), &[tw, 4 * tw], 0.02)?;
-        t(format!("{p}.mlp.c_proj.bias"), &[tw], 0.0)?;
-    }
+    add_text_tower(&mut t, 1024, 1024)?;
+    drop(t);
     Ok((Weights::new(Path::new("<random RN50x64>"), m), dims))
 }
 
@@ -242,17 +294,78 @@ fn main() -> anyhow::Result<()> {
         let (w, dims) = rn50x64_weights(&dev)?;
         let model = OpenAiClip::from_weights(&w, dims, &dev)?;
         drop(w);
+        time_encoder(&args, &img, &model, &store, "RN50x64, 448 px, fp32")?;
+    }
+    {
+        let store = random_store(&args.dir, args.n, 512)?;
+        let (w, dims) = vit_b32_weights(&dev)?;
+        let model = OpenAiClip::from_weights(&w, dims, &dev)?;
+        drop(w);
+        time_encoder(
+            &args,
+            &img,
+            &model,
+            &store,
+            "ViT-B/32 retrieval encoder, 224 px, fp32",
+        )?;
+        time_shared_vision(&args, &store)?;
+    }
+    Ok(())
+}
+
+/// Reusing the captioning encoder's ViT-B/32: its `last_hidden_state` is computed for captioning
+/// anyway, so retrieval adds `post_layernorm` of the class token, `visual_projection` and the
+/// search ([`smallcap::retrieval::RetrievalEncoder::encode_from_vision_states`]).
+fn time_shared_vision(args: &Args, store: &Datastore) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let states = Tensor::randn(0f32, 1f32, (1, 50, 768), &dev)?;
+    let ln = candle_nn::LayerNorm::new(
+        Tensor::ones(768, DType::F32, &dev)?,
+        Tensor::zeros(768, DType::F32, &dev)?,
+        1e-5,
+    );
+    let proj = (Tensor::randn(0f32, 1f32, (512, 768), &dev)? * 0.03)?;
+    let (mut enc, mut search) = (vec![], vec![]);
+    for _ in 0..args.runs {
+        let t1 = Instant::now();
+        let q = smallcap::retrieval::encoder::project_class_token(&states, &ln, &proj)?;
+        let t2 = Instant::now();
+        let hits = store.search(&q, 512, 4)?;
+        let t3 = Instant::now();
+        assert_eq!(hits[0].len(), 4);
+        enc.push((t2 - t1).as_secs_f64());
+        search.push((t3 - t2).as_secs_f64());
+    }
+    let (e, s) = (median(enc), median(search));
+    println!(
+        "| reuse the captioning ViT-B/32 (post-LN + projection only) | 0 (shared) | {e:.4} s | {s:.3} s | {:.3} s |",
+        e + s
+    );
+    Ok(())
+}
+
+fn time_encoder(
+    args: &Args,
+    img: &smallcap_image::SourceImage,
+    model: &OpenAiClip,
+    store: &Datastore,
+    label: &str,
+) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let r = model.dims().image_resolution;
+    let dim = model.dims().embed_dim;
+    {
         let (mut pre, mut enc, mut search, mut enc_cpu, mut search_cpu) =
             (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..args.runs {
             let t0 = Instant::now();
-            let px = smallcap_image::clip_transform(&img, 448);
-            let x = Tensor::from_vec(px, (1, 3, 448, 448), &dev)?;
+            let px = smallcap_image::clip_transform(img, r as u32);
+            let x = Tensor::from_vec(px, (1, 3, r, r), &dev)?;
             let (t1, c1) = (Instant::now(), cpu_seconds());
             let mut q = model.encode_image(&x)?.flatten_all()?.to_vec1::<f32>()?;
-            normalize_l2(&mut q, 1024);
+            normalize_l2(&mut q, dim);
             let (t2, c2) = (Instant::now(), cpu_seconds());
-            let hits = store.search(&q, 1024, 4)?;
+            let hits = store.search(&q, dim, 4)?;
             let (t3, c3) = (Instant::now(), cpu_seconds());
             enc_cpu.push(c2 - c1);
             search_cpu.push(c3 - c2);
@@ -264,7 +377,7 @@ fn main() -> anyhow::Result<()> {
         let (p, e, s) = (median(pre), median(enc), median(search));
         let (ec, sc) = (median(enc_cpu), median(search_cpu));
         println!(
-            "| RN50x64, 448 px, fp32 | {p:.3} s | {e:.2} s / {ec:.2} s | {s:.3} s / {sc:.2} s | {:.2} s |",
+            "| {label} | {p:.3} s | {e:.2} s / {ec:.2} s | {s:.3} s / {sc:.2} s | {:.2} s |",
             p + e + s
         );
     }

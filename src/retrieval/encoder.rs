@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{LayerNorm, Module, VarBuilder};
 use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
 use candle_transformers::models::clip::vision_model::ClipVisionConfig;
 use candle_transformers::models::clip::{ClipConfig, ClipModel};
@@ -39,7 +39,21 @@ enum Model {
         image_size: usize,
         dim: usize,
         context: usize,
+        /// `vision_model.post_layernorm` and `visual_projection.weight`, for
+        /// [`RetrievalEncoder::encode_from_vision_states`].
+        head: (LayerNorm, Tensor),
     },
+}
+
+/// `visual_projection(post_layernorm(states[:, 0]))`, L2-normalised: HF `get_image_features`
+/// from a vision tower's `last_hidden_state` `[B, T, H]` (`proj` is `[E, H]`).
+pub fn project_class_token(states: &Tensor, ln: &LayerNorm, proj: &Tensor) -> Result<Vec<f32>> {
+    let cls = states.narrow(1, 0, 1)?.squeeze(1)?;
+    let feats = ln.forward(&cls)?.matmul(&proj.t()?)?;
+    let dim = proj.dim(0)?;
+    let mut v = feats.flatten_all()?.to_vec1::<f32>()?;
+    normalize_l2(&mut v, dim);
+    Ok(v)
 }
 
 /// The parts of an HF `CLIPModel` `config.json` the encoder needs (HF defaults where absent).
@@ -165,6 +179,17 @@ impl RetrievalEncoder {
             image_size: v.image_size,
         };
         let map = crate::checkpoint::read_state_dict(&files.weights, device)?;
+        let weights = crate::models::clip_openai::Weights::new(&files.weights, map.clone());
+        let h = v.hidden_size;
+        let head = (
+            LayerNorm::new(
+                weights.get("vision_model.post_layernorm.weight", &[h])?,
+                weights.get("vision_model.post_layernorm.bias", &[h])?,
+                1e-5,
+            ),
+            weights.get("visual_projection.weight", &[cfg.projection_dim, h])?,
+        );
+        drop(weights);
         let vb = VarBuilder::from_tensors(map, DType::F32, device);
         let model = ClipModel::new(vb, &c)
             .map_err(|e| Error::checkpoint(&files.weights, format!("not a CLIPModel: {e}")))?;
@@ -185,6 +210,7 @@ impl RetrievalEncoder {
                 image_size: v.image_size,
                 dim: cfg.projection_dim,
                 context: t.max_position_embeddings.min(CONTEXT_LENGTH),
+                head,
             },
             spec,
             device: device.clone(),
@@ -262,6 +288,29 @@ impl RetrievalEncoder {
             Model::Hf { model, .. } => model.get_image_features(x)?,
         };
         self.normalised(&feats)
+    }
+
+    /// For a Hugging Face CLIP encoder whose vision tower is the captioning encoder's (SmallCap's
+    /// frozen `openai/clip-vit-base-patch32`): the image rows from the captioner's
+    /// `last_hidden_state` `[B, T, H]`, so that retrieval costs only the class token's
+    /// `post_layernorm` and `visual_projection` on top of captioning.
+    pub fn encode_from_vision_states(&self, states: &Tensor) -> Result<Vec<f32>> {
+        match &self.model {
+            Model::Hf { head: (ln, proj), .. } => {
+                let h = proj.dim(1)?;
+                if states.rank() != 3 || states.dim(2)? != h {
+                    return Err(Error::Input(format!(
+                        "vision states have shape {:?}; this encoder's tower has width {h}",
+                        states.dims()
+                    )));
+                }
+                project_class_token(states, ln, proj)
+            }
+            Model::OpenAi(_) => Err(Error::Input(format!(
+                "{} does not share the captioning encoder's vision tower (use a Hugging Face CLIPModel such as openai/clip-vit-base-patch32)",
+                self.description
+            ))),
+        }
     }
 
     /// Decoded images → L2-normalised rows.
