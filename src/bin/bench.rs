@@ -71,8 +71,7 @@ fn write_random_checkpoint(dir: &Path) -> anyhow::Result<()> {
         shape: vec![50257, 768],
     });
     for t in all {
-        let is_ln_weight =
-            t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
+        let is_ln_weight = t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
         let value = if t.shape.len() >= 2 || t.name.ends_with("class_embedding") {
             let n: usize = t.shape.iter().product();
             let data: Vec<f32> = (0..n).map(|_| 0.06 * rng.sample()).collect();
@@ -86,10 +85,7 @@ fn write_random_checkpoint(dir: &Path) -> anyhow::Result<()> {
     }
     let tmp = dir.join("model.safetensors.partial");
     candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&cfg_json)?,
-    )?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg_json)?)?;
     std::fs::rename(tmp, dir.join("model.safetensors"))?;
     Ok(())
 }
@@ -131,11 +127,9 @@ fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
@@ -148,26 +142,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// perf_reference.py's caption vocabulary: 6–14 random words, deterministic.
 fn random_captions(seed: u64) -> Vec<String> {
-    let words: Vec<&str> =
-        "a the man woman dog cat bus train on near with riding standing street beach table"
-            .split(' ')
-            .collect();
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let words: Vec<&str> = "a the man woman dog cat bus train on near with riding standing street beach table"
+        .split(' ')
+        .collect();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     (0..4)
         .map(|_| {
             let n = 6 + next() % 9;
-            (0..n)
-                .map(|_| words[next() % words.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
+            (0..n).map(|_| words[next() % words.len()]).collect::<Vec<_>>().join(" ")
         })
         .collect()
 }
@@ -192,10 +178,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let px = captioner.load_image(path)?;
         let pre = t.elapsed().as_secs_f64();
-        Ok((
-            captioner.prepare(px, Retrieval::Captions(random_captions(i as u64)), 4)?,
-            pre,
-        ))
+        Ok((captioner.prepare(px, Retrieval::Captions(random_captions(i as u64)), 4)?, pre))
     };
 
     // Single images: encode (preprocessing + vision tower) and generate, separately timed.
@@ -243,14 +226,8 @@ fn main() -> anyhow::Result<()> {
     println!("| images × runs | {} × {} |", images.len(), args.runs);
     println!("| prompt tokens (mean) | {:.1} |", avg(&prompt_len));
     println!("| new tokens (mean) | {:.1} |", avg(&tokens));
-    println!(
-        "| encode per image, batch 1 (s, median) | {:.3} |",
-        median(enc.clone())
-    );
-    println!(
-        "| generate per image, batch 1 (s, median) | {:.3} |",
-        median(gen.clone())
-    );
+    println!("| encode per image, batch 1 (s, median) | {:.3} |", median(enc.clone()));
+    println!("| generate per image, batch 1 (s, median) | {:.3} |", median(gen.clone()));
     println!(
         "| encode + generate per image, batch 1 (s, median) | {:.3} |",
         median(enc.iter().zip(&gen).map(|(a, b)| a + b).collect())
@@ -262,11 +239,7 @@ fn main() -> anyhow::Result<()> {
             args.batch,
             median(batched)
         );
-        println!(
-            "| peak RSS after batch {} (MiB) | {:.0} |",
-            args.batch,
-            peak_rss_mib()
-        );
+        println!("| peak RSS after batch {} (MiB) | {:.0} |", args.batch, peak_rss_mib());
     }
     Ok(())
 }

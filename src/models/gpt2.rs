@@ -210,11 +210,7 @@ impl Gpt2 {
         let device = self.wte.device();
         let n: usize = seqs.iter().map(|s| s.rows * t).sum();
         if input_ids.len() != n {
-            candle_core::bail!(
-                "forward: {} ids for {} rows × {t} tokens",
-                input_ids.len(),
-                n
-            );
+            candle_core::bail!("forward: {} ids for {} rows × {t} tokens", input_ids.len(), n);
         }
         let mut positions = Vec::with_capacity(n);
         for s in seqs.iter() {
