@@ -35,6 +35,12 @@ const ALLOWED_GLOBALS: &[(&str, &str)] = &[
     ("torch", "CharStorage"),
     ("torch", "ByteStorage"),
     ("torch", "BoolStorage"),
+    // TorchScript archives tag typed containers with these identity functions.
+    ("torch.jit._pickle", "restore_type_tag"),
+    ("torch.jit._pickle", "build_intlist"),
+    ("torch.jit._pickle", "build_doublelist"),
+    ("torch.jit._pickle", "build_boollist"),
+    ("torch.jit._pickle", "build_tensorlist"),
 ];
 
 /// A tensor the model reads, with the shape the config implies.
@@ -148,9 +154,9 @@ impl StateDict {
         wanted.push(LM_HEAD);
         let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
         let mut tensors = if is_safetensors {
-            read_safetensors(path, &wanted, device)?
+            read_safetensors(path, Select::Only(&wanted), device)?
         } else {
-            read_pytorch(path, &wanted, device)?
+            read_pytorch(path, Select::Only(&wanted), device)?
         };
         for t in &expected {
             match tensors.get(&t.name) {
@@ -199,9 +205,45 @@ impl StateDict {
     }
 }
 
+/// Which tensors of a file to load.
+#[derive(Clone, Copy)]
+enum Select<'a> {
+    /// Only these names (others are skipped without reading their data).
+    Only(&'a [&'a str]),
+    /// Every tensor in the file.
+    All,
+}
+
+impl Select<'_> {
+    fn wants(&self, name: &str) -> bool {
+        match self {
+            Select::Only(names) => names.contains(&name),
+            Select::All => true,
+        }
+    }
+}
+
+/// Reads every tensor of a weight file as f32: `.safetensors`, a PyTorch zip pickle holding a
+/// state dict (`torch.save(model.state_dict())`, optionally nested under `"state_dict"`), or a
+/// TorchScript archive (`torch.jit.save`, e.g. OpenAI's CLIP `.pt` files), whose module tree is
+/// flattened into state-dict names (`visual.conv1.weight`, ...). Pickles are read as data
+/// through the same allowlist as checkpoints; no code runs.
+pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    let tensors = if is_safetensors {
+        read_safetensors(path, Select::All, device)?
+    } else {
+        read_pytorch(path, Select::All, device)?
+    };
+    if tensors.is_empty() {
+        return Err(Error::checkpoint(path, "the file holds no tensors"));
+    }
+    Ok(tensors)
+}
+
 fn read_safetensors(
     path: &Path,
-    wanted: &[&str],
+    select: Select<'_>,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
     let bad = |e: &dyn std::fmt::Display| {
@@ -210,21 +252,87 @@ fn read_safetensors(
     // SAFETY: the file is mapped read-only; safetensors validates the header against its length.
     let st =
         unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(&e))?;
-    let names: std::collections::HashSet<String> =
-        st.tensors().into_iter().map(|(n, _)| n).collect();
     let mut out = HashMap::new();
-    for &name in wanted {
-        if names.contains(name) {
-            let t = st.load(name, device).map_err(|e| bad(&e))?;
-            out.insert(name.to_string(), t.to_dtype(DType::F32)?);
+    for (name, _) in st.tensors() {
+        if select.wants(&name) {
+            let t = st.load(&name, device).map_err(|e| bad(&e))?;
+            out.insert(name, t.to_dtype(DType::F32)?);
         }
     }
     Ok(out)
 }
 
+/// True for the class of a TorchScript module object (`__torch__.model.CLIP`, ...).
+fn is_torchscript_module(module_name: &str) -> bool {
+    module_name == "__torch__" || module_name.starts_with("__torch__.")
+}
+
+/// Flattens a TorchScript module object (`Build { Reduce { __torch__.* class }, attributes }`)
+/// into `(state-dict name, value)` pairs: tensor attributes keep their value, submodules are
+/// descended with a `name.` prefix, other attributes (flags, ints, ...) are dropped.
+fn flatten_torchscript(prefix: &str, obj: Object, out: &mut Vec<(Object, Object)>) {
+    let attrs = match obj {
+        Object::Build { callable, args } => match (*callable, *args) {
+            (Object::Reduce { callable, .. }, Object::Dict(attrs)) if matches!(&*callable, Object::Class { module_name, .. } if is_torchscript_module(module_name)) => {
+                attrs
+            }
+            _ => return,
+        },
+        _ => return,
+    };
+    for (key, value) in attrs {
+        let Object::Unicode(name) = key else { continue };
+        let full = format!("{prefix}{name}");
+        match &value {
+            Object::Build { .. } => flatten_torchscript(&format!("{full}."), value, out),
+            Object::Reduce { .. } => out.push((Object::Unicode(full), value)),
+            _ => {}
+        }
+    }
+}
+
+/// The state dict inside an unpickled root object: a dict of tensors, a dict holding one under
+/// `"state_dict"`, or a TorchScript module tree.
+fn state_dict_items(path: &Path, root: Object) -> Result<Vec<(Object, Object)>> {
+    match root {
+        Object::Dict(items) => {
+            let nested = items.iter().position(|(k, v)| {
+                matches!(k, Object::Unicode(s) if s == "state_dict") && matches!(v, Object::Dict(_))
+            });
+            match nested {
+                Some(i) => match items.into_iter().nth(i) {
+                    Some((_, Object::Dict(inner))) => Ok(inner),
+                    _ => unreachable!("position checked the variant"),
+                },
+                None => Ok(items),
+            }
+        }
+        obj @ Object::Build { .. } => {
+            let mut out = Vec::new();
+            flatten_torchscript("", obj, &mut out);
+            if out.is_empty() {
+                return Err(Error::checkpoint(
+                    path,
+                    "the pickle holds an object that is neither a state dict nor a TorchScript module",
+                ));
+            }
+            Ok(out)
+        }
+        _ => Err(Error::checkpoint(
+            path,
+            "the pickle does not hold a state dict (a mapping of names to tensors)",
+        )),
+    }
+}
+
 /// Reads a PyTorch zip checkpoint as data: the pickle is parsed into objects, every global it
-/// names is checked against [`ALLOWED_GLOBALS`], and tensor bytes are read from the archive.
-fn read_pytorch(path: &Path, wanted: &[&str], device: &Device) -> Result<HashMap<String, Tensor>> {
+/// names is checked against [`ALLOWED_GLOBALS`] (TorchScript module classes `__torch__.*` are
+/// accepted as inert attribute containers), and tensor bytes are read from the archive.
+fn read_pytorch(
+    path: &Path,
+    select: Select<'_>,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
         Error::checkpoint(
@@ -235,7 +343,7 @@ fn read_pytorch(path: &Path, wanted: &[&str], device: &Device) -> Result<HashMap
     let pkl_name = zip
         .file_names()
         .filter_map(|n| n.ok())
-        .find(|n| n.ends_with("data.pkl"))
+        .find(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
         .map(|n| n.into_owned())
         .ok_or_else(|| Error::checkpoint(path, "the archive holds no data.pkl"))?;
     let dir_name = pkl_name.trim_end_matches(".pkl").to_string();
@@ -253,24 +361,27 @@ fn read_pytorch(path: &Path, wanted: &[&str], device: &Device) -> Result<HashMap
             .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?
     };
     check_globals(&root).map_err(|msg| Error::checkpoint(path, msg))?;
-    let Object::Dict(items) = root else {
-        return Err(Error::checkpoint(
-            path,
-            "the pickle does not hold a state dict (a mapping of names to tensors)",
-        ));
-    };
+    let items = state_dict_items(path, root)?;
     let mut out = HashMap::new();
     for (key, value) in items {
         let Object::Unicode(name) = &key else {
             continue;
         };
-        if !wanted.contains(&name.as_str()) {
+        if !select.wants(name) {
             continue;
         }
-        let info = value
-            .into_tensor_info(key.clone(), Path::new(&dir_name))
-            .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {e}")))?
-            .ok_or_else(|| Error::checkpoint(path, format!("entry {name} is not a tensor")))?;
+        let info = match value.into_tensor_info(key.clone(), Path::new(&dir_name)) {
+            Ok(Some(info)) => info,
+            // Non-tensor entries (`_metadata`, ...) are skipped when reading everything.
+            Ok(None) if matches!(select, Select::All) => continue,
+            Ok(None) => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("entry {name} is not a tensor"),
+                ))
+            }
+            Err(e) => return Err(Error::checkpoint(path, format!("tensor {name}: {e}"))),
+        };
         let layout = &info.layout;
         if !layout.is_contiguous() {
             return Err(Error::checkpoint(
@@ -300,16 +411,18 @@ fn read_pytorch(path: &Path, wanted: &[&str], device: &Device) -> Result<HashMap
     Ok(out)
 }
 
-/// Walks the unpickled object tree and refuses any global outside [`ALLOWED_GLOBALS`].
+/// Walks the unpickled object tree and refuses any global outside [`ALLOWED_GLOBALS`] (and the
+/// TorchScript module classes `__torch__.*`, which are only ever read as attribute containers).
 fn check_globals(obj: &Object) -> std::result::Result<(), String> {
     match obj {
         Object::Class {
             module_name,
             class_name,
         } => {
-            if ALLOWED_GLOBALS
-                .iter()
-                .any(|(m, c)| m == module_name && c == class_name)
+            if is_torchscript_module(module_name)
+                || ALLOWED_GLOBALS
+                    .iter()
+                    .any(|(m, c)| m == module_name && c == class_name)
             {
                 Ok(())
             } else {

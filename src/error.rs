@@ -19,9 +19,13 @@ pub enum Error {
     #[error("hub: {0}")]
     Hub(String),
     #[error(transparent)]
+    Datastore(#[from] smallcap_datastore::Error),
+    #[error(transparent)]
     Image(#[from] smallcap_image::ImageError),
     #[error("{0}")]
     Input(String),
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -8,6 +8,7 @@
 //! - [`generation`]: beam search and greedy decoding as transformers 4.21.1;
 //! - [`captioner`]: the API that ties them together (load once, caption many);
 //! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub;
+//! - [`retrieval`]: CLIP retrieval encoders and live caption retrieval from a datastore;
 
 pub mod captioner;
 pub mod checkpoint;
@@ -18,6 +19,7 @@ pub mod generation;
 pub mod hub;
 pub mod models;
 pub mod prompt;
+pub mod retrieval;
 pub mod retrieved;
 pub mod tokenizer;
 

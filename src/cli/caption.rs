@@ -1,14 +1,15 @@
 //! `smallcap caption`: images in, one JSON line per image out, in input order.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::Device;
 use clap::Args;
 
 use smallcap::captioner::{Captioner, Prepared, Retrieval};
+use smallcap::retrieval::Retriever;
 use smallcap::retrieved::{image_id, RetrievedCaptions};
 use smallcap::GenerationConfig;
 
@@ -27,8 +28,15 @@ pub struct CaptionArgs {
     #[arg(long = "images", value_name = "DIR")]
     images_dir: Option<PathBuf>,
     /// Retrieved captions: a JSON object mapping an image's file name, stem or id to captions.
-    #[arg(long, conflicts_with_all = ["captions", "no_retrieval"])]
+    #[arg(long, conflicts_with_all = ["captions", "no_retrieval", "datastore"])]
     retrieved: Option<PathBuf>,
+    /// Retrieve each image's prompt captions live from this datastore folder.
+    #[arg(long, conflicts_with_all = ["captions", "no_retrieval"])]
+    datastore: Option<PathBuf>,
+    /// The retrieval encoder for --datastore (default: the one the datastore records): an
+    /// OpenAI CLIP file such as RN50x64.pt, or a HF CLIPModel folder / hub id.
+    #[arg(long, requires = "datastore")]
+    retrieval_encoder: Option<String>,
     /// Captions to put in every image's prompt (repeatable).
     #[arg(long = "captions", conflicts_with = "no_retrieval")]
     captions: Vec<String>,
@@ -66,28 +74,10 @@ struct OutputLine<'a> {
     retrieved_captions: &'a [String],
 }
 
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
-
-fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
-        let path = entry?.path();
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        if path.is_file() && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
     let mut images = args.images.clone();
     if let Some(dir) = &args.images_dir {
-        images.extend(list_images(dir)?);
+        images.extend(super::list_images(dir)?);
     }
     if images.is_empty() {
         bail!("no images given (pass image paths or --images DIR)");
@@ -110,9 +100,27 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let device = Device::Cpu;
+    let retriever = match &args.datastore {
+        Some(dir) => Some(Retriever::open_datastore(
+            dir,
+            args.retrieval_encoder.as_deref(),
+            &device,
+        )?),
+        None => None,
+    };
+    if let Some(r) = &retriever {
+        if args.k > r.store().len() {
+            bail!(
+                "--k {} is larger than the datastore ({} captions)",
+                args.k,
+                r.store().len()
+            );
+        }
+    }
     let captioner = Captioner::from_specs(&args.model, args.tokenizer.as_deref(), &device)?;
-    if retrieved.is_none() && args.captions.is_empty() && !args.no_retrieval {
-        bail!("give the prompt captions: --retrieved FILE, --captions TEXT (repeatable), or --no-retrieval");
+    if retrieved.is_none() && retriever.is_none() && args.captions.is_empty() && !args.no_retrieval
+    {
+        bail!("give the prompt captions: --datastore DIR, --retrieved FILE, --captions TEXT (repeatable), or --no-retrieval");
     }
     let generation = GenerationConfig {
         num_beams: args.beams,
@@ -122,28 +130,27 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
         ..captioner.default_generation()
     };
 
-    let progress = if images.len() > 1 && std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(images.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} images  {elapsed} (eta {eta})",
-            )
-            .expect("valid template"),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let progress = super::progress_bar(images.len(), "images");
 
     let prepare = |path: &Path| -> anyhow::Result<Prepared> {
+        let image = smallcap_image::load(path)?;
         let retrieval = if args.no_retrieval {
             Retrieval::None
+        } else if let Some(r) = &retriever {
+            let found = r.retrieve_images(std::slice::from_ref(&image), args.k)?;
+            Retrieval::Captions(
+                found
+                    .into_iter()
+                    .next()
+                    .map(|f| f.captions)
+                    .unwrap_or_default(),
+            )
         } else if let Some(r) = &retrieved {
             Retrieval::Captions(r.lookup(path)?.to_vec())
         } else {
             Retrieval::Captions(args.captions.clone())
         };
-        let pixels = captioner.load_image(path)?;
+        let pixels = captioner.pixel_values(&image.to_rgb())?;
         Ok(captioner.prepare(pixels, retrieval, args.k)?)
     };
 

@@ -1,7 +1,9 @@
 //! The `smallcap` command line: argument parsing and dispatch to one module per subcommand.
 
 mod caption;
+mod datastore;
 mod eval;
+mod retrieve;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,10 @@ enum Command {
     Caption(caption::CaptionArgs),
     /// Score captions with the COCO caption metrics (as pycocoevalcap).
     Eval(eval::EvalArgs),
+    /// Build and manage caption datastores.
+    Datastore(datastore::DatastoreArgs),
+    /// Retrieve datastore captions for images or texts (one JSON object per line on stdout).
+    Retrieve(retrieve::RetrieveArgs),
 }
 
 /// Runs the command line; the exit code is non-zero when anything failed.
@@ -39,6 +45,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Caption(args) => caption::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Datastore(args) => datastore::run(args),
+        Command::Retrieve(args) => retrieve::run(args),
     };
     match result {
         Ok(code) => code,
@@ -70,4 +78,42 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> 
         let _ = std::fs::remove_file(&tmp);
         anyhow::anyhow!("cannot write {}: {e}", path.display())
     })
+}
+
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+
+/// The image files of a folder, sorted by name.
+pub fn list_images(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if path.is_file() && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A progress bar on stderr for `len` items, hidden unless stderr is a terminal and there is
+/// more than one item.
+pub fn progress_bar(len: usize, unit: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if len > 1 && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(len as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{bar:40}} {{pos}}/{{len}} {unit}  {{elapsed}} (eta {{eta}})"
+            ))
+            .expect("valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
 }

@@ -1,6 +1,9 @@
 //! The networks: the CLIP vision encoder, GPT-2 with SmallCap cross-attention, and the
-//! SmallCap model that joins them.
+//! SmallCap model that joins them; and the OpenAI CLIP models used as retrieval encoders.
 
+pub mod clip_openai;
+pub mod clip_resnet;
+pub mod clip_transformer;
 pub mod clip_vision;
 pub mod gpt2;
 pub mod smallcap;

@@ -1,0 +1,385 @@
+//! `bench_retrieval`: per-image retrieval time at full size — CLIP RN50x64 (width 128, layers
+//! (3, 15, 36, 10), 448 px, embed 1024, random weights made here) encoding one image followed by
+//! an exact top-4 search over a datastore of 565,497 random unit vectors (the COCO store's
+//! shape, generated once into `target/bench-retrieval/` and reused) — and the lighter options:
+//! HF CLIP ViT-B/32 as retrieval encoder (224 px, 512-d store), and reusing the captioning
+//! encoder's ViT-B/32 output (only `post_layernorm` + `visual_projection` + search are extra).
+//! Prints a Markdown table (median of the runs).
+//!
+//! `cargo run --release --bin bench_retrieval -- [--runs 3] [--n 565497] [--image IMG]`
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+
+use smallcap::models::clip_openai::{ClipDims, OpenAiClip, VisionLayers, Weights};
+use smallcap_datastore::faiss::FlatIpWriter;
+use smallcap_datastore::store::{normalize_l2, StoreOptions};
+use smallcap_datastore::{Datastore, Dtype};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Datastore size.
+    #[arg(long, default_value_t = 565_497)]
+    n: usize,
+    /// Where the random stores are kept.
+    #[arg(long, default_value = "target/bench-retrieval")]
+    dir: PathBuf,
+    /// The query image.
+    #[arg(
+        long,
+        default_value = "tests/fixtures/smallcap-tiny/images/synth_0_640x480_RGB.jpg"
+    )]
+    image: PathBuf,
+    /// Skip the RN50x64 rows.
+    #[arg(long)]
+    no_resnet: bool,
+}
+
+/// SplitMix64 uniform in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// A store of `n` random unit vectors of dimension `dim` at `dir/random_{n}x{dim}` (made once).
+fn random_store(dir: &Path, n: usize, dim: usize) -> anyhow::Result<Datastore> {
+    let out = dir.join(format!("random_{n}x{dim}"));
+    if out.is_dir() {
+        return Ok(Datastore::open(&out)?);
+    }
+    std::fs::create_dir_all(dir)?;
+    let index = dir.join(format!("random_{n}x{dim}.faiss.tmp"));
+    let caps = dir.join(format!("random_{n}.captions.json.tmp"));
+    let mut w = FlatIpWriter::create(&index, dim, n)?;
+    let mut rng = Rng(dim as u64);
+    let mut rows = vec![0f32; 4096 * dim];
+    let mut left = n;
+    while left > 0 {
+        let m = left.min(4096);
+        rows[..m * dim].iter_mut().for_each(|x| *x = rng.next_f32());
+        normalize_l2(&mut rows[..m * dim], dim);
+        w.push(&rows[..m * dim])?;
+        left -= m;
+    }
+    w.finish()?;
+    let names: Vec<String> = (0..n).map(|i| format!("caption {i}")).collect();
+    std::fs::write(&caps, serde_json::to_vec(&names)?)?;
+    let opts = StoreOptions {
+        encoder: "random".into(),
+        dtype: Dtype::F32,
+    };
+    let ds = Datastore::from_faiss(&index, &caps, &out, &opts)?;
+    std::fs::remove_file(&index)?;
+    std::fs::remove_file(&caps)?;
+    Ok(ds)
+}
+
+type Init<'a> = dyn FnMut(String, &[usize], f64) -> anyhow::Result<()> + 'a;
+
+/// Random OpenAI text-tower weights (12 layers of width `tw`, projection to `embed`).
+fn add_text_tower(t: &mut Init<'_>, tw: usize, embed: usize) -> anyhow::Result<()> {
+    t("token_embedding.weight".into(), &[49408, tw], 0.02)?;
+    t("positional_embedding".into(), &[77, tw], 0.01)?;
+    t("text_projection".into(), &[tw, embed], 0.03)?;
+    t("ln_final.weight".into(), &[tw], -1.0)?;
+    t("ln_final.bias".into(), &[tw], 0.0)?;
+    add_blocks(t, "transformer", tw, 12)
+}
+
+/// Random `ResidualAttentionBlock` weights at `<prefix>.resblocks.{i}`.
+fn add_blocks(t: &mut Init<'_>, prefix: &str, tw: usize, layers: usize) -> anyhow::Result<()> {
+    for i in 0..layers {
+        let p = format!("{prefix}.resblocks.{i}");
+        t(format!("{p}.attn.in_proj_weight"), &[3 * tw, tw], 0.02)?;
+        t(format!("{p}.attn.in_proj_bias"), &[3 * tw], 0.0)?;
+        t(format!("{p}.attn.out_proj.weight"), &[tw, tw], 0.02)?;
+        t(format!("{p}.attn.out_proj.bias"), &[tw], 0.0)?;
+        for ln in ["ln_1", "ln_2"] {
+            t(format!("{p}.{ln}.weight"), &[tw], -1.0)?;
+            t(format!("{p}.{ln}.bias"), &[tw], 0.0)?;
+        }
+        t(format!("{p}.mlp.c_fc.weight"), &[4 * tw, tw], 0.02)?;
+        t(format!("{p}.mlp.c_fc.bias"), &[4 * tw], 0.0)?;
+        t(format!("{p}.mlp.c_proj.weight"), &[tw, 4 * tw], 0.02)?;
+        t(format!("{p}.mlp.c_proj.bias"), &[tw], 0.0)?;
+    }
+    Ok(())
+}
+
+/// A filler for random weights: std > 0: N(0, std²); std == 0: zeros; std < 0: ones.
+fn filler<'a>(
+    m: &'a mut HashMap<String, Tensor>,
+    dev: &'a Device,
+) -> impl FnMut(String, &[usize], f64) -> anyhow::Result<()> + 'a {
+    move |name, shape, std| {
+        let v = if std > 0.0 {
+            (Tensor::randn(0f32, 1f32, shape, dev)? * std)?
+        } else if std == 0.0 {
+            Tensor::zeros(shape, DType::F32, dev)?
+        } else {
+            Tensor::ones(shape, DType::F32, dev)?
+        };
+        m.insert(name, v);
+        Ok(())
+    }
+}
+
+/// Random OpenAI ViT-B/32 weights (the architecture of SmallCap's captioning encoder).
+fn vit_b32_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
+    let dims = ClipDims {
+        embed_dim: 512,
+        image_resolution: 224,
+        vision_layers: VisionLayers::Vit(12),
+        vision_width: 768,
+        vision_patch_size: Some(32),
+        context_length: 77,
+        vocab_size: 49408,
+        transformer_width: 512,
+        transformer_heads: 8,
+        transformer_layers: 12,
+    };
+    let mut m = HashMap::new();
+    {
+        let mut t = filler(&mut m, dev);
+        let w = 768;
+        t("visual.conv1.weight".into(), &[w, 3, 32, 32], 0.02)?;
+        t("visual.class_embedding".into(), &[w], 0.02)?;
+        t("visual.positional_embedding".into(), &[50, w], 0.01)?;
+        for ln in ["ln_pre", "ln_post"] {
+            t(format!("visual.{ln}.weight"), &[w], -1.0)?;
+            t(format!("visual.{ln}.bias"), &[w], 0.0)?;
+        }
+        t("visual.proj".into(), &[w, 512], 0.03)?;
+        add_blocks(&mut t, "visual.transformer", w, 12)?;
+        add_text_tower(&mut t, 512, 512)?;
+    }
+    Ok((Weights::new(Path::new("<random ViT-B/32>"), m), dims))
+}
+
+/// Random RN50x64 weights (BatchNorm statistics included), in OpenAI key names.
+fn rn50x64_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
+    let dims = ClipDims {
+        embed_dim: 1024,
+        image_resolution: 448,
+        vision_layers: VisionLayers::ResNet([3, 15, 36, 10]),
+        vision_width: 128,
+        vision_patch_size: None,
+        context_length: 77,
+        vocab_size: 49408,
+        transformer_width: 1024,
+        transformer_heads: 16,
+        transformer_layers: 12,
+    };
+    let mut m: HashMap<String, Tensor> = HashMap::new();
+    let mut t = filler(&mut m, dev);
+    let mut convs: Vec<(String, String, usize, usize, usize)> = Vec::new();
+    let w = 128;
+    for (i, (ci, co)) in [(3, w / 2), (w / 2, w / 2), (w / 2, w)]
+        .into_iter()
+        .enumerate()
+    {
+        convs.push((
+            format!("visual.conv{}", i + 1),
+            format!("visual.bn{}", i + 1),
+            ci,
+            co,
+            3,
+        ));
+    }
+    let mut inplanes = w;
+    for (s, &blocks) in [3usize, 15, 36, 10].iter().enumerate() {
+        let planes = w << s;
+        for b in 0..blocks {
+            let p = format!("visual.layer{}.{b}", s + 1);
+            convs.push((
+                format!("{p}.conv1"),
+                format!("{p}.bn1"),
+                inplanes,
+                planes,
+                1,
+            ));
+            convs.push((format!("{p}.conv2"), format!("{p}.bn2"), planes, planes, 3));
+            convs.push((
+                format!("{p}.conv3"),
+                format!("{p}.bn3"),
+                planes,
+                planes * 4,
+                1,
+            ));
+            if b == 0 {
+                convs.push((
+                    format!("{p}.downsample.0"),
+                    format!("{p}.downsample.1"),
+                    inplanes,
+                    planes * 4,
+                    1,
+                ));
+            }
+            inplanes = planes * 4;
+        }
+    }
+    for (conv, bn, ci, co, k) in convs {
+        t(
+            format!("{conv}.weight"),
+            &[co, ci, k, k],
+            (1.0 / (ci * k * k) as f64).sqrt(),
+        )?;
+        t(format!("{bn}.weight"), &[co], -1.0)?;
+        t(format!("{bn}.bias"), &[co], 0.0)?;
+        t(format!("{bn}.running_mean"), &[co], 0.0)?;
+        t(format!("{bn}.running_var"), &[co], -1.0)?;
+    }
+    let e = w * 32;
+    t(
+        "visual.attnpool.positional_embedding".into(),
+        &[197, e],
+        0.02,
+    )?;
+    for p in ["q_proj", "k_proj", "v_proj"] {
+        t(format!("visual.attnpool.{p}.weight"), &[e, e], 0.02)?;
+        t(format!("visual.attnpool.{p}.bias"), &[e], 0.0)?;
+    }
+    t("visual.attnpool.c_proj.weight".into(), &[1024, e], 0.02)?;
+    t("visual.attnpool.c_proj.bias".into(), &[1024], 0.0)?;
+    add_text_tower(&mut t, 1024, 1024)?;
+    drop(t);
+    Ok((Weights::new(Path::new("<random RN50x64>"), m), dims))
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat` (0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which ends with ')'): utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dev = Device::Cpu;
+    let img = smallcap_image::load(&args.image)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "threads: {threads}, store: {} vectors, runs: {}",
+        args.n, args.runs
+    );
+    println!();
+    println!("| path | preprocess | encode (wall / CPU) | search (k=4, wall / CPU) | total per image (wall) |");
+    println!("|---|---|---|---|---|");
+    if !args.no_resnet {
+        let store = random_store(&args.dir, args.n, 1024)?;
+        let (w, dims) = rn50x64_weights(&dev)?;
+        let model = OpenAiClip::from_weights(&w, dims, &dev)?;
+        drop(w);
+        time_encoder(&args, &img, &model, &store, "RN50x64, 448 px, fp32")?;
+    }
+    {
+        let store = random_store(&args.dir, args.n, 512)?;
+        let (w, dims) = vit_b32_weights(&dev)?;
+        let model = OpenAiClip::from_weights(&w, dims, &dev)?;
+        drop(w);
+        time_encoder(
+            &args,
+            &img,
+            &model,
+            &store,
+            "ViT-B/32 retrieval encoder, 224 px, fp32",
+        )?;
+        time_shared_vision(&args, &store)?;
+    }
+    Ok(())
+}
+
+/// Reusing the captioning encoder's ViT-B/32: its `last_hidden_state` is computed for captioning
+/// anyway, so retrieval adds `post_layernorm` of the class token, `visual_projection` and the
+/// search ([`smallcap::retrieval::RetrievalEncoder::encode_from_vision_states`]).
+fn time_shared_vision(args: &Args, store: &Datastore) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let states = Tensor::randn(0f32, 1f32, (1, 50, 768), &dev)?;
+    let ln = candle_nn::LayerNorm::new(
+        Tensor::ones(768, DType::F32, &dev)?,
+        Tensor::zeros(768, DType::F32, &dev)?,
+        1e-5,
+    );
+    let proj = (Tensor::randn(0f32, 1f32, (512, 768), &dev)? * 0.03)?;
+    let (mut enc, mut search) = (vec![], vec![]);
+    for _ in 0..args.runs {
+        let t1 = Instant::now();
+        let q = smallcap::retrieval::encoder::project_class_token(&states, &ln, &proj)?;
+        let t2 = Instant::now();
+        let hits = store.search(&q, 512, 4)?;
+        let t3 = Instant::now();
+        assert_eq!(hits[0].len(), 4);
+        enc.push((t2 - t1).as_secs_f64());
+        search.push((t3 - t2).as_secs_f64());
+    }
+    let (e, s) = (median(enc), median(search));
+    println!(
+        "| reuse the captioning ViT-B/32 (post-LN + projection only) | 0 (shared) | {e:.4} s | {s:.3} s | {:.3} s |",
+        e + s
+    );
+    Ok(())
+}
+
+fn time_encoder(
+    args: &Args,
+    img: &smallcap_image::SourceImage,
+    model: &OpenAiClip,
+    store: &Datastore,
+    label: &str,
+) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let r = model.dims().image_resolution;
+    let dim = model.dims().embed_dim;
+    {
+        let (mut pre, mut enc, mut search, mut enc_cpu, mut search_cpu) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..args.runs {
+            let t0 = Instant::now();
+            let px = smallcap_image::clip_transform(img, r as u32);
+            let x = Tensor::from_vec(px, (1, 3, r, r), &dev)?;
+            let (t1, c1) = (Instant::now(), cpu_seconds());
+            let mut q = model.encode_image(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            normalize_l2(&mut q, dim);
+            let (t2, c2) = (Instant::now(), cpu_seconds());
+            let hits = store.search(&q, dim, 4)?;
+            let (t3, c3) = (Instant::now(), cpu_seconds());
+            enc_cpu.push(c2 - c1);
+            search_cpu.push(c3 - c2);
+            assert_eq!(hits[0].len(), 4);
+            pre.push((t1 - t0).as_secs_f64());
+            enc.push((t2 - t1).as_secs_f64());
+            search.push((t3 - t2).as_secs_f64());
+        }
+        let (p, e, s) = (median(pre), median(enc), median(search));
+        let (ec, sc) = (median(enc_cpu), median(search_cpu));
+        println!(
+            "| {label} | {p:.3} s | {e:.2} s / {ec:.2} s | {s:.3} s / {sc:.2} s | {:.2} s |",
+            p + e + s
+        );
+    }
+    Ok(())
+}

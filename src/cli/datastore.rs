@@ -1,0 +1,266 @@
+//! `smallcap datastore build|add|info|export|import`: caption datastores (our folder format,
+//! see `smallcap_datastore::store`), built with a retrieval encoder.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use clap::{Args, Subcommand};
+
+use smallcap::hub;
+use smallcap::retrieval::build::{
+    build_datastore, dedup, encode_captions, filter_by_gpt2_length, BuildOptions,
+    MAX_CAPTION_TOKENS,
+};
+use smallcap::retrieval::RetrievalEncoder;
+use smallcap::Gpt2Tokenizer;
+use smallcap_datastore::captions::read_captions;
+use smallcap_datastore::store::StoreOptions;
+use smallcap_datastore::{Datastore, Dtype, VectorSet};
+
+#[derive(Args)]
+pub struct DatastoreArgs {
+    #[command(subcommand)]
+    command: DatastoreCommand,
+}
+
+#[derive(Subcommand)]
+enum DatastoreCommand {
+    /// Encode captions into a new datastore (resumes an interrupted build of the same captions).
+    Build(BuildArgs),
+    /// Append captions to a datastore (atomically), encoded with its recorded encoder.
+    Add(AddArgs),
+    /// Print a datastore's manifest.
+    Info(InfoArgs),
+    /// Write a datastore as a FAISS IndexFlatIP file and a JSON list of captions.
+    Export(ExportArgs),
+    /// Convert a FAISS index file and its captions file into a datastore.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct FilterArgs {
+    /// Keep only captions of at most this many GPT-2 tokens (the reference uses 25).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "25")]
+    max_gpt2_tokens: Option<usize>,
+    /// GPT-2 tokenizer for --max-gpt2-tokens: a folder with vocab.json + merges.txt or a hub id.
+    #[arg(long, default_value = hub::GPT2_TOKENIZER_REPO)]
+    tokenizer: String,
+    /// Keep only the first caption of each distinct text.
+    #[arg(long)]
+    dedup: bool,
+    /// Captions encoded per batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Captions: a text file (one a line), a JSON list, COCO caption annotations, or a
+    /// Karpathy dataset_coco.json (train + restval).
+    #[arg(long)]
+    captions: PathBuf,
+    /// Retrieval encoder: an OpenAI CLIP file (e.g. RN50x64.pt) or a Hugging Face CLIPModel
+    /// folder or hub id.
+    #[arg(long)]
+    encoder: String,
+    /// The new datastore folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Store the embeddings as f16 (half the size; scores change in the 4th decimal).
+    #[arg(long)]
+    f16: bool,
+    /// Stop after this many batches (simulates an interrupted build).
+    #[arg(long, hide = true)]
+    stop_after_batches: Option<usize>,
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// The datastore folder.
+    dir: PathBuf,
+    /// Captions to add (any format `build` reads).
+    #[arg(long)]
+    captions: PathBuf,
+    /// Encoder (default: the one the datastore records).
+    #[arg(long)]
+    encoder: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    dir: PathBuf,
+    /// Also verify the checksums of the data files.
+    #[arg(long)]
+    verify: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    dir: PathBuf,
+    /// FAISS index file to write.
+    #[arg(long)]
+    index: PathBuf,
+    /// Captions JSON list to write.
+    #[arg(long)]
+    captions: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// FAISS index file (IndexFlatIP, L2-normalised rows).
+    #[arg(long)]
+    index: PathBuf,
+    /// Its captions (JSON list, or an object keyed by "0", "1", ...).
+    #[arg(long)]
+    captions: PathBuf,
+    /// The new datastore folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// The encoder the index was built with (recorded, and its dimension checked).
+    #[arg(long)]
+    encoder: Option<String>,
+    /// Store the embeddings as f16.
+    #[arg(long)]
+    f16: bool,
+}
+
+fn dtype(f16: bool) -> Dtype {
+    if f16 {
+        Dtype::F16
+    } else {
+        Dtype::F32
+    }
+}
+
+fn load_captions(
+    path: &std::path::Path,
+    f: &FilterArgs,
+) -> anyhow::Result<Vec<smallcap_datastore::CaptionRecord>> {
+    let mut caps = read_captions(path, None)?;
+    let read = caps.len();
+    if let Some(max) = f.max_gpt2_tokens {
+        let tok = Gpt2Tokenizer::from_dir(&hub::tokenizer_dir(&f.tokenizer)?)?;
+        caps = filter_by_gpt2_length(caps, &tok, max)?;
+    }
+    if f.dedup {
+        caps = dedup(caps);
+    }
+    if caps.len() != read {
+        eprintln!("{} of {read} captions kept", caps.len());
+    }
+    if caps.is_empty() {
+        bail!("{}: no captions left to encode", path.display());
+    }
+    Ok(caps)
+}
+
+pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
+    let device = Device::Cpu;
+    match args.command {
+        DatastoreCommand::Build(a) => {
+            if a.filter.max_gpt2_tokens == Some(0) {
+                bail!("--max-gpt2-tokens must be at least 1 (the reference uses {MAX_CAPTION_TOKENS})");
+            }
+            let caps = load_captions(&a.captions, &a.filter)?;
+            let encoder = RetrievalEncoder::load(&a.encoder, &device)?;
+            let bar = super::progress_bar(caps.len(), "captions");
+            let opts = BuildOptions {
+                batch_size: a.filter.batch_size,
+                dtype: dtype(a.f16),
+                stop_after_batches: a.stop_after_batches,
+            };
+            let ds = build_datastore(&encoder, &caps, &a.out, &opts, |done, _| {
+                bar.set_position(done as u64)
+            });
+            bar.finish_and_clear();
+            let ds = ds?;
+            eprintln!(
+                "{}: {} captions, dimension {}",
+                a.out.display(),
+                ds.len(),
+                ds.dim()
+            );
+        }
+        DatastoreCommand::Add(a) => {
+            let ds = Datastore::open(&a.dir)?;
+            let spec = match &a.encoder {
+                Some(s) => s.clone(),
+                None => RetrievalEncoder::spec_of_identity(&ds.manifest().encoder)
+                    .with_context(|| {
+                        format!(
+                            "{} records the encoder {:?}, which is not loadable; pass --encoder",
+                            a.dir.display(),
+                            ds.manifest().encoder
+                        )
+                    })?
+                    .to_string(),
+            };
+            let encoder = RetrievalEncoder::load(&spec, &device)?;
+            // Refuse an encoder from another embedding space.
+            let ds = smallcap::retrieval::Retriever::new(
+                encoder,
+                smallcap::retrieval::CaptionStore::Datastore(ds),
+            )?;
+            let caps = load_captions(&a.captions, &a.filter)?;
+            let bar = super::progress_bar(caps.len(), "captions");
+            let rows = encode_captions(ds.encoder(), &caps, a.filter.batch_size, |d, _| {
+                bar.set_position(d as u64)
+            });
+            bar.finish_and_clear();
+            let rows = rows?;
+            let dim = ds.encoder().dim();
+            let smallcap::retrieval::CaptionStore::Datastore(store) = ds.into_store() else {
+                unreachable!("built from a datastore")
+            };
+            let store = store.add(&VectorSet::from_f32(&rows, dim)?, &caps)?;
+            eprintln!("{}: {} captions", a.dir.display(), store.len());
+        }
+        DatastoreCommand::Info(a) => {
+            let ds = Datastore::open(&a.dir)?;
+            if a.verify {
+                ds.verify()?;
+            }
+            println!("{}", serde_json::to_string_pretty(ds.manifest())?);
+        }
+        DatastoreCommand::Export(a) => {
+            let ds = Datastore::open(&a.dir)?;
+            ds.to_faiss(&a.index, &a.captions)?;
+        }
+        DatastoreCommand::Import(a) => {
+            let encoder = match &a.encoder {
+                Some(spec) => Some(RetrievalEncoder::load(spec, &device)?),
+                None => None,
+            };
+            if let Some(enc) = &encoder {
+                let idx = smallcap_datastore::FaissIndex::open(&a.index)?;
+                if idx.dim() != enc.dim() {
+                    bail!(
+                        "{} has dimension {} but the encoder {} embeds into {}",
+                        a.index.display(),
+                        idx.dim(),
+                        enc.description(),
+                        enc.dim()
+                    );
+                }
+            }
+            let opts = StoreOptions {
+                encoder: encoder.map_or_else(|| "unknown".to_string(), |e| e.identity()),
+                dtype: dtype(a.f16),
+            };
+            let ds = Datastore::from_faiss(&a.index, &a.captions, &a.out, &opts)?;
+            eprintln!(
+                "{}: {} captions, dimension {}",
+                a.out.display(),
+                ds.len(),
+                ds.dim()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,169 @@
+//! `smallcap retrieve`: top-k datastore captions for query images or texts, one JSON object per
+//! line (`{"query", "ids", "scores", "captions"}`), optionally written as the reference's
+//! retrieved-captions file (`{"<image id>": [captions...]}`), skipping captions of the query
+//! image itself with `--exclude-self` as the reference's `filter_nns` does.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use clap::Args;
+
+use smallcap::retrieval::{CaptionStore, RetrievalEncoder, Retriever, SelfExclusion};
+use smallcap::retrieved::image_id;
+
+#[derive(Args)]
+pub struct RetrieveArgs {
+    /// Retrieval encoder: an OpenAI CLIP file or a HF CLIPModel folder / hub id (default: the
+    /// one the datastore records).
+    #[arg(long)]
+    encoder: Option<String>,
+    /// A datastore folder.
+    #[arg(long, conflicts_with = "index", required_unless_present = "index")]
+    datastore: Option<PathBuf>,
+    /// A FAISS index file (with --captions).
+    #[arg(long, requires = "captions")]
+    index: Option<PathBuf>,
+    /// The FAISS index's captions (JSON list or id-keyed object).
+    #[arg(long, requires = "index")]
+    captions: Option<PathBuf>,
+    /// Query images.
+    #[arg(long = "image", num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// Every image file in this folder (sorted by name).
+    #[arg(long = "images", value_name = "DIR")]
+    images_dir: Option<PathBuf>,
+    /// Query texts.
+    #[arg(long = "text", num_args = 1.., conflicts_with_all = ["image", "images_dir", "out", "exclude_self"])]
+    text: Vec<String>,
+    /// Captions per query.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Queries encoded together.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Also write {"<image id>": [captions]} (the reference's retrieved-captions file).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip captions of the query image itself (image ids from COCO annotations or a Karpathy
+    /// dataset_coco.json, matched by the integer in the image's file name).
+    #[arg(long, value_name = "ANNOTATIONS")]
+    exclude_self: Option<PathBuf>,
+}
+
+fn out_key(path: &Path) -> String {
+    match image_id(path) {
+        Some(id) => id.to_string(),
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
+    let device = Device::Cpu;
+    if args.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let mut images = args.image.clone();
+    if let Some(dir) = &args.images_dir {
+        images.extend(super::list_images(dir)?);
+    }
+    if images.is_empty() && args.text.is_empty() {
+        bail!("no queries: give --image IMG..., --images DIR or --text STR...");
+    }
+    let retriever = match (&args.datastore, &args.index, &args.captions) {
+        (Some(dir), _, _) => Retriever::open_datastore(dir, args.encoder.as_deref(), &device)?,
+        (None, Some(index), Some(captions)) => {
+            let spec = args
+                .encoder
+                .as_deref()
+                .context("--index needs --encoder (a FAISS file records none)")?;
+            let store = CaptionStore::open_faiss(index, captions)?;
+            Retriever::new(RetrievalEncoder::load(spec, &device)?, store)?
+        }
+        _ => bail!("give --datastore DIR, or --index FILE with --captions FILE"),
+    };
+    if args.k > retriever.store().len() {
+        bail!(
+            "--k {} is larger than the store ({} captions)",
+            args.k,
+            retriever.store().len()
+        );
+    }
+    let exclusion = match &args.exclude_self {
+        Some(p) => Some(SelfExclusion::from_annotations(p)?),
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    if !args.text.is_empty() {
+        for chunk in args.text.chunks(args.batch_size.max(1)) {
+            let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let found = retriever.retrieve_texts(&texts, args.k)?;
+            let mut out = stdout.lock();
+            for (t, r) in texts.iter().zip(found) {
+                let line = serde_json::json!({"query": t, "ids": r.ids, "scores": r.scores, "captions": r.captions});
+                writeln!(out, "{line}")?;
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = super::progress_bar(images.len(), "images");
+    let mut file_map = BTreeMap::new();
+    let mut failures = 0usize;
+    for chunk in images.chunks(args.batch_size.max(1)) {
+        let mut ok = Vec::new();
+        let mut pixels = Vec::new();
+        let mut ids = Vec::new();
+        for path in chunk {
+            let loaded = smallcap_image::load(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|img| {
+                    let id = match &exclusion {
+                        Some(_) => image_id(path).map(|i| i as i64).with_context(|| {
+                            "no integer image id in the file name for --exclude-self"
+                        })?,
+                        None => 0,
+                    };
+                    Ok((retriever.encoder().preprocess(&img), id))
+                });
+            match loaded {
+                Ok((px, id)) => {
+                    ok.push(path);
+                    pixels.push(px);
+                    ids.push(id);
+                }
+                Err(e) => {
+                    bar.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
+                    failures += 1;
+                }
+            }
+        }
+        let q = retriever.encoder().encode_pixels(&pixels)?;
+        let found =
+            retriever.search(&q, args.k, exclusion.as_ref().map(|e| (e, ids.as_slice())))?;
+        let mut out = stdout.lock();
+        for (path, r) in ok.into_iter().zip(found) {
+            let line = serde_json::json!({"query": path.to_string_lossy(), "ids": r.ids, "scores": r.scores, "captions": r.captions});
+            writeln!(out, "{line}")?;
+            if args.out.is_some() {
+                file_map.insert(out_key(path), r.captions);
+            }
+        }
+        out.flush()?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &args.out {
+        super::write_atomic(path, serde_json::to_string(&file_map)?.as_bytes())?;
+    }
+    if failures > 0 {
+        eprintln!("{failures} of {} images failed", images.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,138 @@
+//! OpenAI CLIP's `Transformer` (a stack of `ResidualAttentionBlock`s), shared by the text tower
+//! and the ViT image tower of OpenAI checkpoints: pre-LayerNorm blocks with a fused-qkv
+//! `nn.MultiheadAttention` (`attn.in_proj_weight`, `attn.out_proj`) and a QuickGELU MLP
+//! (`mlp.c_fc`, `mlp.c_proj`), LayerNorm eps 1e-5.
+
+use candle_core::{Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear};
+
+use super::clip_openai::Weights;
+use crate::error::Result;
+
+/// OpenAI's `LayerNorm` (eps 1e-5) from `<prefix>.weight` / `<prefix>.bias` of width `w`.
+pub(crate) fn layer_norm(wts: &Weights, prefix: &str, w: usize) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        wts.get(&format!("{prefix}.weight"), &[w])?,
+        wts.get(&format!("{prefix}.bias"), &[w])?,
+        1e-5,
+    ))
+}
+
+/// `nn.Linear(i, o)` from `<prefix>.weight` [o, i] / `<prefix>.bias` [o].
+pub(crate) fn linear(wts: &Weights, prefix: &str, i: usize, o: usize) -> Result<Linear> {
+    Ok(Linear::new(
+        wts.get(&format!("{prefix}.weight"), &[o, i])?,
+        Some(wts.get(&format!("{prefix}.bias"), &[o])?),
+    ))
+}
+
+/// QuickGELU: `x * sigmoid(1.702 x)`.
+fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
+
+/// Multi-head attention of `q` `[B, Lq, W]` over `k`, `v` `[B, L, W]` (already projected),
+/// with an optional additive mask `[Lq, L]`; returns `[B, Lq, W]` before the output projection.
+/// Queries are scaled by `1/sqrt(head_dim)` as `F.multi_head_attention_forward` does.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (b, lq, w) = q.dims3()?;
+    let l = k.dim(1)?;
+    let hd = w / heads;
+    let split = |x: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+        x.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous()
+    };
+    let q = (split(q, lq)? * (1.0 / (hd as f64).sqrt()))?;
+    let k = split(k, l)?;
+    let v = split(v, l)?;
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, lq, w))
+}
+
+/// One `ResidualAttentionBlock`.
+#[derive(Debug, Clone)]
+struct Block {
+    ln_1: LayerNorm,
+    in_proj: Linear,
+    out_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
+    heads: usize,
+    width: usize,
+}
+
+impl Block {
+    fn load(wts: &Weights, p: &str, width: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            ln_1: layer_norm(wts, &format!("{p}.ln_1"), width)?,
+            in_proj: Linear::new(
+                wts.get(&format!("{p}.attn.in_proj_weight"), &[3 * width, width])?,
+                Some(wts.get(&format!("{p}.attn.in_proj_bias"), &[3 * width])?),
+            ),
+            out_proj: linear(wts, &format!("{p}.attn.out_proj"), width, width)?,
+            ln_2: layer_norm(wts, &format!("{p}.ln_2"), width)?,
+            c_fc: linear(wts, &format!("{p}.mlp.c_fc"), width, 4 * width)?,
+            c_proj: linear(wts, &format!("{p}.mlp.c_proj"), 4 * width, width)?,
+            heads,
+            width,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let h = self.ln_1.forward(x)?;
+        let qkv = self.in_proj.forward(&h)?;
+        let w = self.width;
+        let q = qkv.narrow(D::Minus1, 0, w)?;
+        let k = qkv.narrow(D::Minus1, w, w)?;
+        let v = qkv.narrow(D::Minus1, 2 * w, w)?;
+        let a = attention(&q, &k, &v, self.heads, mask)?;
+        let x = (x + self.out_proj.forward(&a)?)?;
+        let h = self.ln_2.forward(&x)?;
+        let h = self.c_proj.forward(&quick_gelu(&self.c_fc.forward(&h)?)?)?;
+        x + h
+    }
+}
+
+/// `Transformer(width, layers, heads)` at `<prefix>.resblocks.{i}`.
+#[derive(Debug, Clone)]
+pub struct ClipTransformer {
+    blocks: Vec<Block>,
+}
+
+impl ClipTransformer {
+    pub(crate) fn load(
+        wts: &Weights,
+        prefix: &str,
+        width: usize,
+        layers: usize,
+        heads: usize,
+    ) -> Result<Self> {
+        let blocks = (0..layers)
+            .map(|i| Block::load(wts, &format!("{prefix}.resblocks.{i}"), width, heads))
+            .collect::<Result<_>>()?;
+        Ok(Self { blocks })
+    }
+
+    /// `x` `[B, L, width]` (batch first; OpenAI permutes to LND, which computes the same).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        for b in &self.blocks {
+            x = b.forward(&x, mask)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,116 @@
+//! The Hugging Face `CLIPModel` retrieval encoder, and the option that reuses the captioning
+//! encoder's vision tower. A tiny `CLIPModel` folder is assembled from the fixture SmallCap
+//! checkpoint's CLIP vision tower (whose `last_hidden_state` the model tests check against the
+//! reference) plus a random text tower and projections; then retrieval queries computed from
+//! the captioner's encoder states must equal those of the full encoder path, and texts encode.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use common::fixture;
+use smallcap::checkpoint::read_state_dict;
+use smallcap::retrieval::RetrievalEncoder;
+use smallcap::SmallCap;
+
+fn tiny_clip_model(dir: &std::path::Path) {
+    let dev = Device::Cpu;
+    let sd = read_state_dict(&fixture("model/pytorch_model.bin"), &dev).unwrap();
+    let mut out: HashMap<String, Tensor> = sd
+        .into_iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("encoder.")
+                .map(|r| (format!("vision_model.{r}"), v))
+        })
+        .collect();
+    let (hv, ht, e, v) = (64usize, 32usize, 16usize, 49408usize);
+    let mut r = |name: &str, shape: &[usize]| {
+        out.insert(
+            name.into(),
+            (Tensor::randn(0f32, 1f32, shape, &dev).unwrap() * 0.05).unwrap(),
+        );
+    };
+    r("visual_projection.weight", &[e, hv]);
+    r("text_projection.weight", &[e, ht]);
+    r("text_model.embeddings.token_embedding.weight", &[v, ht]);
+    r("text_model.embeddings.position_embedding.weight", &[77, ht]);
+    for i in 0..2 {
+        let p = format!("text_model.encoder.layers.{i}");
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            r(&format!("{p}.self_attn.{proj}.weight"), &[ht, ht]);
+            r(&format!("{p}.self_attn.{proj}.bias"), &[ht]);
+        }
+        for ln in ["layer_norm1", "layer_norm2"] {
+            r(&format!("{p}.{ln}.weight"), &[ht]);
+            r(&format!("{p}.{ln}.bias"), &[ht]);
+        }
+        r(&format!("{p}.mlp.fc1.weight"), &[4 * ht, ht]);
+        r(&format!("{p}.mlp.fc1.bias"), &[4 * ht]);
+        r(&format!("{p}.mlp.fc2.weight"), &[ht, 4 * ht]);
+        r(&format!("{p}.mlp.fc2.bias"), &[ht]);
+    }
+    r("text_model.final_layer_norm.weight", &[ht]);
+    r("text_model.final_layer_norm.bias", &[ht]);
+    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
+    let cfg = serde_json::json!({
+        "architectures": ["CLIPModel"], "projection_dim": e,
+        "text_config": {"hidden_size": ht, "intermediate_size": 4 * ht, "num_hidden_layers": 2,
+                        "num_attention_heads": 2, "vocab_size": v, "max_position_embeddings": 77,
+                        "hidden_act": "quick_gelu"},
+        "vision_config": {"hidden_size": hv, "intermediate_size": 128, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 224, "patch_size": 32,
+                          "hidden_act": "quick_gelu"}
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+}
+
+#[test]
+fn reusing_the_captioning_vision_tower_gives_the_encoder_queries() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_clip_model(tmp.path());
+    let dev = Device::Cpu;
+    let enc = RetrievalEncoder::load(tmp.path().to_str().unwrap(), &dev).unwrap();
+    assert_eq!(enc.dim(), 16);
+    assert!(enc.identity().starts_with("hf-clip:"), "{}", enc.identity());
+    let captioner = SmallCap::load_dir(&fixture("model"), &dev).unwrap();
+    let names = [
+        "chelsea.png",
+        "synth_0_640x480_RGB.jpg",
+        "synth_3_300x301_L.png",
+    ];
+    let imgs: Vec<_> = names
+        .iter()
+        .map(|n| smallcap_image::load(&fixture(&format!("images/{n}"))).unwrap())
+        .collect();
+    let full = enc.encode_images(&imgs).unwrap();
+    let px: Vec<Tensor> = imgs
+        .iter()
+        .map(|i| Tensor::from_vec(enc.preprocess(i), (3, 224, 224), &dev).unwrap())
+        .collect();
+    let states = captioner.encode(&Tensor::stack(&px, 0).unwrap()).unwrap();
+    let shared = enc.encode_from_vision_states(&states).unwrap();
+    assert_eq!(full.len(), 3 * 16);
+    let err = full
+        .iter()
+        .zip(&shared)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-5, "max abs difference {err}");
+    for row in full.chunks(16) {
+        let n: f32 = row.iter().map(|x| x * x).sum();
+        assert!((n - 1.0).abs() < 1e-5);
+    }
+    let t = enc.encode_texts(&["a dog", "a cat on a mat"]).unwrap();
+    assert_eq!(t.len(), 32);
+    assert_ne!(t[..16], t[16..]);
+    // An OpenAI CLIP does not share the captioning tower.
+    let openai =
+        RetrievalEncoder::load(fixture("retrieval/clip_resnet.pt").to_str().unwrap(), &dev)
+            .unwrap();
+    let e = openai
+        .encode_from_vision_states(&states)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not share"), "{e}");
+}
