@@ -306,7 +306,7 @@ impl FaissHeap {
 
 /// FAISS's result from candidates that include every hit able to influence its heap: replay the
 /// heap over them in id order.
-fn faiss_result(mut candidates: Vec<Hit>, k: usize) -> Vec<Hit> {
+pub(crate) fn faiss_result(mut candidates: Vec<Hit>, k: usize) -> Vec<Hit> {
     candidates.sort_by_key(|h| h.0);
     let mut heap = FaissHeap::new(k, true);
     for h in candidates {
@@ -334,7 +334,14 @@ pub(crate) fn check_queries(queries: &[f32], query_dim: usize, store_dim: usize)
 }
 
 /// `scores[q * n + j] = <query q, row j>` for `nq` queries and `n` rows (both row-major, `dim`).
-fn block_scores(queries: &[f32], nq: usize, rows: &[f32], n: usize, dim: usize, out: &mut [f32]) {
+pub(crate) fn block_scores(
+    queries: &[f32],
+    nq: usize,
+    rows: &[f32],
+    n: usize,
+    dim: usize,
+    out: &mut [f32],
+) {
     debug_assert!(queries.len() == nq * dim && rows.len() == n * dim && out.len() == nq * n);
     // SAFETY: all pointers cover the extents described by the dimensions and strides below:
     // dst is nq×n row-major, lhs is nq×dim row-major, rhs is rows^T (dim×n, column stride dim).
@@ -441,6 +448,34 @@ pub fn top_k(
         .collect())
 }
 
+/// Recall of approximate results against exact ones: the mean over queries of
+/// |approx top-k ∩ exact top-k| / k (the "k-recall@k" of ANN benchmarks; recall@4 for `k = 4`).
+/// Only the first `k` ids of each list count; a shorter approximate list counts its missing
+/// entries as misses.
+///
+/// Errors: `k == 0`, different numbers of queries, an exact list shorter than `k`.
+pub fn recall_at_k(exact: &[Vec<Hit>], approx: &[Vec<Hit>], k: usize) -> Result<f64> {
+    if k == 0 || exact.is_empty() || exact.len() != approx.len() {
+        return Err(Error::Invalid(format!(
+            "recall@{k} needs k ≥ 1 and equal, non-zero numbers of exact ({}) and approximate ({}) result lists",
+            exact.len(),
+            approx.len()
+        )));
+    }
+    let mut found = 0usize;
+    for (q, (e, a)) in exact.iter().zip(approx).enumerate() {
+        if e.len() < k {
+            return Err(Error::Invalid(format!(
+                "exact result {q} has {} hits, fewer than k = {k}",
+                e.len()
+            )));
+        }
+        let truth: Vec<i64> = e[..k].iter().map(|h| h.0).collect();
+        found += a.iter().take(k).filter(|h| truth.contains(&h.0)).count();
+    }
+    Ok(found as f64 / (k * exact.len()) as f64)
+}
+
 /// Inner product of an f32 vector with a little-endian f32 row of any alignment, with several
 /// independent accumulators so that it vectorises.
 #[inline]
@@ -504,6 +539,19 @@ mod tests {
             h.push(x);
         }
         assert_eq!(h.into_sorted(), vec![(2, 0.5), (0, 1.0)]);
+    }
+
+    #[test]
+    fn recall_by_hand() {
+        let e = vec![vec![(1, 0.9), (2, 0.8)], vec![(3, 0.9), (4, 0.8)]];
+        let a = vec![vec![(2, 0.8), (7, 0.7)], vec![(4, 0.8), (3, 0.9)]];
+        // query 0 finds 1 of 2, query 1 finds 2 of 2: 3 / 4
+        assert_eq!(recall_at_k(&e, &a, 2).unwrap(), 0.75);
+        // an empty approximate list counts as misses: 1 / 4
+        let short = vec![a[0].clone(), vec![]];
+        assert_eq!(recall_at_k(&e, &short, 2).unwrap(), 0.25);
+        assert!(recall_at_k(&e, &a, 3).is_err());
+        assert!(recall_at_k(&e, &a[..1], 2).is_err());
     }
 
     #[test]
