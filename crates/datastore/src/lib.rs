@@ -5,6 +5,8 @@
 //! * [`kmeans`]: spherical k-means (the IVF coarse quantizer's training).
 //! * [`store`]: our own folder format (manifest + aligned embeddings + captions), conversion to and
 //!   from FAISS, atomic append.
+//! * [`pgvector`] (feature `pgvector`, on by default): the datastore on a PostgreSQL + pgvector
+//!   server (`push`, exact and HNSW search); [`pg_local`]: a throwaway local server for tests.
 //! * [`search`]: exact inner-product top-k (batched GEMM, multi-threaded), identical ids to
 //!   FAISS `IndexFlatIP`.
 //! * [`captions`]: caption-file readers (text, JSON list/dict, COCO annotations, Karpathy).
@@ -18,6 +20,10 @@ pub mod faiss;
 mod fsutil;
 pub mod ivf;
 pub mod kmeans;
+#[cfg(feature = "pgvector")]
+pub mod pg_local;
+#[cfg(feature = "pgvector")]
+pub mod pgvector;
 pub mod search;
 pub mod store;
 pub mod text_clean;
