@@ -480,19 +480,23 @@ pub fn recall_at_k(exact: &[Vec<Hit>], approx: &[Vec<Hit>], k: usize) -> Result<
 /// independent accumulators so that it vectorises.
 #[inline]
 pub(crate) fn dot_le(a: &[f32], b: &[u8]) -> f32 {
-    debug_assert_eq!(a.len() * 4, b.len());
+    assert_eq!(a.len() * 4, b.len(), "dot_le: row length");
     const L: usize = 16;
     let mut acc = [0.0f32; L];
-    let mut ac = a.chunks_exact(L);
-    let mut bc = b.chunks_exact(4 * L);
-    for (x, y) in (&mut ac).zip(&mut bc) {
+    let full = a.len() / L;
+    for c in 0..full {
+        // SAFETY: `b` holds 4·a.len() bytes, so bytes 64c..64c+64 are in bounds; an unaligned
+        // read of [f32; 16] from them is valid for any bit pattern, and on the little-endian
+        // targets this crate builds for (lib.rs) it yields the little-endian floats.
+        let y: [f32; L] =
+            unsafe { std::ptr::read_unaligned(b.as_ptr().add(c * 4 * L) as *const [f32; L]) };
+        let x = &a[c * L..(c + 1) * L];
         for i in 0..L {
-            let v = f32::from_le_bytes([y[4 * i], y[4 * i + 1], y[4 * i + 2], y[4 * i + 3]]);
-            acc[i] += x[i] * v;
+            acc[i] += x[i] * y[i];
         }
     }
     let mut s = 0.0f32;
-    for (x, y) in ac.remainder().iter().zip(bc.remainder().chunks_exact(4)) {
+    for (x, y) in a[full * L..].iter().zip(b[full * 4 * L..].chunks_exact(4)) {
         s += x * f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
     }
     acc.iter().sum::<f32>() + s
