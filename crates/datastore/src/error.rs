@@ -43,9 +43,32 @@ pub enum Error {
     /// `k` asked for more results than the store holds.
     #[error("k = {k} is larger than the store ({ntotal} vectors)")]
     KTooLarge { k: usize, ntotal: usize },
+    /// A PostgreSQL error (connection, SQL, COPY), with what was being done where.
+    #[cfg(feature = "pgvector")]
+    #[error("{what}: {}", pg_message(source))]
+    Postgres {
+        what: String,
+        source: postgres::Error,
+    },
     /// An invalid argument (not tied to a file).
     #[error("invalid argument: {0}")]
     Invalid(String),
+}
+
+/// The server's message of a PostgreSQL error (`postgres::Error`'s own display says only
+/// "db error" for those).
+#[cfg(feature = "pgvector")]
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({})", db.message(), d),
+            None => db.message().to_string(),
+        },
+        None => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// Result alias of this crate.

@@ -720,12 +720,22 @@ pub fn write_ivf_flat(
             }
         }
         let mut buf = Vec::new();
+        let mut conv = Vec::new();
         for m in members.iter().filter(|m| !m.is_empty()) {
+            buf.clear();
             for &i in m {
-                for x in vectors.row(i) {
-                    write_all(w, path, &x.to_le_bytes())?;
+                match vectors.dtype() {
+                    Dtype::F32 => buf.extend_from_slice(vectors.raw_rows(i, i + 1)),
+                    Dtype::F16 => vectors.with_rows(i, i + 1, &mut conv, |r| {
+                        buf.extend(r.iter().flat_map(|x| x.to_le_bytes()))
+                    }),
+                }
+                if buf.len() >= 8 << 20 {
+                    write_all(w, path, &buf)?;
+                    buf.clear();
                 }
             }
+            write_all(w, path, &buf)?;
             buf.clear();
             buf.extend(m.iter().flat_map(|&i| (i as i64).to_le_bytes()));
             write_all(w, path, &buf)?;

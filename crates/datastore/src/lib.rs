@@ -1,9 +1,12 @@
 //! The SmallCap caption datastore, model-free core.
 //!
 //! * [`faiss`]: read (memory-mapped) and write FAISS `IndexFlatIP` and `IndexIVFFlat` files.
-//! * [`ivf`]: `nprobe` search over an IVF-flat index, as FAISS computes it.
+//! * [`ivf`]: `nprobe` search over an IVF-flat index, as FAISS computes it, and building one.
+//! * [`kmeans`]: spherical k-means (the IVF coarse quantizer's training).
 //! * [`store`]: our own folder format (manifest + aligned embeddings + captions), conversion to and
 //!   from FAISS, atomic append.
+//! * [`pgvector`] (feature `pgvector`, on by default): the datastore on a PostgreSQL + pgvector
+//!   server (`push`, exact and HNSW search); [`pg_local`]: a throwaway local server for tests.
 //! * [`search`]: exact inner-product top-k (batched GEMM, multi-threaded), identical ids to
 //!   FAISS `IndexFlatIP`.
 //! * [`captions`]: caption-file readers (text, JSON list/dict, COCO annotations, Karpathy).
@@ -16,6 +19,11 @@ pub mod error;
 pub mod faiss;
 mod fsutil;
 pub mod ivf;
+pub mod kmeans;
+#[cfg(feature = "pgvector")]
+pub mod pg_local;
+#[cfg(feature = "pgvector")]
+pub mod pgvector;
 pub mod search;
 pub mod store;
 pub mod text_clean;
@@ -24,7 +32,7 @@ pub use captions::CaptionRecord;
 pub use clip_tokenizer::ClipTokenizer;
 pub use error::{Error, Result};
 pub use faiss::{FaissIndex, FlatIndex, IvfFlatIndex, Metric};
-pub use search::{top_k, Dtype, VectorSet};
+pub use search::{recall_at_k, top_k, Dtype, VectorSet};
 pub use store::{Datastore, Manifest};
 
 #[cfg(target_endian = "big")]

@@ -306,7 +306,7 @@ impl FaissHeap {
 
 /// FAISS's result from candidates that include every hit able to influence its heap: replay the
 /// heap over them in id order.
-fn faiss_result(mut candidates: Vec<Hit>, k: usize) -> Vec<Hit> {
+pub(crate) fn faiss_result(mut candidates: Vec<Hit>, k: usize) -> Vec<Hit> {
     candidates.sort_by_key(|h| h.0);
     let mut heap = FaissHeap::new(k, true);
     for h in candidates {
@@ -334,7 +334,14 @@ pub(crate) fn check_queries(queries: &[f32], query_dim: usize, store_dim: usize)
 }
 
 /// `scores[q * n + j] = <query q, row j>` for `nq` queries and `n` rows (both row-major, `dim`).
-fn block_scores(queries: &[f32], nq: usize, rows: &[f32], n: usize, dim: usize, out: &mut [f32]) {
+pub(crate) fn block_scores(
+    queries: &[f32],
+    nq: usize,
+    rows: &[f32],
+    n: usize,
+    dim: usize,
+    out: &mut [f32],
+) {
     debug_assert!(queries.len() == nq * dim && rows.len() == n * dim && out.len() == nq * n);
     // SAFETY: all pointers cover the extents described by the dimensions and strides below:
     // dst is nq×n row-major, lhs is nq×dim row-major, rhs is rows^T (dim×n, column stride dim).
@@ -441,23 +448,55 @@ pub fn top_k(
         .collect())
 }
 
+/// Recall of approximate results against exact ones: the mean over queries of
+/// |approx top-k ∩ exact top-k| / k (the "k-recall@k" of ANN benchmarks; recall@4 for `k = 4`).
+/// Only the first `k` ids of each list count; a shorter approximate list counts its missing
+/// entries as misses.
+///
+/// Errors: `k == 0`, different numbers of queries, an exact list shorter than `k`.
+pub fn recall_at_k(exact: &[Vec<Hit>], approx: &[Vec<Hit>], k: usize) -> Result<f64> {
+    if k == 0 || exact.is_empty() || exact.len() != approx.len() {
+        return Err(Error::Invalid(format!(
+            "recall@{k} needs k ≥ 1 and equal, non-zero numbers of exact ({}) and approximate ({}) result lists",
+            exact.len(),
+            approx.len()
+        )));
+    }
+    let mut found = 0usize;
+    for (q, (e, a)) in exact.iter().zip(approx).enumerate() {
+        if e.len() < k {
+            return Err(Error::Invalid(format!(
+                "exact result {q} has {} hits, fewer than k = {k}",
+                e.len()
+            )));
+        }
+        let truth: Vec<i64> = e[..k].iter().map(|h| h.0).collect();
+        found += a.iter().take(k).filter(|h| truth.contains(&h.0)).count();
+    }
+    Ok(found as f64 / (k * exact.len()) as f64)
+}
+
 /// Inner product of an f32 vector with a little-endian f32 row of any alignment, with several
 /// independent accumulators so that it vectorises.
 #[inline]
 pub(crate) fn dot_le(a: &[f32], b: &[u8]) -> f32 {
-    debug_assert_eq!(a.len() * 4, b.len());
+    assert_eq!(a.len() * 4, b.len(), "dot_le: row length");
     const L: usize = 16;
     let mut acc = [0.0f32; L];
-    let mut ac = a.chunks_exact(L);
-    let mut bc = b.chunks_exact(4 * L);
-    for (x, y) in (&mut ac).zip(&mut bc) {
+    let full = a.len() / L;
+    for c in 0..full {
+        // SAFETY: `b` holds 4·a.len() bytes, so bytes 64c..64c+64 are in bounds; an unaligned
+        // read of [f32; 16] from them is valid for any bit pattern, and on the little-endian
+        // targets this crate builds for (lib.rs) it yields the little-endian floats.
+        let y: [f32; L] =
+            unsafe { std::ptr::read_unaligned(b.as_ptr().add(c * 4 * L) as *const [f32; L]) };
+        let x = &a[c * L..(c + 1) * L];
         for i in 0..L {
-            let v = f32::from_le_bytes([y[4 * i], y[4 * i + 1], y[4 * i + 2], y[4 * i + 3]]);
-            acc[i] += x[i] * v;
+            acc[i] += x[i] * y[i];
         }
     }
     let mut s = 0.0f32;
-    for (x, y) in ac.remainder().iter().zip(bc.remainder().chunks_exact(4)) {
+    for (x, y) in a[full * L..].iter().zip(b[full * 4 * L..].chunks_exact(4)) {
         s += x * f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
     }
     acc.iter().sum::<f32>() + s
@@ -504,6 +543,19 @@ mod tests {
             h.push(x);
         }
         assert_eq!(h.into_sorted(), vec![(2, 0.5), (0, 1.0)]);
+    }
+
+    #[test]
+    fn recall_by_hand() {
+        let e = vec![vec![(1, 0.9), (2, 0.8)], vec![(3, 0.9), (4, 0.8)]];
+        let a = vec![vec![(2, 0.8), (7, 0.7)], vec![(4, 0.8), (3, 0.9)]];
+        // query 0 finds 1 of 2, query 1 finds 2 of 2: 3 / 4
+        assert_eq!(recall_at_k(&e, &a, 2).unwrap(), 0.75);
+        // an empty approximate list counts as misses: 1 / 4
+        let short = vec![a[0].clone(), vec![]];
+        assert_eq!(recall_at_k(&e, &short, 2).unwrap(), 0.25);
+        assert!(recall_at_k(&e, &a, 3).is_err());
+        assert!(recall_at_k(&e, &a[..1], 2).is_err());
     }
 
     #[test]

@@ -7,7 +7,14 @@
 //!                        mapping is page-aligned and is viewed in place as &[f32])
 //! <dir>/captions.jsonl   one JSON value per line: a string, or {"text": …, "image_id": …}
 //! <dir>/captions.idx     count + 1 little-endian u64 byte offsets of the lines in captions.jsonl
+//! <dir>/ivf.index        optional: an approximate (IVF-flat) index of the embeddings, a FAISS
+//!                        `IndexIVFFlat` file (Datastore::build_ann)
+//! <dir>/ivf.json         the parameters it was built with and the SHA-256 of the embeddings it
+//!                        indexes (an index of other embeddings is refused)
 //! ```
+//!
+//! [`Datastore::add`] writes a new folder without the approximate index (it would not cover the
+//! added rows); build it again after adding.
 //!
 //! [`Datastore::open`] is O(1) in the store size: it reads the manifest, maps the files and checks
 //! their sizes against the manifest (the offsets table makes the caption count checkable without
@@ -18,8 +25,9 @@
 
 use crate::captions::{read_captions, CaptionRecord};
 use crate::error::{Error, Result};
-use crate::faiss::{write_flat_ip, FlatIndex};
+use crate::faiss::{write_flat_ip, FlatIndex, IvfFlatIndex};
 use crate::fsutil::{fresh_dir, mmap_file, with_suffix, write_all, write_atomic};
+use crate::ivf::IvfParams;
 use crate::search::{top_k, Dtype, Hit, VectorSet};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
@@ -27,6 +35,7 @@ use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Value of `manifest.format`.
 pub const FORMAT_NAME: &str = "smallcap-datastore";
@@ -36,6 +45,9 @@ const MANIFEST: &str = "manifest.json";
 const EMBEDDINGS: &str = "embeddings.bin";
 const CAPTIONS: &str = "captions.jsonl";
 const OFFSETS: &str = "captions.idx";
+/// The optional approximate index (a FAISS `IndexIVFFlat` file).
+pub const ANN_INDEX: &str = "ivf.index";
+const ANN_INFO: &str = "ivf.json";
 /// Tolerance on |‖v‖² − 1| for rows declared L2-normalised.
 const NORM_TOLERANCE: f32 = 1e-3;
 
@@ -64,6 +76,18 @@ pub struct Manifest {
     pub captions_sha256: String,
     /// Program that wrote the store.
     pub created_by: String,
+}
+
+/// `ivf.json`: how the approximate index was built, and for which embeddings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnnInfo {
+    /// Always `"faiss-ivf-flat"`.
+    pub kind: String,
+    /// Build parameters; `nprobe` is the default of [`Datastore::search_approx`] (the build's,
+    /// or the one [`Datastore::tune_ann`] chose, which the FAISS file does not record).
+    pub params: IvfParams,
+    /// `embeddings_sha256` of the manifest of the store it indexes.
+    pub embeddings_sha256: String,
 }
 
 /// Options of a new store.
@@ -277,6 +301,8 @@ pub struct Datastore {
     emb: Option<Mmap>,
     caps: Option<Mmap>,
     offs: Option<Mmap>,
+    /// The approximate index and its build record, opened on first use.
+    ann: OnceLock<(IvfFlatIndex, AnnInfo)>,
 }
 
 fn map_bytes(m: &Option<Mmap>) -> &[u8] {
@@ -395,6 +421,7 @@ impl Datastore {
             emb,
             caps,
             offs,
+            ann: OnceLock::new(),
         })
     }
 
@@ -612,6 +639,178 @@ impl Datastore {
     /// Exact inner-product top-k of row-major queries (see [`crate::search::top_k`]).
     pub fn search(&self, queries: &[f32], query_dim: usize, k: usize) -> Result<Vec<Vec<Hit>>> {
         top_k(&self.vectors(), queries, query_dim, k)
+    }
+
+    /// Trains an approximate IVF-flat index of the embeddings ([`crate::ivf::build`]) and writes
+    /// it into the folder as a FAISS `IndexIVFFlat` file ([`ANN_INDEX`]) with its `ivf.json`,
+    /// replacing any previous one (each file atomically). `IvfParams::for_len(store.len())` gives
+    /// the defaults.
+    pub fn build_ann(&mut self, params: &IvfParams) -> Result<&IvfFlatIndex> {
+        let ip = self.dir.join(ANN_INDEX);
+        self.ann = OnceLock::new();
+        let index = crate::ivf::build(&ip, &self.vectors(), params)?;
+        let info = AnnInfo {
+            kind: "faiss-ivf-flat".into(),
+            params: params.clone(),
+            embeddings_sha256: self.manifest.embeddings_sha256.clone(),
+        };
+        self.write_ann_info(&info)?;
+        Ok(&self.ann.get_or_init(|| (index, info)).0)
+    }
+
+    fn write_ann_info(&self, info: &AnnInfo) -> Result<()> {
+        let jp = self.dir.join(ANN_INFO);
+        write_atomic(&jp, |w| {
+            serde_json::to_writer_pretty(&mut *w, info).map_err(|e| Error::Json {
+                path: jp.clone(),
+                source: e,
+            })?;
+            write_all(w, &jp, b"\n")
+        })
+    }
+
+    /// True when the folder holds an approximate index.
+    pub fn has_ann(&self) -> bool {
+        self.dir.join(ANN_INDEX).is_file()
+    }
+
+    /// The approximate index and its build record (opened and checked against the store on
+    /// first use).
+    ///
+    /// Errors: the store has none (build it with [`Datastore::build_ann`]), it indexes other
+    /// embeddings, or its files are invalid.
+    pub fn ann(&self) -> Result<(&IvfFlatIndex, &AnnInfo)> {
+        if let Some((a, i)) = self.ann.get() {
+            return Ok((a, i));
+        }
+        let ip = self.dir.join(ANN_INDEX);
+        if !ip.is_file() {
+            return Err(Error::format(
+                &ip,
+                "this datastore has no approximate index; build one first (build_ann)",
+            ));
+        }
+        let jp = self.dir.join(ANN_INFO);
+        let text = crate::captions::read_utf8(&jp)?;
+        let info: AnnInfo = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: jp.clone(),
+            source: e,
+        })?;
+        if info.embeddings_sha256 != self.manifest.embeddings_sha256 {
+            return Err(Error::format(
+                &jp,
+                "the approximate index was built for other embeddings than this store's; \
+                 rebuild it (build_ann)",
+            ));
+        }
+        if info.params.nprobe == 0 {
+            return Err(Error::format(&jp, "params.nprobe is 0"));
+        }
+        let index = IvfFlatIndex::open(&ip)?;
+        if index.dim() != self.dim() || index.len() != self.len() {
+            return Err(Error::format(
+                &ip,
+                format!(
+                    "indexes {} vectors of dimension {}, the store has {} of dimension {}; \
+                     rebuild it (build_ann)",
+                    index.len(),
+                    index.dim(),
+                    self.len(),
+                    self.dim()
+                ),
+            ));
+        }
+        let (a, i) = self.ann.get_or_init(|| (index, info));
+        Ok((a, i))
+    }
+
+    /// Approximate inner-product top-k through the approximate index, probing `nprobe` lists
+    /// (when `None`, the `nprobe` of `ivf.json`: the build's, or the one [`Datastore::tune_ann`]
+    /// chose); see [`crate::ivf::search`]. The ids are the store's, as with
+    /// [`Datastore::search`].
+    pub fn search_approx(
+        &self,
+        queries: &[f32],
+        query_dim: usize,
+        k: usize,
+        nprobe: Option<usize>,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let (ann, info) = self.ann()?;
+        crate::ivf::search(
+            ann,
+            queries,
+            query_dim,
+            k,
+            nprobe.unwrap_or(info.params.nprobe),
+        )
+    }
+
+    /// Recall@k of the approximate index against exact search for these queries at `nprobe`
+    /// ([`crate::search::recall_at_k`]).
+    pub fn ann_recall(
+        &self,
+        queries: &[f32],
+        query_dim: usize,
+        k: usize,
+        nprobe: Option<usize>,
+    ) -> Result<f64> {
+        let exact = self.search(queries, query_dim, k)?;
+        let approx = self.search_approx(queries, query_dim, k, nprobe)?;
+        crate::search::recall_at_k(&exact, &approx, k)
+    }
+
+    /// Finds the smallest `nprobe` whose recall@k on these queries (against exact search) is at
+    /// least `target`, records it in `ivf.json` as the default of [`Datastore::search_approx`],
+    /// and returns it with its recall. Recall never decreases with `nprobe` (more lists probed
+    /// can only add candidates), so doubling and then bisecting finds the smallest one.
+    ///
+    /// Errors: no approximate index; `target` not in (0, 1]; even probing every list stays below
+    /// `target` (possible only through ties or rounding against exact search).
+    pub fn tune_ann(
+        &mut self,
+        queries: &[f32],
+        query_dim: usize,
+        k: usize,
+        target: f64,
+    ) -> Result<(usize, f64)> {
+        if !(target > 0.0 && target <= 1.0) {
+            return Err(Error::Invalid(format!(
+                "target recall {target} is not in (0, 1]"
+            )));
+        }
+        let exact = self.search(queries, query_dim, k)?;
+        let (ann, info) = self.ann()?;
+        let recall = |p: usize| -> Result<f64> {
+            let approx = crate::ivf::search(ann, queries, query_dim, k, p)?;
+            crate::search::recall_at_k(&exact, &approx, k)
+        };
+        let nlist = ann.nlist();
+        let mut hi = 1;
+        let mut r_hi = recall(hi)?;
+        while r_hi < target && hi < nlist {
+            hi = (hi * 2).min(nlist);
+            r_hi = recall(hi)?;
+        }
+        if r_hi < target {
+            return Err(Error::Invalid(format!(
+                "recall@{k} {r_hi} with every one of the {nlist} lists probed stays below {target}"
+            )));
+        }
+        let mut lo = hi / 2; // recall(lo) < target, or lo == 0
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            let r = recall(mid)?;
+            if r >= target {
+                (hi, r_hi) = (mid, r);
+            } else {
+                lo = mid;
+            }
+        }
+        let mut info = info.clone();
+        info.params.nprobe = hi;
+        self.write_ann_info(&info)?;
+        self.ann = OnceLock::new();
+        Ok((hi, r_hi))
     }
 
     /// The embeddings, viewed in place.

@@ -223,3 +223,100 @@ fn faiss_reads_our_files_and_we_read_faiss_files() {
         );
     }
 }
+
+const TRAINED_SCRIPT: &str = r#"
+import json, sys
+import numpy as np
+import faiss
+faiss.omp_set_num_threads(1)
+w, d, nlist = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+xb = np.fromfile(f"{w}/base.f32", dtype="<f4").reshape(-1, d)
+q = np.fromfile(f"{w}/queries.f32", dtype="<f4").reshape(-1, d)
+out = {}
+ix = faiss.read_index(f"{w}/trained_ivf")
+out["header"] = [type(ix).__name__, type(faiss.downcast_index(ix.quantizer)).__name__, ix.ntotal, ix.nlist, ix.nprobe, ix.metric_type]
+# the list each stored vector is in, and the list FAISS's quantizer assigns it to
+where = np.full(ix.ntotal, -1)
+for l in range(ix.nlist):
+    n = ix.invlists.list_size(l)
+    if n:
+        where[faiss.rev_swig_ptr(ix.invlists.get_ids(l), n).copy()] = l
+out["assign_agree"] = int((ix.quantizer.assign(xb, 1).ravel() == where).sum())
+exact = faiss.IndexFlatIP(d)
+exact.add(xb)
+gt = exact.search(q, 4)[1]
+own = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+own.train(xb)
+own.add(xb)
+def recall(I):
+    return float(np.mean([len(set(a) & set(b)) / 4 for a, b in zip(I, gt)]))
+for nprobe in [1, 4, 16]:
+    ix.nprobe = nprobe
+    I = ix.search(q, 4)[1]
+    out[f"ours_np{nprobe}"] = I.tolist()
+    out[f"ours_recall_np{nprobe}"] = recall(I)
+    own.nprobe = nprobe
+    out[f"faiss_recall_np{nprobe}"] = recall(own.search(q, 4)[1])
+print(json.dumps(out))
+"#;
+
+#[test]
+fn faiss_reads_our_trained_ivf_and_its_recall_matches_faiss_training() {
+    let Some(py) = python() else { return };
+    use smallcap_datastore::ivf::{build, IvfParams};
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let d = 32;
+    let (base, queries) = clustered(20_000, 300, d, 300, 0.2, 3);
+    write_f32(&w.join("base.f32"), &base);
+    write_f32(&w.join("queries.f32"), &queries);
+    let set = VectorSet::from_f32(&base, d).unwrap();
+    let params = IvfParams::for_len(set.len());
+    assert_eq!((params.nlist, params.nprobe), (566, 35));
+    let ix = build(&w.join("trained_ivf"), &set, &params).unwrap();
+    let out = Command::new(&py)
+        .args([
+            "-c",
+            TRAINED_SCRIPT,
+            w.to_str().unwrap(),
+            &d.to_string(),
+            &params.nlist.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // FAISS reads it as an IndexIVFFlat over an IndexFlatIP quantizer, metric inner product (0)
+    assert_eq!(
+        r["header"],
+        serde_json::json!(["IndexIVFFlat", "IndexFlatIP", 20000, 566, 35, 0])
+    );
+    // every vector is in the list FAISS's quantizer assigns it to (up to float rounding of
+    // near-ties between two centroids: at most 0.1% of the vectors)
+    let agree = r["assign_agree"].as_u64().unwrap();
+    assert!(agree >= 19_980, "{agree} of 20000 assignments agree");
+    let exact = top_k(&set, &queries, d, 4).unwrap();
+    for nprobe in [1, 4, 16] {
+        // FAISS's nprobe search of our file returns our ids
+        let ours = ivf_search(&ix, &queries, d, 4, nprobe).unwrap();
+        assert_eq!(
+            all_ids(&ours),
+            ids_of(&r[format!("ours_np{nprobe}")]),
+            "nprobe {nprobe}"
+        );
+        // and our training is as good as FAISS's own k-means on the same data
+        let ours_recall = smallcap_datastore::recall_at_k(&exact, &ours, 4).unwrap();
+        let faiss_ours = r[format!("ours_recall_np{nprobe}")].as_f64().unwrap();
+        let faiss_own = r[format!("faiss_recall_np{nprobe}")].as_f64().unwrap();
+        eprintln!("nprobe {nprobe}: recall@4 ours {ours_recall} (faiss-measured {faiss_ours}), faiss-trained {faiss_own}");
+        assert!((ours_recall - faiss_ours).abs() < 1e-9);
+        assert!(
+            ours_recall >= faiss_own - 0.03,
+            "nprobe {nprobe}: our training's recall@4 {ours_recall} < FAISS's {faiss_own} - 0.03"
+        );
+    }
+}

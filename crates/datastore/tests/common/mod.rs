@@ -62,3 +62,35 @@ pub fn image_cases() -> Vec<ImageCase> {
 pub fn ids(hits: &[(i64, f32)]) -> Vec<i64> {
     hits.iter().map(|h| h.0).collect()
 }
+
+/// A clustered synthetic set: `n` L2-normalised vectors of dimension `d` around `centres` random
+/// directions (each vector: its centre plus Gaussian noise of standard deviation `noise` per
+/// coordinate, normalised), and `nq` queries made the same way (new draws, not stored vectors).
+pub fn clustered(
+    n: usize,
+    nq: usize,
+    d: usize,
+    centres: usize,
+    noise: f32,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    use smallcap_datastore::kmeans::SplitMix64;
+    use smallcap_datastore::store::normalize_l2;
+    let mut rng = SplitMix64(seed);
+    let mut c: Vec<f32> = (0..centres * d).map(|_| rng.normal()).collect();
+    normalize_l2(&mut c, d);
+    let mut draw = |count: usize| {
+        let mut v = Vec::with_capacity(count * d);
+        for _ in 0..count {
+            let k = rng.below(centres);
+            for j in 0..d {
+                v.push(c[k * d + j] + noise * rng.normal());
+            }
+        }
+        normalize_l2(&mut v, d);
+        v
+    };
+    let base = draw(n);
+    let queries = draw(nq);
+    (base, queries)
+}
