@@ -20,6 +20,7 @@ pub mod hub;
 pub mod models;
 pub mod prompt;
 pub mod retrieved;
+pub mod rng;
 pub mod tokenizer;
 
 pub use config::SmallCapConfig;

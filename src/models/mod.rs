@@ -1,10 +1,14 @@
 //! The networks: the CLIP vision encoder, GPT-2 with SmallCap cross-attention, and the
-//! SmallCap model that joins them.
+//! SmallCap model that joins them; plus the training-only pieces they share (dropout, the
+//! frozen-weight matmul).
 
 pub mod clip_vision;
+pub mod dropout;
+pub mod frozen_matmul;
 pub mod gpt2;
 pub mod smallcap;
 
 pub use clip_vision::ClipVision;
+pub use dropout::Dropout;
 pub use gpt2::{Gpt2, Sequence};
 pub use smallcap::SmallCap;
