@@ -22,6 +22,7 @@ pub mod prompt;
 pub mod retrieved;
 pub mod rng;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::SmallCapConfig;
 pub use error::{Error, Result};
