@@ -19,6 +19,7 @@ pub mod generation;
 pub mod hub;
 pub mod models;
 pub mod prompt;
+pub mod pytorch_writer;
 pub mod retrieved;
 pub mod rng;
 pub mod tokenizer;

@@ -1,6 +1,8 @@
 //! The `smallcap` command line: argument parsing and dispatch to one module per subcommand.
 
 mod caption;
+mod features;
+mod train;
 
 use std::process::ExitCode;
 
@@ -17,6 +19,10 @@ struct Cli {
 enum Command {
     /// Caption images (one JSON object per line on stdout).
     Caption(caption::CaptionArgs),
+    /// Compute image features for training (the vision tower's last hidden state per image).
+    Features(features::FeaturesArgs),
+    /// Train SmallCap's cross-attention on precomputed features.
+    Train(train::TrainArgs),
 }
 
 /// Runs the command line; the exit code is non-zero when anything failed.
@@ -31,6 +37,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Caption(args) => caption::run(args),
+        Command::Features(args) => features::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(code) => code,
@@ -39,6 +47,11 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The device to run on: the first CUDA GPU in a `cuda` build when one is present, else the CPU.
+pub fn device() -> anyhow::Result<candle_core::Device> {
+    Ok(candle_core::Device::cuda_if_available(0)?)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a

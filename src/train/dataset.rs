@@ -233,6 +233,11 @@ impl TrainDataset {
         self.samples.is_empty()
     }
 
+    /// The padding token id.
+    pub fn pad(&self) -> u32 {
+        self.pad
+    }
+
     pub fn encode(&self, i: usize) -> Result<Encoded> {
         let s = &self.samples[i];
         let caps = match &self.retrieved {

@@ -3,8 +3,11 @@
 //! HF AdamW with a linear schedule and clipping, checkpoints in the hub layout, and resuming.
 
 pub mod dataset;
+pub mod features;
+pub mod init;
 pub mod model;
 pub mod optimizer;
+pub mod trainer;
 
 pub use dataset::{Annotations, Sample, TrainDataset};
 pub use model::{Batch, TrainModel, Trainable};
