@@ -42,14 +42,23 @@ fn expected() -> Expected {
 }
 
 fn batch_tensors() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture("train/batch.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture("train/batch.safetensors"), &device()).unwrap()
+}
+
+/// The CPU, or the first GPU when `SMALLCAP_TEST_CUDA` is set (scripts/gpu-train-check.sh).
+fn device() -> Device {
+    if std::env::var_os("SMALLCAP_TEST_CUDA").is_some() {
+        Device::new_cuda(0).expect("SMALLCAP_TEST_CUDA is set but no CUDA device is usable")
+    } else {
+        Device::Cpu
+    }
 }
 
 fn model() -> TrainModel {
     let dir = fixture("model");
     let config = SmallCapConfig::from_file(&dir.join("config.json")).unwrap();
-    let sd = StateDict::load_dir(&dir, &config, &Device::Cpu).unwrap();
-    TrainModel::new(config, sd.tensors, Trainable::CrossAttention, false, &Device::Cpu).unwrap()
+    let sd = StateDict::load_dir(&dir, &config, &device()).unwrap();
+    TrainModel::new(config, sd.tensors, Trainable::CrossAttention, false, &device()).unwrap()
 }
 
 #[test]
@@ -83,7 +92,7 @@ fn three_steps_match_the_reference() {
     let before: HashMap<String, Tensor> = m
         .params
         .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap()))
+        .map(|(n, v)| (n.clone(), v.as_tensor().to_device(&Device::Cpu).unwrap().copy().unwrap()))
         .collect();
     let mut opt = AdamW::new(m.params.clone(), AdamWConfig::default()).unwrap();
     for step in 0..exp.steps {
@@ -98,7 +107,7 @@ fn three_steps_match_the_reference() {
         if step == 0 {
             for (name, var) in &m.params {
                 let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-                let e = rel_err(g, &want[&format!("grad.{name}")]);
+                let e = rel_err(&g.to_device(&Device::Cpu).unwrap(), &want[&format!("grad.{name}")]);
                 assert!(e < 1e-4, "gradient of {name}: relative error {e:e}");
             }
         }
@@ -108,12 +117,13 @@ fn three_steps_match_the_reference() {
     }
     for (name, var) in &m.params {
         let w = &want[&format!("param_after.{name}")];
-        let e = rel_err(var.as_tensor(), w);
+        let got = var.as_tensor().to_device(&Device::Cpu).unwrap();
+        let e = rel_err(&got, w);
         assert!(e < 1e-4, "{name} after {} steps: relative error {e:e}", exp.steps);
         // The update itself (about 1e-2 of the weights) to 1e-3 relative. Not for the key
         // bias (the first half of `crossattention.c_attn.bias`): softmax is invariant to it, so
         // its true gradient is 0 and Adam turns rounding noise into full-size steps there.
-        let mut got_delta = (var.as_tensor() - &before[name]).unwrap();
+        let mut got_delta = (&got - &before[name]).unwrap();
         let mut want_delta = (w - &before[name]).unwrap();
         if name.ends_with("crossattention.c_attn.bias") {
             let c = got_delta.dim(0).unwrap() / 2;

@@ -60,10 +60,11 @@ impl CustomOp2 for FrozenMatmul {
     }
 }
 
-/// `x · w` for `x` `[m, k]` and `w` `[k, n]`. A trainable `w` (a `Var`) goes through the
-/// ordinary matmul; a frozen one gets no gradient.
+/// `x · w` for `x` `[m, k]` and `w` `[k, n]`. A `w` that is or derives from a trainable `Var`
+/// (e.g. the transpose of a trained LM head) goes through the ordinary matmul; a frozen one gets
+/// no gradient.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if w.is_variable() {
+    if w.track_op() {
         x.matmul(w)
     } else {
         x.apply_op2(w, FrozenMatmul)
