@@ -152,10 +152,7 @@ impl StateDict {
                 None => {
                     return Err(Error::checkpoint(
                         path,
-                        format!(
-                            "missing tensor {} (expected shape {:?})",
-                            t.name, t.shape
-                        ),
+                        format!("missing tensor {} (expected shape {:?})", t.name, t.shape),
                     ))
                 }
                 Some(found) if found.dims() != t.shape.as_slice() => {
@@ -199,7 +196,11 @@ impl StateDict {
 
 /// Reads those of the `wanted` tensors that a weight file holds (`.safetensors`, or anything
 /// else as a PyTorch zip pickle), as f32; absent names are simply left out.
-pub fn read_tensors(path: &Path, wanted: &[&str], device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn read_tensors(
+    path: &Path,
+    wanted: &[&str],
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     if path.extension().is_some_and(|e| e == "safetensors") {
         read_safetensors(path, wanted, device)
     } else {
@@ -216,7 +217,8 @@ fn read_safetensors(
         Error::checkpoint(path, format!("not a valid safetensors file: {e}"))
     };
     // SAFETY: the file is mapped read-only; safetensors validates the header against its length.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(&e))?;
+    let st =
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(&e))?;
     let names: std::collections::HashSet<String> =
         st.tensors().into_iter().map(|(n, _)| n).collect();
     let mut out = HashMap::new();
@@ -268,7 +270,9 @@ fn read_pytorch(path: &Path, wanted: &[&str], device: &Device) -> Result<HashMap
     };
     let mut out = HashMap::new();
     for (key, value) in items {
-        let Object::Unicode(name) = &key else { continue };
+        let Object::Unicode(name) = &key else {
+            continue;
+        };
         if !wanted.contains(&name.as_str()) {
             continue;
         }

@@ -9,7 +9,6 @@
 //! - [`captioner`]: the API that ties them together (load once, caption many);
 //! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub;
 
-
 pub mod captioner;
 pub mod checkpoint;
 

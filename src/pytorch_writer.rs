@@ -20,7 +20,11 @@ fn storage_class(dtype: DType) -> Result<&'static str> {
         DType::F64 => "DoubleStorage",
         DType::I64 => "LongStorage",
         DType::U8 => "ByteStorage",
-        other => return Err(Error::Input(format!("cannot write {other:?} tensors to a PyTorch file"))),
+        other => {
+            return Err(Error::Input(format!(
+                "cannot write {other:?} tensors to a PyTorch file"
+            )))
+        }
     })
 }
 
@@ -32,7 +36,8 @@ impl Pickle {
     }
     fn global(&mut self, module: &str, name: &str) {
         self.op(b'c');
-        self.0.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        self.0
+            .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
     }
     fn string(&mut self, s: &str) {
         self.op(b'X');
@@ -123,12 +128,25 @@ pub fn write_state_dict(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
     zip.start_file("archive/byteorder", opts).map_err(zerr)?;
     zip.write_all(b"little").map_err(io)?;
     for (i, t) in storages.iter().enumerate() {
-        zip.start_file(format!("archive/data/{i}"), opts).map_err(zerr)?;
+        zip.start_file(format!("archive/data/{i}"), opts)
+            .map_err(zerr)?;
         let t = t.flatten_all()?.to_device(&candle_core::Device::Cpu)?;
         let bytes: Vec<u8> = match t.dtype() {
-            DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::F64 => t.to_vec1::<f64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::I64 => t.to_vec1::<i64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::F32 => t
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            DType::F64 => t
+                .to_vec1::<f64>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            DType::I64 => t
+                .to_vec1::<i64>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
             DType::U8 => t.to_vec1::<u8>()?,
             other => return Err(Error::Input(format!("cannot write {other:?} tensors"))),
         };

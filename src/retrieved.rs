@@ -87,7 +87,10 @@ mod tests {
 
     #[test]
     fn coco_names_give_their_integer_id() {
-        assert_eq!(image_id(Path::new("a/COCO_val2014_000000391895.jpg")), Some(391895));
+        assert_eq!(
+            image_id(Path::new("a/COCO_val2014_000000391895.jpg")),
+            Some(391895)
+        );
         assert_eq!(image_id(Path::new("000000000042.png")), Some(42));
         assert_eq!(image_id(Path::new("cat.png")), None);
     }
@@ -99,7 +102,11 @@ mod tests {
         m.insert("dog".to_string(), vec!["by stem".to_string()]);
         m.insert("cat.png".to_string(), vec!["by name".to_string()]);
         let r = RetrievedCaptions::from_map(m);
-        assert_eq!(r.lookup(Path::new("x/COCO_val2014_000000391895.jpg")).unwrap()[0], "by id");
+        assert_eq!(
+            r.lookup(Path::new("x/COCO_val2014_000000391895.jpg"))
+                .unwrap()[0],
+            "by id"
+        );
         assert_eq!(r.lookup(Path::new("dog.jpg")).unwrap()[0], "by stem");
         assert_eq!(r.lookup(Path::new("cat.png")).unwrap()[0], "by name");
         assert!(r.lookup(Path::new("bird.png")).is_err());

@@ -38,7 +38,10 @@ fn fails(args: &[&str]) -> String {
     let out = smallcap(args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "smallcap {args:?} should fail");
-    assert!(!err.contains("panicked"), "panic instead of an error:\n{err}");
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error:\n{err}"
+    );
     err
 }
 
@@ -48,7 +51,10 @@ fn s(p: &Path) -> &str {
 
 /// Annotations: image i (cocoid i+1) of `IMAGES[..n]`, two captions each, in `split`.
 fn annotations(dir: &Path, n: usize, split: &str) -> PathBuf {
-    let caps = [["a red square", "a square that is red"], ["two men riding horses", "men on horses"]];
+    let caps = [
+        ["a red square", "a square that is red"],
+        ["two men riding horses", "men on horses"],
+    ];
     let images: Vec<_> = IMAGES[..n]
         .iter()
         .enumerate()
@@ -64,8 +70,14 @@ fn annotations(dir: &Path, n: usize, split: &str) -> PathBuf {
 
 fn retrieved(dir: &Path, n: usize) -> PathBuf {
     let pool = cases()[0].retrieved_captions.clone().unwrap();
-    let map: serde_json::Map<String, serde_json::Value> =
-        (1..=n).map(|i| (i.to_string(), json!(pool.iter().cycle().skip(i).take(7).collect::<Vec<_>>()))).collect();
+    let map: serde_json::Map<String, serde_json::Value> = (1..=n)
+        .map(|i| {
+            (
+                i.to_string(),
+                json!(pool.iter().cycle().skip(i).take(7).collect::<Vec<_>>()),
+            )
+        })
+        .collect();
     let path = dir.join(format!("retrieved_{n}.json"));
     std::fs::write(&path, serde_json::Value::Object(map).to_string()).unwrap();
     path
@@ -76,23 +88,60 @@ fn features(dir: &Path, n: usize) -> PathBuf {
     let out = dir.join("features");
     let ann = annotations(dir, n, "train");
     let images = fixture("images");
-    ok(&["features", "--images", s(&images), "--annotations", s(&ann), "--encoder", s(&fixture("model")), "--out", s(&out), "--batch-size", "2"]);
+    ok(&[
+        "features",
+        "--images",
+        s(&images),
+        "--annotations",
+        s(&ann),
+        "--encoder",
+        s(&fixture("model")),
+        "--out",
+        s(&out),
+        "--batch-size",
+        "2",
+    ]);
     out
 }
 
 fn train_args<'a>(ann: &'a Path, feats: &'a Path, ret: &'a Path, out: &'a Path) -> Vec<&'a str> {
     vec![
-        "train", "--annotations", s(ann), "--features", s(feats), "--retrieved", s(ret), "--out", s(out),
-        "--init", fixture_model(), "--tokenizer", fixture_tokenizer(), "--batch-size", "3", "--epochs", "2",
+        "train",
+        "--annotations",
+        s(ann),
+        "--features",
+        s(feats),
+        "--retrieved",
+        s(ret),
+        "--out",
+        s(out),
+        "--init",
+        fixture_model(),
+        "--tokenizer",
+        fixture_tokenizer(),
+        "--batch-size",
+        "3",
+        "--epochs",
+        "2",
     ]
 }
 
 fn fixture_model() -> &'static str {
-    Box::leak(fixture("model").to_string_lossy().to_string().into_boxed_str())
+    Box::leak(
+        fixture("model")
+            .to_string_lossy()
+            .to_string()
+            .into_boxed_str(),
+    )
 }
 
 fn fixture_tokenizer() -> &'static str {
-    Box::leak(fixture("tokenizer").to_string_lossy().to_string().into_boxed_str())
+    Box::leak(
+        fixture("tokenizer")
+            .to_string_lossy()
+            .to_string()
+            .into_boxed_str(),
+    )
 }
 
 #[test]
@@ -104,22 +153,55 @@ fn features_equal_the_reference_encoder_states_and_resume() {
     let want = expected_tensors();
     let mut checked = 0;
     for case in cases() {
-        let name = Path::new(&case.image).file_name().unwrap().to_str().unwrap().to_string();
+        let name = Path::new(&case.image)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         if let Some(i) = IMAGES[..3].iter().position(|f| *f == name) {
             let got = store.get(&(i + 1).to_string(), &Device::Cpu).unwrap();
             let e = rel_err(&got, &want[&format!("{}.encoder_hidden", case.id)]);
-            assert!(e < 1e-4, "{}: features differ from the reference by {e:e}", case.image);
+            assert!(
+                e < 1e-4,
+                "{}: features differ from the reference by {e:e}",
+                case.image
+            );
             checked += 1;
         }
     }
     assert!(checked >= 3);
     // Resuming: the three are skipped, two more are added in a new file.
     let ann5 = annotations(tmp.path(), 5, "train");
-    let err = ok(&["features", "--images", s(&fixture("images")), "--annotations", s(&ann5), "--encoder", fixture_model(), "--out", s(&out), "--f16"]);
-    assert!(err.contains("wrote features of 2 images") && err.contains("3 were already there"), "{err}");
+    let err = ok(&[
+        "features",
+        "--images",
+        s(&fixture("images")),
+        "--annotations",
+        s(&ann5),
+        "--encoder",
+        fixture_model(),
+        "--out",
+        s(&out),
+        "--f16",
+    ]);
+    assert!(
+        err.contains("wrote features of 2 images") && err.contains("3 were already there"),
+        "{err}"
+    );
     let store = smallcap::train::features::FeatureStore::open(&out).unwrap();
     assert_eq!(store.len(), 5);
-    let err = ok(&["features", "--images", s(&fixture("images")), "--annotations", s(&ann5), "--encoder", fixture_model(), "--out", s(&out)]);
+    let err = ok(&[
+        "features",
+        "--images",
+        s(&fixture("images")),
+        "--annotations",
+        s(&ann5),
+        "--encoder",
+        fixture_model(),
+        "--out",
+        s(&out),
+    ]);
     assert!(err.contains("all 5 images already have features"), "{err}");
 }
 
@@ -137,7 +219,11 @@ fn checkpoints_load_from_both_weight_files_and_resume_matches_an_uninterrupted_r
     }
     let log = std::fs::read_to_string(full.join("train.log")).unwrap();
     assert_eq!(log.lines().count(), 6);
-    assert!(log.contains("\"loss\"") && log.contains("\"learning_rate\"") && log.contains("\"samples_per_second\""));
+    assert!(
+        log.contains("\"loss\"")
+            && log.contains("\"learning_rate\"")
+            && log.contains("\"samples_per_second\"")
+    );
 
     let part = tmp.path().join("part");
     let mut a = train_args(&ann, &feats, &ret, &part);
@@ -152,38 +238,84 @@ fn checkpoints_load_from_both_weight_files_and_resume_matches_an_uninterrupted_r
     ok(&a);
     let bytes = |p: PathBuf| std::fs::read(p).unwrap();
     assert!(
-        bytes(full.join("checkpoint-6/model.safetensors")) == bytes(part.join("checkpoint-6/model.safetensors")),
+        bytes(full.join("checkpoint-6/model.safetensors"))
+            == bytes(part.join("checkpoint-6/model.safetensors")),
         "a resumed run differs from an uninterrupted one"
     );
-    assert!(bytes(full.join("checkpoint-6/optimizer.safetensors")) == bytes(part.join("checkpoint-6/optimizer.safetensors")));
+    assert!(
+        bytes(full.join("checkpoint-6/optimizer.safetensors"))
+            == bytes(part.join("checkpoint-6/optimizer.safetensors"))
+    );
 
     // The checkpoint loads from model.safetensors and from pytorch_model.bin alike.
     let ck = full.join("checkpoint-6");
     let cfg = smallcap::SmallCapConfig::from_file(&ck.join("config.json")).unwrap();
-    let a = smallcap::checkpoint::StateDict::load_file(&ck.join("model.safetensors"), &cfg, &Device::Cpu).unwrap();
-    let b = smallcap::checkpoint::StateDict::load_file(&ck.join("pytorch_model.bin"), &cfg, &Device::Cpu).unwrap();
+    let a = smallcap::checkpoint::StateDict::load_file(
+        &ck.join("model.safetensors"),
+        &cfg,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let b = smallcap::checkpoint::StateDict::load_file(
+        &ck.join("pytorch_model.bin"),
+        &cfg,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (name, t) in &a.tensors {
         let u = &b.tensors[name];
         assert_eq!(t.dims(), u.dims());
-        let d = (t - u).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (t - u)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0, "{name}");
     }
     // Cross-attention moved, the rest did not.
-    let init = smallcap::checkpoint::StateDict::load_dir(&fixture("model"), &cfg, &Device::Cpu).unwrap();
+    let init =
+        smallcap::checkpoint::StateDict::load_dir(&fixture("model"), &cfg, &Device::Cpu).unwrap();
     for (name, t) in &a.tensors {
-        let d = (t - &init.tensors[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert_eq!(d > 0.0, name.contains("crossattention"), "{name} changed: {d}");
+        let d = (t - &init.tensors[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(
+            d > 0.0,
+            name.contains("crossattention"),
+            "{name} changed: {d}"
+        );
     }
     // And `smallcap caption` runs with it.
     let img = fixture("images/chelsea.png");
-    ok(&["caption", "--model", s(&ck), "--tokenizer", fixture_tokenizer(), "--no-retrieval", "--max-new-tokens", "3", s(&img)]);
+    ok(&[
+        "caption",
+        "--model",
+        s(&ck),
+        "--tokenizer",
+        fixture_tokenizer(),
+        "--no-retrieval",
+        "--max-new-tokens",
+        "3",
+        s(&img),
+    ]);
     python_reads_pickle(&ck.join("pytorch_model.bin"), &a.tensors);
 }
 
 /// Python's own unpickler (torch stubbed: `_rebuild_tensor_v2` and the storage classes are
 /// recorded, not run) reads the pickle: every key, shape, stride and storage size.
-fn python_reads_pickle(path: &Path, tensors: &std::collections::HashMap<String, candle_core::Tensor>) {
+fn python_reads_pickle(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) {
     let python = std::env::var("SMALLCAP_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = r#"
 import sys, zipfile, pickle, json, collections
@@ -211,12 +343,21 @@ class U(pickle.Unpickler):
 sd = U(z.open(pkl)).load()
 print(json.dumps({k: v['shape'] for k, v in sd.items()}))
 "#;
-    let out = Command::new(&python).arg("-c").arg(script).arg(path).output();
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output();
     let Ok(out) = out else {
         panic!("{python} is needed for this check (scripts/test installs it)");
     };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let shapes: std::collections::HashMap<String, Vec<usize>> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shapes: std::collections::HashMap<String, Vec<usize>> =
+        serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shapes.len(), tensors.len());
     for (name, t) in tensors {
         assert_eq!(shapes[name].as_slice(), t.dims(), "{name}");
@@ -243,16 +384,27 @@ fn bad_inputs_give_clear_errors() {
         let f = f.unwrap().path();
         std::fs::copy(&f, bad_feats.join(f.file_name().unwrap())).unwrap();
     }
-    let wrong = candle_core::Tensor::zeros((49, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
-    candle_core::safetensors::save(&[("3".to_string(), wrong)].into_iter().collect(), bad_feats.join("zz.safetensors")).unwrap();
+    let wrong =
+        candle_core::Tensor::zeros((49, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &[("3".to_string(), wrong)].into_iter().collect(),
+        bad_feats.join("zz.safetensors"),
+    )
+    .unwrap();
     let ann3 = annotations(tmp.path(), 3, "train");
     let err = fails(&train_args(&ann3, &bad_feats, &ret, &out));
-    assert!(err.contains("image 3") && err.contains("[49, 64]") && err.contains("[50, 64]"), "{err}");
+    assert!(
+        err.contains("image 3") && err.contains("[49, 64]") && err.contains("[50, 64]"),
+        "{err}"
+    );
 
     // A retrieved file without an image.
     let ret2 = retrieved(tmp.path(), 2);
     let err = fails(&train_args(&ann3, &feats, &ret2, &out));
-    assert!(err.contains("no retrieved captions for image 3") && err.contains("retrieved_2.json"), "{err}");
+    assert!(
+        err.contains("no retrieved captions for image 3") && err.contains("retrieved_2.json"),
+        "{err}"
+    );
 
     // Annotations without a train split.
     let val_only = annotations(tmp.path(), 3, "val");
@@ -264,13 +416,19 @@ fn bad_inputs_give_clear_errors() {
     std::fs::write(&file, "x").unwrap();
     let under = file.join("out");
     let err = fails(&train_args(&ann3, &feats, &ret, &under));
-    assert!(err.contains("cannot create the output folder") && err.contains("a_file"), "{err}");
+    assert!(
+        err.contains("cannot create the output folder") && err.contains("a_file"),
+        "{err}"
+    );
 
     // A checkpoint of another reduce factor passed to --init.
     let mut a = train_args(&ann3, &feats, &ret, &out);
     a.extend(["--attention-size", "14"]);
     let err = fails(&a);
-    assert!(err.contains("reduce factor 4") && err.contains("reduce factor 2"), "{err}");
+    assert!(
+        err.contains("reduce factor 4") && err.contains("reduce factor 2"),
+        "{err}"
+    );
     assert!(!out.join("checkpoint-2").exists());
 }
 
@@ -300,14 +458,29 @@ fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
     a.drain(pos..pos + 2);
     a.extend(["--resume", s(&first)]);
     let quoted: Vec<String> = a.iter().map(|x| format!("'{x}'")).collect();
-    let cmd = format!("trap '' XFSZ; ulimit -f 1024; exec '{}' {}", env!("CARGO_BIN_EXE_smallcap"), quoted.join(" "));
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f 1024; exec '{}' {}",
+        env!("CARGO_BIN_EXE_smallcap"),
+        quoted.join(" ")
+    );
     let res = Command::new("bash").arg("-c").arg(&cmd).output().unwrap();
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success(), "saving should fail:\n{err}");
-    assert!(err.contains("checkpoint-4") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("checkpoint-4") && !err.contains("panicked"),
+        "{err}"
+    );
     for (p, b) in before {
         assert!(std::fs::read(&p).unwrap() == b, "{} changed", p.display());
     }
-    let left: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
-    assert!(!left.iter().any(|n| n.contains("partial") || n == "checkpoint-4"), "{left:?}");
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.contains("partial") || n == "checkpoint-4"),
+        "{left:?}"
+    );
 }

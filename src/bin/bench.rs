@@ -38,9 +38,11 @@ fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
@@ -53,26 +55,38 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// perf_reference.py's caption vocabulary: 6–14 random words, deterministic.
 fn random_captions(seed: u64) -> Vec<String> {
-    let words: Vec<&str> = "a the man woman dog cat bus train on near with riding standing street beach table"
-        .split(' ')
-        .collect();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let words: Vec<&str> =
+        "a the man woman dog cat bus train on near with riding standing street beach table"
+            .split(' ')
+            .collect();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     (0..4)
         .map(|_| {
             let n = 6 + next() % 9;
-            (0..n).map(|_| words[next() % words.len()]).collect::<Vec<_>>().join(" ")
+            (0..n)
+                .map(|_| words[next() % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect()
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    smallcap::train::init::write_random_checkpoint(&args.model_dir, &smallcap::train::init::full_size_config(), 1234)
-        .context("writing the random checkpoint")?;
+    smallcap::train::init::write_random_checkpoint(
+        &args.model_dir,
+        &smallcap::train::init::full_size_config(),
+        1234,
+    )
+    .context("writing the random checkpoint")?;
     let dev = Device::Cpu;
     let t0 = Instant::now();
     let model = SmallCap::load_dir(&args.model_dir, &dev)?;
@@ -90,7 +104,10 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let px = captioner.load_image(path)?;
         let pre = t.elapsed().as_secs_f64();
-        Ok((captioner.prepare(px, Retrieval::Captions(random_captions(i as u64)), 4)?, pre))
+        Ok((
+            captioner.prepare(px, Retrieval::Captions(random_captions(i as u64)), 4)?,
+            pre,
+        ))
     };
 
     // Single images: encode (preprocessing + vision tower) and generate, separately timed.
@@ -138,8 +155,14 @@ fn main() -> anyhow::Result<()> {
     println!("| images × runs | {} × {} |", images.len(), args.runs);
     println!("| prompt tokens (mean) | {:.1} |", avg(&prompt_len));
     println!("| new tokens (mean) | {:.1} |", avg(&tokens));
-    println!("| encode per image, batch 1 (s, median) | {:.3} |", median(enc.clone()));
-    println!("| generate per image, batch 1 (s, median) | {:.3} |", median(gen.clone()));
+    println!(
+        "| encode per image, batch 1 (s, median) | {:.3} |",
+        median(enc.clone())
+    );
+    println!(
+        "| generate per image, batch 1 (s, median) | {:.3} |",
+        median(gen.clone())
+    );
     println!(
         "| encode + generate per image, batch 1 (s, median) | {:.3} |",
         median(enc.iter().zip(&gen).map(|(a, b)| a + b).collect())
@@ -151,7 +174,11 @@ fn main() -> anyhow::Result<()> {
             args.batch,
             median(batched)
         );
-        println!("| peak RSS after batch {} (MiB) | {:.0} |", args.batch, peak_rss_mib());
+        println!(
+            "| peak RSS after batch {} (MiB) | {:.0} |",
+            args.batch,
+            peak_rss_mib()
+        );
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use clap::Parser;
 use smallcap::checkpoint::StateDict;
 use smallcap::models::Dropout;
 use smallcap::rng::Rng;
-use smallcap::train::dataset::{prep_strings, max_length};
+use smallcap::train::dataset::{max_length, prep_strings};
 use smallcap::train::init::{full_size_config, write_random_checkpoint};
 use smallcap::train::{clip_grad_norm, AdamW, AdamWConfig, Batch, TrainModel, Trainable};
 use smallcap::{Gpt2Tokenizer, SmallCapConfig};
@@ -39,9 +39,11 @@ fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
@@ -49,21 +51,40 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    write_random_checkpoint(&args.model_dir, &full_size_config(), 1234).context("writing the random checkpoint")?;
+    write_random_checkpoint(&args.model_dir, &full_size_config(), 1234)
+        .context("writing the random checkpoint")?;
     let device = Device::cuda_if_available(0)?;
     let config = SmallCapConfig::from_file(&args.model_dir.join("config.json"))?;
     let sd = StateDict::load_dir(&args.model_dir, &config, &device)?;
-    let model = TrainModel::new(config.clone(), sd.tensors, Trainable::CrossAttention, false, &device)?;
+    let model = TrainModel::new(
+        config.clone(),
+        sd.tensors,
+        Trainable::CrossAttention,
+        false,
+        &device,
+    )?;
     let tok = Gpt2Tokenizer::from_dir(&args.tokenizer)?;
     let max_len = max_length(&tok, Some(4))?;
-    let words: Vec<&str> = "a the man woman dog cat bus train on near with riding standing street beach table".split(' ').collect();
+    let words: Vec<&str> =
+        "a the man woman dog cat bus train on near with riding standing street beach table"
+            .split(' ')
+            .collect();
     let mut rng = Rng::new(5);
     let sentence = |rng: &mut Rng| -> String {
         let n = 8 + rng.below(7);
-        (0..n).map(|_| words[rng.below(words.len())]).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|_| words[rng.below(words.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
     };
-    println!("device: {device:?}; trainable parameters: {}", model.trainable_parameters());
-    println!("| batch | samples/s (median of {}) | s/step | peak RSS (MiB) |", args.steps);
+    println!(
+        "device: {device:?}; trainable parameters: {}",
+        model.trainable_parameters()
+    );
+    println!(
+        "| batch | samples/s (median of {}) | s/step | peak RSS (MiB) |",
+        args.steps
+    );
     println!("|---|---|---|---|");
     for &b in &args.batches {
         let mut opt = AdamW::new(model.params.clone(), AdamWConfig::default())?;
@@ -95,7 +116,11 @@ fn main() -> anyhow::Result<()> {
         }
         times.sort_by(f64::total_cmp);
         let med = times[times.len() / 2];
-        println!("| {b} | {:.2} | {med:.2} | {:.0} |", b as f64 / med, peak_rss_mib());
+        println!(
+            "| {b} | {:.2} | {med:.2} | {:.0} |",
+            b as f64 / med,
+            peak_rss_mib()
+        );
     }
     Ok(())
 }

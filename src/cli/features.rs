@@ -60,8 +60,13 @@ fn image_path(dir: &Path, im: &KarpathyImage) -> Option<PathBuf> {
 pub fn load_vision(spec: &str, device: &Device) -> anyhow::Result<(ClipVision, VisionConfig)> {
     let pre = Pretrained::resolve(spec)?;
     let is_smallcap = pre.config.get("decoder").is_some();
-    let section = if is_smallcap { &pre.config["encoder"] } else { &pre.config };
-    let cfg = VisionConfig::from_value(section).map_err(|e| anyhow::anyhow!("{spec}: config.json: {e}"))?;
+    let section = if is_smallcap {
+        &pre.config["encoder"]
+    } else {
+        &pre.config
+    };
+    let cfg = VisionConfig::from_value(section)
+        .map_err(|e| anyhow::anyhow!("{spec}: config.json: {e}"))?;
     // The tensor names of the tower, as a SmallCap checkpoint holds them.
     let names: Vec<String> = expected_tensors(&smallcap::SmallCapConfig {
         encoder: cfg.clone(),
@@ -85,7 +90,13 @@ pub fn load_vision(spec: &str, device: &Device) -> anyhow::Result<(ClipVision, V
     .map(|t| t.name)
     .filter(|n| n.starts_with("encoder."))
     .collect();
-    let source = |n: &str| if is_smallcap { n.to_string() } else { n.replacen("encoder.", "vision_model.", 1) };
+    let source = |n: &str| {
+        if is_smallcap {
+            n.to_string()
+        } else {
+            n.replacen("encoder.", "vision_model.", 1)
+        }
+    };
     let wanted: Vec<String> = names.iter().map(|n| source(n)).collect();
     let refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
     let loaded = read_tensors(&pre.weights, &refs, device)?;
@@ -97,7 +108,8 @@ pub fn load_vision(spec: &str, device: &Device) -> anyhow::Result<(ClipVision, V
         tensors.insert(n.clone(), t.clone());
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    let vision = ClipVision::load(vb.pp("encoder"), &cfg).with_context(|| format!("{}", pre.weights.display()))?;
+    let vision = ClipVision::load(vb.pp("encoder"), &cfg)
+        .with_context(|| format!("{}", pre.weights.display()))?;
     Ok((vision, cfg))
 }
 
@@ -139,7 +151,10 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
     let already = done.len();
     drop(done);
     if todo.is_empty() {
-        eprintln!("all {already} images already have features in {}", args.out.display());
+        eprintln!(
+            "all {already} images already have features in {}",
+            args.out.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let (vision, cfg) = load_vision(&args.encoder, &device)?;
@@ -148,8 +163,10 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(todo.len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  {elapsed} (eta {eta})")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} images  {per_sec}  {elapsed} (eta {eta})",
+            )
+            .expect("valid template"),
         );
         bar
     } else {
@@ -175,6 +192,11 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
         writer.write_chunk(&items)?;
     }
     bar.finish_and_clear();
-    eprintln!("wrote features of {} images to {} ({} were already there)", todo.len(), args.out.display(), already);
+    eprintln!(
+        "wrote features of {} images to {} ({} were already there)",
+        todo.len(),
+        args.out.display(),
+        already
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -28,7 +28,11 @@ pub struct TrainArgs {
     #[arg(long)]
     features: PathBuf,
     /// Retrieved captions per image id (as `smallcap retrieve --exclude-self` writes).
-    #[arg(long, conflicts_with = "no_retrieval", required_unless_present = "no_retrieval")]
+    #[arg(
+        long,
+        conflicts_with = "no_retrieval",
+        required_unless_present = "no_retrieval"
+    )]
     retrieved: Option<PathBuf>,
     /// Train without retrieved captions in the prompt.
     #[arg(long)]
@@ -104,22 +108,36 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
     let tokenizer_spec = match (&args.tokenizer, &args.init, &args.resume) {
         (Some(t), _, _) => t.clone(),
-        (None, Some(init), _) if std::path::Path::new(init).join("vocab.json").is_file() => init.clone(),
+        (None, Some(init), _) if std::path::Path::new(init).join("vocab.json").is_file() => {
+            init.clone()
+        }
         _ => args.decoder.clone(),
     };
     let tokenizer = Gpt2Tokenizer::from_dir(&hub::tokenizer_dir(&tokenizer_spec)?)?;
 
     let mut trainer = if let Some(dir) = &args.resume {
         let config = SmallCapConfig::from_file(&dir.join("config.json"))?;
-        let data = TrainDataset::new(samples, retrieved.clone(), args.k, tokenizer.clone(), config.eos_token_id, config.pad_token_id)?;
+        let data = TrainDataset::new(
+            samples,
+            retrieved.clone(),
+            args.k,
+            tokenizer.clone(),
+            config.eos_token_id,
+            config.pad_token_id,
+        )?;
         Trainer::resume(dir, data, features, &args.out, &device)?
     } else {
-        let trainable = if args.train_decoder { Trainable::Decoder } else { Trainable::CrossAttention };
+        let trainable = if args.train_decoder {
+            Trainable::Decoder
+        } else {
+            Trainable::CrossAttention
+        };
         let (config_json, model) = match &args.init {
             Some(spec) => {
                 let files = hub::model_files(spec)?;
                 let text = std::fs::read_to_string(&files.config)?;
-                let config = SmallCapConfig::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", files.config.display()))?;
+                let config = SmallCapConfig::from_json(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", files.config.display()))?;
                 if let Some(size) = args.attention_size {
                     let r = reduce_factor(size)?;
                     if r != config.decoder.cross_attention_reduce_factor {
@@ -132,18 +150,32 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 }
                 let sd = StateDict::load_file(&files.weights, &config, &device)?;
                 let json: serde_json::Value = serde_json::from_str(&text)?;
-                (json, TrainModel::new(config, sd.tensors, trainable, false, &device)?)
+                (
+                    json,
+                    TrainModel::new(config, sd.tensors, trainable, false, &device)?,
+                )
             }
             None => {
                 let r = reduce_factor(args.attention_size.unwrap_or(7.0))?;
                 let enc = Pretrained::resolve(&args.encoder)?;
                 let dec = Pretrained::resolve(&args.decoder)?;
-                let (json, config, tensors) = from_pretrained(&enc, &dec, r, k_used, args.seed, &device)?;
-                (json, TrainModel::new(config, tensors, trainable, true, &device)?)
+                let (json, config, tensors) =
+                    from_pretrained(&enc, &dec, r, k_used, args.seed, &device)?;
+                (
+                    json,
+                    TrainModel::new(config, tensors, trainable, true, &device)?,
+                )
             }
         };
         let (eos, pad) = (model.config.eos_token_id, model.config.pad_token_id);
-        let data = TrainDataset::new(samples, retrieved.clone(), args.k, tokenizer.clone(), eos, pad)?;
+        let data = TrainDataset::new(
+            samples,
+            retrieved.clone(),
+            args.k,
+            tokenizer.clone(),
+            eos,
+            pad,
+        )?;
         let options = TrainOptions {
             epochs: args.epochs,
             batch_size: args.batch_size,
@@ -155,8 +187,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             max_grad_norm: 1.0,
             train_decoder: args.train_decoder,
         };
-        eprintln!("training a model with {} trainable parameters", model.trainable_parameters());
-        Trainer::new(model, config_json, data, features, options, &args.out, &device)?
+        eprintln!(
+            "training a model with {} trainable parameters",
+            model.trainable_parameters()
+        );
+        Trainer::new(
+            model,
+            config_json,
+            data,
+            features,
+            options,
+            &args.out,
+            &device,
+        )?
     };
 
     if let Some(val_path) = &args.val_annotations {
@@ -166,13 +209,32 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             (Some(p), _) => Some(RetrievedCaptions::from_file(p)?),
             (None, r) => r.clone(),
         };
-        let val_features = FeatureStore::open(args.val_features.as_ref().unwrap_or(&args.features))?;
+        let val_features =
+            FeatureStore::open(args.val_features.as_ref().unwrap_or(&args.features))?;
         let cfg = &trainer.model.config;
         let ids: Vec<String> = val_ann.images_in(&["val"]).map(|im| im.key()).collect();
-        val_features.check(ids.iter().map(String::as_str), cfg.encoder.num_positions(), cfg.decoder.n_embd)?;
+        val_features.check(
+            ids.iter().map(String::as_str),
+            cfg.encoder.num_positions(),
+            cfg.decoder.n_embd,
+        )?;
         let (eos, pad) = (cfg.eos_token_id, cfg.pad_token_id);
-        let val_data = TrainDataset::new(val_samples, val_retrieved.clone(), args.k, tokenizer.clone(), eos, pad)?;
-        trainer.validation = Some(Validation::new(val_data, val_features, ids, val_retrieved.as_ref(), args.k, tokenizer)?);
+        let val_data = TrainDataset::new(
+            val_samples,
+            val_retrieved.clone(),
+            args.k,
+            tokenizer.clone(),
+            eos,
+            pad,
+        )?;
+        trainer.validation = Some(Validation::new(
+            val_data,
+            val_features,
+            ids,
+            val_retrieved.as_ref(),
+            args.k,
+            tokenizer,
+        )?);
     }
 
     let written = trainer.run(args.steps)?;

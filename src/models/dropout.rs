@@ -51,7 +51,13 @@ impl Dropout {
             let threshold = (self.p as f64 * 4_294_967_296.0) as u64;
             let keep = scale as f32;
             let data: Vec<f32> = (0..xs.elem_count())
-                .map(|_| if self.rng.next_u64() >> 32 >= threshold { keep } else { 0.0 })
+                .map(|_| {
+                    if self.rng.next_u64() >> 32 >= threshold {
+                        keep
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             Tensor::from_vec(data, xs.shape(), xs.device())?
         } else {

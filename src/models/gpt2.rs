@@ -15,8 +15,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::DecoderConfig;
-use crate::models::frozen_matmul::frozen_matmul;
 use crate::models::dropout::Dropout;
+use crate::models::frozen_matmul::frozen_matmul;
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]
@@ -257,7 +257,12 @@ impl Gpt2 {
     }
 
     /// Token plus position embeddings of `n` rows, then every block.
-    fn run_blocks(&self, ids: &Tensor, pos: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
+    fn run_blocks(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        pass: &mut Pass,
+    ) -> candle_core::Result<Tensor> {
         let h = (self.wte.index_select(ids, 0)? + self.wpe.index_select(pos, 0)?)?;
         let mut h = pass.dropout(h)?;
         for (l, block) in self.blocks.iter().enumerate() {
@@ -278,7 +283,11 @@ impl Gpt2 {
         let device = self.wte.device();
         let n: usize = seqs.iter().map(|s| s.rows * t).sum();
         if input_ids.len() != n {
-            candle_core::bail!("forward: {} ids for {} rows × {t} tokens", input_ids.len(), n);
+            candle_core::bail!(
+                "forward: {} ids for {} rows × {t} tokens",
+                input_ids.len(),
+                n
+            );
         }
         let mut positions = Vec::with_capacity(n);
         for s in seqs.iter() {
@@ -295,7 +304,14 @@ impl Gpt2 {
         }
         let ids = Tensor::new(input_ids, device)?;
         let pos = Tensor::new(positions.as_slice(), device)?;
-        let h = self.run_blocks(&ids, &pos, &mut Pass::Decode { t, seqs: &mut *seqs })?;
+        let h = self.run_blocks(
+            &ids,
+            &pos,
+            &mut Pass::Decode {
+                t,
+                seqs: &mut *seqs,
+            },
+        )?;
         let mut last = Vec::new();
         let mut offset = 0;
         for s in seqs.iter_mut() {
@@ -321,7 +337,10 @@ impl Gpt2 {
     ) -> candle_core::Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         if t > self.cfg.n_positions {
-            candle_core::bail!("sequences of {t} tokens exceed the model's {} positions", self.cfg.n_positions);
+            candle_core::bail!(
+                "sequences of {t} tokens exceed the model's {} positions",
+                self.cfg.n_positions
+            );
         }
         let cross_kv = self
             .blocks
@@ -356,11 +375,13 @@ impl Gpt2 {
 impl Block {
     /// `h` `[N, n_embd]`: self-attention, cross-attention, MLP, each pre-LN with a residual.
     fn forward(&self, h: Tensor, layer: usize, pass: &mut Pass) -> candle_core::Result<Tensor> {
-        let a = self.attn.forward(&pass.layer_norm(&self.ln_1, &h)?, layer, pass)?;
+        let a = self
+            .attn
+            .forward(&pass.layer_norm(&self.ln_1, &h)?, layer, pass)?;
         let h = (h + pass.dropout(a)?)?;
-        let x = self
-            .crossattention
-            .forward(&pass.layer_norm(&self.ln_cross_attn, &h)?, layer, pass)?;
+        let x =
+            self.crossattention
+                .forward(&pass.layer_norm(&self.ln_cross_attn, &h)?, layer, pass)?;
         let h = (h + pass.dropout(x)?)?;
         let m = self.mlp.forward(&pass.layer_norm(&self.ln_2, &h)?)?;
         h + pass.dropout(m)?
@@ -386,7 +407,9 @@ impl SelfAttention {
                 }
                 Tensor::cat(&outs, 0)?
             }
-            Pass::Train { b, t, dropout, .. } => self.attend(&qkv, *b, *t, None, Some(&mut **dropout))?.0,
+            Pass::Train { b, t, dropout, .. } => {
+                self.attend(&qkv, *b, *t, None, Some(&mut **dropout))?.0
+            }
         };
         self.c_proj.forward(&o)
     }
@@ -421,7 +444,13 @@ impl SelfAttention {
             let past = total - t;
             let mask: Vec<f32> = (0..t)
                 .flat_map(|i| {
-                    (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })
+                    (0..total).map(move |j| {
+                        if j <= past + i {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
                 })
                 .collect();
             let mask = Tensor::from_vec(mask, (t, total), qkv.device())?;
@@ -446,7 +475,8 @@ impl CrossAttention {
         let c = self.n_head * self.head_dim;
         let kv = self.c_attn.forward(&states.reshape((g * s, e))?)?; // [g·S, 2c]
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((g, s, self.n_head, self.head_dim))?.transpose(1, 2)
+            t.reshape((g, s, self.n_head, self.head_dim))?
+                .transpose(1, 2)
         };
         let k = split(kv.narrow(1, 0, c)?)?.transpose(2, 3)?.contiguous()?;
         let v = split(kv.narrow(1, c, c)?)?.contiguous()?;
@@ -464,7 +494,9 @@ impl CrossAttention {
                     // All rows (beams) of a sequence share the image: fold them into the time axis.
                     let n = s.rows * *t;
                     let (k, v) = &s.cross_kv[layer];
-                    let qh = q.narrow(0, offset, n)?.reshape((1, n, self.n_head, self.head_dim))?;
+                    let qh = q
+                        .narrow(0, offset, n)?
+                        .reshape((1, n, self.n_head, self.head_dim))?;
                     offset += n;
                     outs.push(self.attend(&qh, k, v, None)?.reshape((n, c))?);
                 }
@@ -478,7 +510,8 @@ impl CrossAttention {
             } => {
                 let (k, v) = &cross_kv[layer];
                 let qh = q.reshape((*b, *t, self.n_head, self.head_dim))?;
-                self.attend(&qh, k, v, Some(&mut **dropout))?.reshape((*b * *t, c))?
+                self.attend(&qh, k, v, Some(&mut **dropout))?
+                    .reshape((*b * *t, c))?
             }
         };
         self.c_proj.forward(&o)

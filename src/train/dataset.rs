@@ -244,6 +244,14 @@ impl TrainDataset {
             Some(r) => Some(r.get(&s.image)?),
             None => None,
         };
-        prep_strings(&self.tokenizer, &s.text, caps, self.k, self.max_len, self.eos, self.pad)
+        prep_strings(
+            &self.tokenizer,
+            &s.text,
+            caps,
+            self.k,
+            self.max_len,
+            self.eos,
+            self.pad,
+        )
     }
 }

@@ -39,7 +39,10 @@ impl FeatureStore {
     /// Opens a feature folder (an empty or new folder holds no features).
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::Input(format!("{}: the features folder does not exist", dir.display())));
+            return Err(Error::Input(format!(
+                "{}: the features folder does not exist",
+                dir.display()
+            )));
         }
         let files = feature_files(dir)?;
         let mut shapes = HashMap::new();
@@ -48,10 +51,16 @@ impl FeatureStore {
         } else {
             // SAFETY: mapped read-only; safetensors checks each header against the file length.
             let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
-                Error::Input(format!("{}: a features file is not valid safetensors: {e}", dir.display()))
+                Error::Input(format!(
+                    "{}: a features file is not valid safetensors: {e}",
+                    dir.display()
+                ))
             })?;
             for (name, view) in st.tensors() {
-                if !matches!(view.dtype(), safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16) {
+                if !matches!(
+                    view.dtype(),
+                    safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+                ) {
                     return Err(Error::Input(format!(
                         "{}: features of image {name} are {:?}, not f32 or f16",
                         dir.display(),
@@ -86,7 +95,12 @@ impl FeatureStore {
     }
 
     /// Checks that every image in `ids` has features of shape `[tokens, hidden]`.
-    pub fn check<'a>(&self, ids: impl IntoIterator<Item = &'a str>, tokens: usize, hidden: usize) -> Result<()> {
+    pub fn check<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+        tokens: usize,
+        hidden: usize,
+    ) -> Result<()> {
         for id in ids {
             match self.shapes.get(id) {
                 None => {
@@ -113,13 +127,21 @@ impl FeatureStore {
             .files
             .as_ref()
             .filter(|_| self.contains(id))
-            .ok_or_else(|| Error::Input(format!("{}: no features for image {id}", self.dir.display())))?;
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "{}: no features for image {id}",
+                    self.dir.display()
+                ))
+            })?;
         Ok(st.load(id, device)?.to_dtype(DType::F32)?)
     }
 
     /// The features of several images stacked: `[n, tokens, hidden]`.
     pub fn stack(&self, ids: &[&str], device: &Device) -> Result<Tensor> {
-        let ts = ids.iter().map(|id| self.get(id, device)).collect::<Result<Vec<_>>>()?;
+        let ts = ids
+            .iter()
+            .map(|id| self.get(id, device))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&ts, 0)?)
     }
 }
@@ -160,8 +182,12 @@ impl FeatureWriter {
         for (id, t) in items {
             map.insert(id.clone(), t.to_dtype(dtype)?.to_device(&Device::Cpu)?);
         }
-        let path = self.dir.join(format!("features-{:06}.safetensors", self.next));
-        let tmp = self.dir.join(format!(".features-{:06}.safetensors.partial", self.next));
+        let path = self
+            .dir
+            .join(format!("features-{:06}.safetensors", self.next));
+        let tmp = self
+            .dir
+            .join(format!(".features-{:06}.safetensors.partial", self.next));
         candle_core::safetensors::save(&map, &tmp).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             Error::Input(format!("cannot write {}: {e}", tmp.display()))

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use crate::checkpoint::{expected_tensors, read_tensors, ExpectedTensor, LM_HEAD, PYTORCH_FILE, SAFETENSORS_FILE};
+use crate::checkpoint::{
+    expected_tensors, read_tensors, ExpectedTensor, LM_HEAD, PYTORCH_FILE, SAFETENSORS_FILE,
+};
 use crate::config::SmallCapConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -40,7 +42,8 @@ impl Pretrained {
     /// A local folder, or a hub id resolved through [`crate::hub`].
     pub fn resolve(spec: &str) -> Result<Self> {
         let files = crate::hub::model_files(spec)?;
-        let text = std::fs::read_to_string(&files.config).map_err(|e| Error::io(&files.config, e))?;
+        let text =
+            std::fs::read_to_string(&files.config).map_err(|e| Error::io(&files.config, e))?;
         let config = serde_json::from_str(&text).map_err(|e| Error::Config {
             path: files.config.clone(),
             msg: e.to_string(),
@@ -77,7 +80,13 @@ pub fn smallcap_config_json(encoder: &Value, decoder: &Value, r: usize, k: Optio
 }
 
 /// New cross-attention (and anything else missing) initialised like GPT-2's `_init_weights`.
-fn init_value(t: &ExpectedTensor, std: f64, n_layer: usize, rng: &mut Rng, device: &Device) -> Result<Tensor> {
+fn init_value(
+    t: &ExpectedTensor,
+    std: f64,
+    n_layer: usize,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Tensor> {
     let name = &t.name;
     let shape = t.shape.as_slice();
     let normal = |std: f64, rng: &mut Rng| -> Result<Tensor> {
@@ -133,7 +142,11 @@ pub fn from_pretrained(
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         loaded.insert(file.clone(), read_tensors(file, &refs, device)?);
     }
-    let std = decoder.config.get("initializer_range").and_then(Value::as_f64).unwrap_or(0.02);
+    let std = decoder
+        .config
+        .get("initializer_range")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.02);
     let mut rng = Rng::new(seed);
     let mut tensors = HashMap::new();
     for t in &expected {
@@ -145,15 +158,28 @@ pub fn from_pretrained(
             Some(v) if !new_part => {
                 if v.dims() != t.shape.as_slice() {
                     return Err(Error::Checkpoint {
-                        path: if t.name.starts_with("encoder.") { encoder.weights.clone() } else { decoder.weights.clone() },
-                        msg: format!("tensor for {} has shape {:?}, its config implies {:?}", t.name, v.dims(), t.shape),
+                        path: if t.name.starts_with("encoder.") {
+                            encoder.weights.clone()
+                        } else {
+                            decoder.weights.clone()
+                        },
+                        msg: format!(
+                            "tensor for {} has shape {:?}, its config implies {:?}",
+                            t.name,
+                            v.dims(),
+                            t.shape
+                        ),
                     });
                 }
                 v
             }
             _ if new_part => init_value(t, std, config.decoder.n_layer, &mut rng, device)?,
             _ => {
-                let from = if t.name.starts_with("encoder.") { &encoder.weights } else { &decoder.weights };
+                let from = if t.name.starts_with("encoder.") {
+                    &encoder.weights
+                } else {
+                    &decoder.weights
+                };
                 return Err(Error::Checkpoint {
                     path: from.clone(),
                     msg: format!("no tensor for {} in the pretrained weights", t.name),
@@ -203,7 +229,8 @@ pub fn write_random_checkpoint(dir: &Path, config_json: &Value, seed: u64) -> Re
         shape: vec![cfg.decoder.vocab_size, cfg.decoder.n_embd],
     });
     for t in all {
-        let is_ln = t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
+        let is_ln =
+            t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
         let value = if t.shape.len() >= 2 || t.name.ends_with("class_embedding") {
             let n: usize = t.shape.iter().product();
             let data: Vec<f32> = (0..n).map(|_| 0.06 * rng.normal()).collect();
@@ -217,7 +244,8 @@ pub fn write_random_checkpoint(dir: &Path, config_json: &Value, seed: u64) -> Re
     }
     let tmp = dir.join(format!("{SAFETENSORS_FILE}.partial"));
     candle_core::safetensors::save(&tensors, &tmp)?;
-    let cfg_text = serde_json::to_string_pretty(config_json).map_err(|e| Error::Input(e.to_string()))?;
+    let cfg_text =
+        serde_json::to_string_pretty(config_json).map_err(|e| Error::Input(e.to_string()))?;
     std::fs::write(dir.join("config.json"), cfg_text).map_err(|e| Error::io(dir, e))?;
     std::fs::rename(&tmp, dir.join(SAFETENSORS_FILE)).map_err(|e| Error::io(dir, e))?;
     Ok(())

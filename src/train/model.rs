@@ -65,7 +65,10 @@ impl TrainModel {
         tied_lm_head: bool,
         device: &Device,
     ) -> Result<Self> {
-        let mut names: Vec<String> = expected_tensors(&config).into_iter().map(|t| t.name).collect();
+        let mut names: Vec<String> = expected_tensors(&config)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         if !tied_lm_head {
             names.push(LM_HEAD.to_string());
         }
@@ -108,9 +111,9 @@ impl TrainModel {
     /// the un-shifted logits (the labels are already shifted). Only the labelled positions go
     /// through the LM head: the others do not enter the loss.
     pub fn loss(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
-        let hidden = self
-            .decoder
-            .forward_train(&batch.input_ids, &batch.encoder_hidden, dropout)?;
+        let hidden =
+            self.decoder
+                .forward_train(&batch.input_ids, &batch.encoder_hidden, dropout)?;
         let (rows, targets): (Vec<u32>, Vec<u32>) = batch
             .labels
             .iter()
@@ -119,10 +122,17 @@ impl TrainModel {
             .map(|(i, &l)| (i as u32, l as u32))
             .unzip();
         if rows.is_empty() {
-            return Err(Error::Input("a training batch has no labelled token".into()));
+            return Err(Error::Input(
+                "a training batch has no labelled token".into(),
+            ));
         }
-        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= self.config.decoder.vocab_size) {
-            return Err(Error::Input(format!("label {bad} is outside the vocabulary")));
+        if let Some(&bad) = targets
+            .iter()
+            .find(|&&t| t as usize >= self.config.decoder.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "label {bad} is outside the vocabulary"
+            )));
         }
         let device = hidden.device();
         let rows = Tensor::new(rows.as_slice(), device)?;

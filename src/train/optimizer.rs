@@ -77,6 +77,9 @@ impl AdamW {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // A gradient keeps the graph of the step it came from; the moments must not, or
+            // every step's activations would stay alive through them.
+            let g = &g.detach();
             *m = ((&*m * beta1)? + (g * (1.0 - beta1))?)?;
             *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = (v.sqrt()? + eps)?;
@@ -147,7 +150,12 @@ pub fn clip_grad_norm(
     let mut sum = 0f64;
     for (_, var) in params {
         if let Some(g) = grads.get(var.as_tensor()) {
-            let n = g.sqr()?.sum_all()?.sqrt()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let n = g
+                .sqr()?
+                .sum_all()?
+                .sqrt()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             sum += n * n;
         }
     }
@@ -210,6 +218,8 @@ mod tests {
         assert!((norm - 5.0).abs() < 1e-6);
         let g = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         let expect = 1.0 / (5.0 + 1e-6);
-        assert!((g[0] - 3.0 * expect as f32).abs() < 1e-6 && (g[1] - 4.0 * expect as f32).abs() < 1e-6);
+        assert!(
+            (g[0] - 3.0 * expect as f32).abs() < 1e-6 && (g[1] - 4.0 * expect as f32).abs() < 1e-6
+        );
     }
 }

@@ -147,14 +147,23 @@ pub struct Trainer {
 }
 
 fn prepare_out(out: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| Error::Input(format!("{}: cannot create the output folder: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(|e| {
+        Error::Input(format!(
+            "{}: cannot create the output folder: {e}",
+            out.display()
+        ))
+    })?;
     let log = out.join(LOG_FILE);
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log)
-        .map_err(|e| Error::Input(format!("{}: the output folder is not writable: {e}", log.display())))
+        .map_err(|e| {
+            Error::Input(format!(
+                "{}: the output folder is not writable: {e}",
+                log.display()
+            ))
+        })
 }
 
 impl Trainer {
@@ -189,7 +198,9 @@ impl Trainer {
     ) -> Result<Self> {
         let o = &state.options;
         if o.batch_size == 0 || o.epochs == 0 {
-            return Err(Error::Input("--batch-size and --epochs must be at least 1".into()));
+            return Err(Error::Input(
+                "--batch-size and --epochs must be at least 1".into(),
+            ));
         }
         if data.is_empty() {
             return Err(Error::Input("no training samples".into()));
@@ -219,11 +230,21 @@ impl Trainer {
 
     /// Continues the run saved in the checkpoint folder `dir` (its settings, weights, optimiser
     /// state and step), on the same data.
-    pub fn resume(dir: &Path, data: TrainDataset, features: FeatureStore, out: &Path, device: &Device) -> Result<Self> {
+    pub fn resume(
+        dir: &Path,
+        data: TrainDataset,
+        features: FeatureStore,
+        out: &Path,
+        device: &Device,
+    ) -> Result<Self> {
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-        let state: TrainerState = serde_json::from_str(&text)
-            .map_err(|e| Error::Input(format!("{}: not a trainer state: {e}", state_path.display())))?;
+        let state: TrainerState = serde_json::from_str(&text).map_err(|e| {
+            Error::Input(format!(
+                "{}: not a trainer state: {e}",
+                state_path.display()
+            ))
+        })?;
         if state.num_samples != data.len() {
             return Err(Error::Input(format!(
                 "{}: the run had {} training samples, these annotations give {}",
@@ -233,12 +254,19 @@ impl Trainer {
             )));
         }
         let config_path = dir.join("config.json");
-        let config_text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config_json: Value = serde_json::from_str(&config_text)
-            .map_err(|e| Error::Config { path: config_path.clone(), msg: e.to_string() })?;
+        let config_text =
+            std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config_json: Value = serde_json::from_str(&config_text).map_err(|e| Error::Config {
+            path: config_path.clone(),
+            msg: e.to_string(),
+        })?;
         let config = SmallCapConfig::from_json(&config_text)?;
         let sd = StateDict::load_file(&dir.join(SAFETENSORS_FILE), &config, device)?;
-        let trainable = if state.options.train_decoder { Trainable::Decoder } else { Trainable::CrossAttention };
+        let trainable = if state.options.train_decoder {
+            Trainable::Decoder
+        } else {
+            Trainable::CrossAttention
+        };
         let model = TrainModel::new(config, sd.tensors, trainable, state.tied_lm_head, device)?;
         let opt_path = dir.join(OPTIMIZER_FILE);
         let opt_tensors = candle_core::safetensors::load(&opt_path, device)
@@ -273,9 +301,22 @@ impl Trainer {
 
     /// The padded batch of samples `indices` (to the reference's length, or to the longest
     /// sample when one is longer: padding on the right does not change the loss).
-    pub fn batch(data: &TrainDataset, features: &FeatureStore, indices: &[usize], device: &Device) -> Result<Batch> {
-        let encoded = indices.iter().map(|&i| data.encode(i)).collect::<Result<Vec<_>>>()?;
-        let t = encoded.iter().map(|e| e.input_ids.len()).max().unwrap_or(0).max(data.max_len);
+    pub fn batch(
+        data: &TrainDataset,
+        features: &FeatureStore,
+        indices: &[usize],
+        device: &Device,
+    ) -> Result<Batch> {
+        let encoded = indices
+            .iter()
+            .map(|&i| data.encode(i))
+            .collect::<Result<Vec<_>>>()?;
+        let t = encoded
+            .iter()
+            .map(|e| e.input_ids.len())
+            .max()
+            .unwrap_or(0)
+            .max(data.max_len);
         let pad = data.pad();
         let mut ids = Vec::with_capacity(indices.len() * t);
         let mut labels = Vec::with_capacity(indices.len() * t);
@@ -285,7 +326,10 @@ impl Trainer {
             labels.extend(&e.labels);
             labels.resize(labels.len() + t - e.labels.len(), IGNORE_INDEX);
         }
-        let images: Vec<&str> = indices.iter().map(|&i| data.samples[i].image.as_str()).collect();
+        let images: Vec<&str> = indices
+            .iter()
+            .map(|&i| data.samples[i].image.as_str())
+            .collect();
         Ok(Batch {
             input_ids: Tensor::from_vec(ids, (indices.len(), t), device)?,
             labels,
@@ -307,8 +351,10 @@ impl Trainer {
         let bar = if self.progress && std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(end.saturating_sub(self.state.global_step));
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed} (eta {eta})  {msg}")
-                    .expect("valid template"),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps {elapsed} (eta {eta})  {msg}",
+                )
+                .expect("valid template"),
             );
             bar
         } else {
@@ -332,7 +378,10 @@ impl Trainer {
             let loss = self.model.loss(&batch, &mut dropout)?;
             let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {
-                return Err(Error::Input(format!("the loss became {loss_value} at step {}", g + 1)));
+                return Err(Error::Input(format!(
+                    "the loss became {loss_value} at step {}",
+                    g + 1
+                )));
             }
             let mut grads = loss.backward()?;
             let grad_norm = clip_grad_norm(&mut grads, &self.model.params, o.max_grad_norm)?;
@@ -346,7 +395,9 @@ impl Trainer {
                 "learning_rate": lr, "grad_norm": grad_norm, "samples_per_second": sps,
             });
             self.log_line(&entry)?;
-            bar.set_message(format!("loss {loss_value:.4}  lr {lr:.3e}  {sps:.1} samples/s"));
+            bar.set_message(format!(
+                "loss {loss_value:.4}  lr {lr:.3e}  {sps:.1} samples/s"
+            ));
             bar.inc(1);
             let epoch_end = self.state.global_step % spe == 0;
             if epoch_end || self.state.global_step == end {
@@ -355,7 +406,13 @@ impl Trainer {
                     let entry = serde_json::json!({"step": self.state.global_step, "epoch": self.state.global_step / spe, "val_loss": r.loss});
                     self.log_line(&entry)?;
                     self.state.log_history.push(entry);
-                    bar.suspend(|| eprintln!("epoch {}: validation loss {:.4}", self.state.global_step / spe, r.loss));
+                    bar.suspend(|| {
+                        eprintln!(
+                            "epoch {}: validation loss {:.4}",
+                            self.state.global_step / spe,
+                            r.loss
+                        )
+                    });
                 }
                 self.state.log_history.push(entry);
                 written.push(self.save(report.as_ref())?);
@@ -367,7 +424,9 @@ impl Trainer {
 
     /// Loss on the validation samples and captions of the validation images.
     pub fn validate(&self) -> Result<Option<ValidationReport>> {
-        let Some(v) = &self.validation else { return Ok(None) };
+        let Some(v) = &self.validation else {
+            return Ok(None);
+        };
         let bs = self.state.options.batch_size;
         let (mut sum, mut count) = (0f64, 0usize);
         let all: Vec<usize> = (0..v.data.len()).collect();
@@ -382,7 +441,10 @@ impl Trainer {
         for chunk in v.images.chunks(bs) {
             let prompts = chunk
                 .iter()
-                .map(|(_, caps)| v.tokenizer.encode(&prompt::prompt_text(caps.as_deref(), v.k)))
+                .map(|(_, caps)| {
+                    v.tokenizer
+                        .encode(&prompt::prompt_text(caps.as_deref(), v.k))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let requests = chunk
                 .iter()
@@ -399,19 +461,29 @@ impl Trainer {
                 let mut full = p.clone();
                 full.extend(ids);
                 let caption = prompt::postprocess(&v.tokenizer.decode(&full)?);
-                let image_id: Value = id.parse::<i64>().map(Value::from).unwrap_or(Value::from(id.clone()));
+                let image_id: Value = id
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or(Value::from(id.clone()));
                 captions.push(serde_json::json!({"image_id": image_id, "caption": caption}));
             }
         }
         Ok(Some(ValidationReport {
-            loss: if count > 0 { sum / count as f64 } else { f64::NAN },
+            loss: if count > 0 {
+                sum / count as f64
+            } else {
+                f64::NAN
+            },
             captions,
         }))
     }
 
     /// The checkpoint tensors in the reference's state-dict order.
     fn ordered_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut names: Vec<String> = expected_tensors(&self.model.config).into_iter().map(|t| t.name).collect();
+        let mut names: Vec<String> = expected_tensors(&self.model.config)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         names.push(LM_HEAD.to_string());
         names
             .into_iter()
@@ -443,11 +515,17 @@ impl Trainer {
             candle_core::safetensors::save(&cpu.iter().cloned().collect(), &st_path)
                 .map_err(|e| Error::Input(format!("cannot write {}: {e}", st_path.display())))?;
             // Keep tied tensors tied in the pickle (one storage), as in the reference.
-            let mut same: std::collections::HashMap<candle_core::TensorId, Tensor> = Default::default();
+            let mut same: std::collections::HashMap<candle_core::TensorId, Tensor> =
+                Default::default();
             let pickled: Vec<(String, Tensor)> = tensors
                 .iter()
                 .zip(&cpu)
-                .map(|((n, t), (_, c))| (n.clone(), same.entry(t.id()).or_insert_with(|| c.clone()).clone()))
+                .map(|((n, t), (_, c))| {
+                    (
+                        n.clone(),
+                        same.entry(t.id()).or_insert_with(|| c.clone()).clone(),
+                    )
+                })
                 .collect();
             crate::pytorch_writer::write_state_dict(&partial.join(PYTORCH_FILE), &pickled)?;
             let opt_path = partial.join(OPTIMIZER_FILE);
@@ -460,9 +538,13 @@ impl Trainer {
             candle_core::safetensors::save(&opt_state, &opt_path)
                 .map_err(|e| Error::Input(format!("cannot write {}: {e}", opt_path.display())))?;
             if let Some(r) = report {
-                write(VAL_CAPTIONS_FILE, pretty(&Value::from(r.captions.clone()))?.as_bytes())?;
+                write(
+                    VAL_CAPTIONS_FILE,
+                    pretty(&Value::from(r.captions.clone()))?.as_bytes(),
+                )?;
             }
-            let state = serde_json::to_value(&self.state).map_err(|e| Error::Input(e.to_string()))?;
+            let state =
+                serde_json::to_value(&self.state).map_err(|e| Error::Input(e.to_string()))?;
             write(STATE_FILE, pretty(&state)?.as_bytes())?;
             Ok(())
         })();
