@@ -75,11 +75,7 @@ impl Captioner {
         let tokenizer_dir = match tokenizer {
             Some(spec) => hub::tokenizer_dir(spec)?,
             None => {
-                let own = files
-                    .config
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default();
+                let own = files.config.parent().map(Path::to_path_buf).unwrap_or_default();
                 if own.join("vocab.json").is_file() && own.join("merges.txt").is_file() {
                     own
                 } else {
@@ -135,8 +131,7 @@ impl Captioner {
             Retrieval::Captions(caps) => {
                 if k == 0 {
                     return Err(Error::Input(
-                        "k must be at least 1 (the prompt without captions is --no-retrieval)"
-                            .into(),
+                        "k must be at least 1 (the prompt without captions is --no-retrieval)".into(),
                     ));
                 }
                 if k > caps.len() {
@@ -160,12 +155,7 @@ impl Captioner {
     }
 
     /// Pairs an image's pixels with its prompt.
-    pub fn prepare(
-        &self,
-        pixel_values: Tensor,
-        retrieval: Retrieval,
-        k: usize,
-    ) -> Result<Prepared> {
+    pub fn prepare(&self, pixel_values: Tensor, retrieval: Retrieval, k: usize) -> Result<Prepared> {
         let (prompt_ids, retrieved_captions) = self.prompt_ids(&retrieval, k)?;
         Ok(Prepared {
             pixel_values,
@@ -175,11 +165,7 @@ impl Captioner {
     }
 
     /// Captions a batch: one encoder pass over all images, then decoding with every step shared.
-    pub fn caption(
-        &self,
-        items: &[Prepared],
-        generation: &GenerationConfig,
-    ) -> Result<Vec<Caption>> {
+    pub fn caption(&self, items: &[Prepared], generation: &GenerationConfig) -> Result<Vec<Caption>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }

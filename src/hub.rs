@@ -40,10 +40,7 @@ pub fn model_files(spec: &str) -> Result<ModelFiles> {
                 )
             })?;
         if !config.is_file() {
-            return Err(Error::checkpoint(
-                &dir,
-                "no config.json in the model folder",
-            ));
+            return Err(Error::checkpoint(&dir, "no config.json in the model folder"));
         }
         return Ok(ModelFiles { config, weights });
     }
@@ -77,15 +74,9 @@ fn local_dir(spec: &str) -> Result<Option<PathBuf>> {
         return Ok(Some(path.to_path_buf()));
     }
     if path.exists() {
-        return Err(Error::Input(format!(
-            "{spec}: expected a folder, found a file"
-        )));
+        return Err(Error::Input(format!("{spec}: expected a folder, found a file")));
     }
-    if spec.starts_with('.')
-        || spec.starts_with('/')
-        || spec.contains('\\')
-        || spec.matches('/').count() > 1
-    {
+    if spec.starts_with('.') || spec.starts_with('/') || spec.contains('\\') || spec.matches('/').count() > 1 {
         return Err(Error::io(
             path,
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),

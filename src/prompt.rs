@@ -73,9 +73,6 @@ mod tests {
         assert_eq!(postprocess("x This image shows a dog!!."), "a dog");
         assert_eq!(postprocess("This image shows a.This image shows b."), "b");
         assert_eq!(postprocess("no marker here."), "no marker here");
-        assert_eq!(
-            postprocess("This image shows <|endoftext|>a cat.."),
-            "a cat."
-        );
+        assert_eq!(postprocess("This image shows <|endoftext|>a cat.."), "a cat.");
     }
 }

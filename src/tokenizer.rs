@@ -51,42 +51,31 @@ impl Gpt2Tokenizer {
         }
         let v = vocab.to_string_lossy().to_string();
         let m = merges.to_string_lossy().to_string();
-        let bpe = BPE::from_file(&v, &m).build().map_err(|e| {
-            err(
-                &vocab.to_path_buf(),
-                format!("cannot build BPE from {v} and {m}: {e}"),
-            )
-        })?;
+        let bpe = BPE::from_file(&v, &m)
+            .build()
+            .map_err(|e| err(&vocab.to_path_buf(), format!("cannot build BPE from {v} and {m}: {e}")))?;
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
-        let _added: usize = inner
-            .add_special_tokens([AddedToken::from(ENDOFTEXT, true)])
-            .map_err(|e| err(&vocab.to_path_buf(), e.to_string()))?;
+        let _added: usize = inner.add_special_tokens([AddedToken::from(ENDOFTEXT, true)]).map_err(|e| err(&vocab.to_path_buf(), e.to_string()))?;
         Ok(Self { inner })
     }
 
     /// Token ids of `text`, without special tokens (GPT-2 adds no BOS/EOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer {
-                path: PathBuf::new(),
-                msg: e.to_string(),
-            })?;
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer {
+            path: PathBuf::new(),
+            msg: e.to_string(),
+        })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// `decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=True)`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let text = self
-            .inner
-            .decode(ids, false)
-            .map_err(|e| Error::Tokenizer {
-                path: PathBuf::new(),
-                msg: e.to_string(),
-            })?;
+        let text = self.inner.decode(ids, false).map_err(|e| Error::Tokenizer {
+            path: PathBuf::new(),
+            msg: e.to_string(),
+        })?;
         Ok(clean_up_tokenization(&text))
     }
 

@@ -54,17 +54,8 @@ fn the_stored_lm_head_is_used_not_wte() {
     // The fixture's lm_head differs from wte, as the README warns.
     let sd = StateDict::load_dir(&fixture("model"), &config(), &Device::Cpu).unwrap();
     let head = sd.tensors["decoder.lm_head.weight"].flatten_all().unwrap();
-    let wte = sd.tensors["decoder.transformer.wte.weight"]
-        .flatten_all()
-        .unwrap();
-    let diff = (head - wte)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let wte = sd.tensors["decoder.transformer.wte.weight"].flatten_all().unwrap();
+    let diff = (head - wte).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff > 0.0);
 }
 
@@ -74,16 +65,8 @@ fn lm_head_is_tied_to_wte_when_absent() {
     copy_config(dir.path());
     write_safetensors(dir.path(), Some("decoder.lm_head.weight"));
     let sd = StateDict::load_dir(dir.path(), &config(), &Device::Cpu).unwrap();
-    let head = sd.tensors["decoder.lm_head.weight"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let wte = sd.tensors["decoder.transformer.wte.weight"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let head = sd.tensors["decoder.lm_head.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let wte = sd.tensors["decoder.transformer.wte.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(head, wte);
 }
 
@@ -109,16 +92,9 @@ fn truncated_pytorch_checkpoint_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     copy_config(dir.path());
     let bytes = std::fs::read(fixture("model/pytorch_model.bin")).unwrap();
-    std::fs::write(
-        dir.path().join("pytorch_model.bin"),
-        &bytes[..bytes.len() / 2],
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("pytorch_model.bin"), &bytes[..bytes.len() / 2]).unwrap();
     let err = load_err(dir.path());
-    assert!(
-        err.contains("pytorch_model.bin") && err.contains("truncated or corrupt"),
-        "{err}"
-    );
+    assert!(err.contains("pytorch_model.bin") && err.contains("truncated or corrupt"), "{err}");
 }
 
 #[test]
@@ -130,10 +106,7 @@ fn truncated_and_corrupt_safetensors_are_refused() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
     let err = load_err(dir.path());
-    assert!(
-        err.contains("model.safetensors") && err.contains("not a valid safetensors"),
-        "{err}"
-    );
+    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
     std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
     let err = load_err(dir.path());
     assert!(err.contains("not a valid safetensors"), "{err}");
@@ -143,10 +116,7 @@ fn truncated_and_corrupt_safetensors_are_refused() {
 fn missing_tensor_is_named_with_its_shape() {
     let dir = tempfile::tempdir().unwrap();
     copy_config(dir.path());
-    write_safetensors(
-        dir.path(),
-        Some("decoder.transformer.h.1.crossattention.q_attn.weight"),
-    );
+    write_safetensors(dir.path(), Some("decoder.transformer.h.1.crossattention.q_attn.weight"));
     let err = load_err(dir.path());
     assert!(
         err.contains("missing tensor decoder.transformer.h.1.crossattention.q_attn.weight")
@@ -163,16 +133,10 @@ fn config_that_disagrees_with_the_tensors_names_tensor_and_shapes() {
     // Reduce factor 2 instead of 4: the cross-attention projections are twice as wide.
     cfg["decoder"]["cross_attention_reduce_factor"] = 2.into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    std::fs::copy(
-        fixture("model/pytorch_model.bin"),
-        dir.path().join("pytorch_model.bin"),
-    )
-    .unwrap();
+    std::fs::copy(fixture("model/pytorch_model.bin"), dir.path().join("pytorch_model.bin")).unwrap();
     let err = load_err(dir.path());
     assert!(
-        err.contains("crossattention.q_attn.weight")
-            && err.contains("[64, 16]")
-            && err.contains("[64, 32]"),
+        err.contains("crossattention.q_attn.weight") && err.contains("[64, 16]") && err.contains("[64, 32]"),
         "{err}"
     );
     cfg["decoder"]["cross_attention_reduce_factor"] = 3.into();
@@ -194,8 +158,8 @@ fn malicious_checkpoint(path: &Path) {
     pkl.push(b'.'); // STOP
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(&pkl).unwrap();
     zip.finish().unwrap();
@@ -207,8 +171,5 @@ fn pickle_that_calls_code_is_refused() {
     copy_config(dir.path());
     malicious_checkpoint(&dir.path().join("pytorch_model.bin"));
     let err = load_err(dir.path());
-    assert!(
-        err.contains("os.system") && err.contains("refusing"),
-        "{err}"
-    );
+    assert!(err.contains("os.system") && err.contains("refusing"), "{err}");
 }

@@ -35,11 +35,7 @@ fn write_retrieved(dir: &Path, cases: &[&Case]) -> PathBuf {
     let map: BTreeMap<String, Vec<String>> = cases
         .iter()
         .map(|c| {
-            let name = Path::new(&c.image)
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
+            let name = Path::new(&c.image).file_name().unwrap().to_string_lossy().to_string();
             (name, c.retrieved_captions.clone().unwrap())
         })
         .collect();
@@ -62,17 +58,9 @@ fn captions_every_fixture_image_as_the_reference_does() {
     let with = retrieval_cases(&all);
     let dir = tempfile::tempdir().unwrap();
     let retrieved = write_retrieved(dir.path(), &with);
-    for (setting, beams, early) in [
-        ("beam3_early", 3, true),
-        ("beam3", 3, false),
-        ("greedy", 1, false),
-    ] {
+    for (setting, beams, early) in [("beam3_early", 3, true), ("beam3", 3, false), ("greedy", 1, false)] {
         let mut c = smallcap();
-        model_args(&mut c)
-            .arg("--retrieved")
-            .arg(&retrieved)
-            .arg("--beams")
-            .arg(beams.to_string());
+        model_args(&mut c).arg("--retrieved").arg(&retrieved).arg("--beams").arg(beams.to_string());
         if early {
             c.arg("--early-stopping");
         }
@@ -82,29 +70,16 @@ fn captions_every_fixture_image_as_the_reference_does() {
             c.arg(fixture(&case.image));
         }
         let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got = lines(&out);
         assert_eq!(got.len(), with.len());
         for (line, case) in got.iter().zip(&with) {
             let want = &case.expected[setting];
-            assert_eq!(
-                line["image"],
-                fixture(&case.image).to_string_lossy().as_ref()
-            );
+            assert_eq!(line["image"], fixture(&case.image).to_string_lossy().as_ref());
             let ids: Vec<u32> = serde_json::from_value(line["generated_ids"].clone()).unwrap();
             assert_eq!(ids, want.generated_ids, "{} {setting}", case.id);
-            assert_eq!(
-                line["caption"],
-                want.caption.as_str(),
-                "{} {setting}",
-                case.id
-            );
-            let caps: Vec<String> =
-                serde_json::from_value(line["retrieved_captions"].clone()).unwrap();
+            assert_eq!(line["caption"], want.caption.as_str(), "{} {setting}", case.id);
+            let caps: Vec<String> = serde_json::from_value(line["retrieved_captions"].clone()).unwrap();
             assert_eq!(caps, case.retrieved_captions.clone().unwrap());
         }
     }
@@ -121,42 +96,24 @@ fn no_retrieval_prompt_and_images_folder() {
         c.arg(fixture(&case.image));
     }
     let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for (line, case) in lines(&out).iter().zip(&without) {
-        assert_eq!(
-            line["caption"],
-            case.expected["beam3_early"].caption.as_str(),
-            "{}",
-            case.id
-        );
+        assert_eq!(line["caption"], case.expected["beam3_early"].caption.as_str(), "{}", case.id);
         assert_eq!(line["retrieved_captions"], serde_json::json!([]));
     }
 
     // --images DIR captions every image file in the folder, in name order.
     let mut c = smallcap();
-    model_args(&mut c)
-        .args(["--no-retrieval", "--beams", "1", "--images"])
-        .arg(fixture("images"));
+    model_args(&mut c).args(["--no-retrieval", "--beams", "1", "--images"]).arg(fixture("images"));
     let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got = lines(&out);
     let mut names: Vec<String> = std::fs::read_dir(fixture("images"))
         .unwrap()
         .map(|e| e.unwrap().path().to_string_lossy().to_string())
         .collect();
     names.sort();
-    let got_names: Vec<String> = got
-        .iter()
-        .map(|l| l["image"].as_str().unwrap().to_string())
-        .collect();
+    let got_names: Vec<String> = got.iter().map(|l| l["image"].as_str().unwrap().to_string()).collect();
     assert_eq!(got_names, names);
 }
 
@@ -170,16 +127,7 @@ fn a_bad_image_fails_alone_and_the_exit_code_says_so() {
     let good = fixture(&with[0].image);
     let mut c = smallcap();
     model_args(&mut c)
-        .args([
-            "--captions",
-            "a",
-            "--captions",
-            "b",
-            "--k",
-            "2",
-            "--beams",
-            "1",
-        ])
+        .args(["--captions", "a", "--captions", "b", "--k", "2", "--beams", "1"])
         .arg(&bad)
         .arg(&good)
         .arg(dir.path().join("missing.png"));
@@ -205,18 +153,10 @@ fn coco_results_file_is_written() {
         .arg(&results)
         .arg(&img);
     let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line = &lines(&out)[0];
-    let written: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
-    assert_eq!(
-        written,
-        serde_json::json!([{"image_id": 391895, "caption": line["caption"]}])
-    );
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    assert_eq!(written, serde_json::json!([{"image_id": 391895, "caption": line["caption"]}]));
 }
 
 fn run_expecting_failure(args: &[&str], images: &[PathBuf]) -> String {
@@ -224,11 +164,7 @@ fn run_expecting_failure(args: &[&str], images: &[PathBuf]) -> String {
     model_args(&mut c).args(args).args(images);
     let out = c.output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        out.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
@@ -236,30 +172,18 @@ fn run_expecting_failure(args: &[&str], images: &[PathBuf]) -> String {
 fn bad_arguments_and_retrieval_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let img = fixture("images/coffee.png");
-    let err = run_expecting_failure(
-        &["--captions", "a", "--captions", "b", "--k", "3"],
-        &[img.clone()],
-    );
-    assert!(
-        err.contains("--k 3") && err.contains("2 --captions"),
-        "{err}"
-    );
+    let err = run_expecting_failure(&["--captions", "a", "--captions", "b", "--k", "3"], &[img.clone()]);
+    assert!(err.contains("--k 3") && err.contains("2 --captions"), "{err}");
 
     let bad_json = dir.path().join("bad.json");
     std::fs::write(&bad_json, "{ not json").unwrap();
     let err = run_expecting_failure(&["--retrieved", bad_json.to_str().unwrap()], &[img.clone()]);
-    assert!(
-        err.contains("bad.json") && err.contains("not a JSON object"),
-        "{err}"
-    );
+    assert!(err.contains("bad.json") && err.contains("not a JSON object"), "{err}");
 
     let other = dir.path().join("other.json");
     std::fs::write(&other, r#"{"dog.jpg": ["a", "b", "c", "d"]}"#).unwrap();
     let err = run_expecting_failure(&["--retrieved", other.to_str().unwrap()], &[img.clone()]);
-    assert!(
-        err.contains("coffee.png") && err.contains("no retrieved captions"),
-        "{err}"
-    );
+    assert!(err.contains("coffee.png") && err.contains("no retrieved captions"), "{err}");
 
     let short = dir.path().join("short.json");
     std::fs::write(&short, r#"{"coffee.png": ["a", "b"]}"#).unwrap();
@@ -282,10 +206,7 @@ fn downloads_from_a_hub_server_then_runs_offline() {
         "test-org/smallcap-tiny".to_string(),
         HashMap::from([
             ("config.json".to_string(), fixture("model/config.json")),
-            (
-                "pytorch_model.bin".to_string(),
-                fixture("model/pytorch_model.bin"),
-            ),
+            ("pytorch_model.bin".to_string(), fixture("model/pytorch_model.bin")),
         ]),
     );
     files.insert(
@@ -301,22 +222,8 @@ fn downloads_from_a_hub_server_then_runs_offline() {
     let run = |offline: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_smallcap"));
         c.env("HF_HOME", home.path())
-            .env(
-                "HF_ENDPOINT",
-                if offline {
-                    "http://127.0.0.1:9"
-                } else {
-                    &server.endpoint
-                },
-            )
-            .args([
-                "caption",
-                "--model",
-                "test-org/smallcap-tiny",
-                "--no-retrieval",
-                "--beams",
-                "1",
-            ])
+            .env("HF_ENDPOINT", if offline { "http://127.0.0.1:9" } else { &server.endpoint })
+            .args(["caption", "--model", "test-org/smallcap-tiny", "--no-retrieval", "--beams", "1"])
             .arg(&img);
         if offline {
             c.env("HF_HUB_OFFLINE", "1");
@@ -326,20 +233,9 @@ fn downloads_from_a_hub_server_then_runs_offline() {
         c.output().unwrap()
     };
     let online = run(false);
-    assert!(
-        online.status.success(),
-        "{}",
-        String::from_utf8_lossy(&online.stderr)
-    );
-    assert!(home
-        .path()
-        .join("hub/models--test-org--smallcap-tiny")
-        .is_dir());
+    assert!(online.status.success(), "{}", String::from_utf8_lossy(&online.stderr));
+    assert!(home.path().join("hub/models--test-org--smallcap-tiny").is_dir());
     let offline = run(true);
-    assert!(
-        offline.status.success(),
-        "{}",
-        String::from_utf8_lossy(&offline.stderr)
-    );
+    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
     assert_eq!(lines(&online), lines(&offline));
 }

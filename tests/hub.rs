@@ -18,10 +18,7 @@ fn model_and_tokenizer_come_from_the_hub_then_from_the_cache() {
         "test-org/smallcap-tiny".to_string(),
         HashMap::from([
             ("config.json".to_string(), fixture("model/config.json")),
-            (
-                "pytorch_model.bin".to_string(),
-                fixture("model/pytorch_model.bin"),
-            ),
+            ("pytorch_model.bin".to_string(), fixture("model/pytorch_model.bin")),
         ]),
     );
     files.insert(
@@ -41,20 +38,14 @@ fn model_and_tokenizer_come_from_the_hub_then_from_the_cache() {
     assert!(files.config.starts_with(home.path()), "{:?}", files.config);
     assert!(files.weights.ends_with("pytorch_model.bin"));
     let downloaded = std::fs::read(&files.weights).unwrap();
-    assert_eq!(
-        downloaded,
-        std::fs::read(fixture("model/pytorch_model.bin")).unwrap()
-    );
+    assert_eq!(downloaded, std::fs::read(fixture("model/pytorch_model.bin")).unwrap());
     let model = SmallCap::load(&files, &Device::Cpu).unwrap();
     assert_eq!(model.config.decoder.cross_attention_reduce_factor, 4);
 
     let tok_dir = hub::tokenizer_dir(hub::GPT2_TOKENIZER_REPO).unwrap();
     assert!(tok_dir.starts_with(home.path().join("hub/models--gpt2")));
     let tok = Gpt2Tokenizer::from_dir(&tok_dir).unwrap();
-    assert_eq!(
-        tok.encode("This image shows ").unwrap(),
-        vec![1212, 2939, 2523, 220]
-    );
+    assert_eq!(tok.encode("This image shows ").unwrap(), vec![1212, 2939, 2523, 220]);
 
     // A missing repository is a clear error naming it.
     let err = hub::model_files("test-org/absent").unwrap_err().to_string();
@@ -68,8 +59,6 @@ fn model_and_tokenizer_come_from_the_hub_then_from_the_cache() {
     assert_eq!(again.weights, files.weights);
     hub::tokenizer_dir("gpt2").unwrap();
     assert_eq!(server.requests.load(Ordering::SeqCst), before);
-    let err = hub::model_files("test-org/never-downloaded")
-        .unwrap_err()
-        .to_string();
+    let err = hub::model_files("test-org/never-downloaded").unwrap_err().to_string();
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
 }

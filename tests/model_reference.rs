@@ -59,12 +59,7 @@ fn generated_ids_and_captions_equal_the_reference() {
     let cases = cases();
     let states: Vec<Tensor> = cases
         .iter()
-        .map(|c| {
-            m.encode(&t[&image_key(c)].unsqueeze(0).unwrap())
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-        })
+        .map(|c| m.encode(&t[&image_key(c)].unsqueeze(0).unwrap()).unwrap().squeeze(0).unwrap())
         .collect();
     for (name, cfg) in settings() {
         let requests: Vec<Request> = cases
@@ -79,11 +74,7 @@ fn generated_ids_and_captions_equal_the_reference() {
         let batched = generate(&m.decoder, &requests, &cfg).unwrap();
         for (i, case) in cases.iter().enumerate() {
             let want = &case.expected[name];
-            assert_eq!(
-                batched[i], want.generated_ids,
-                "{} {name} (batched)",
-                case.id
-            );
+            assert_eq!(batched[i], want.generated_ids, "{} {name} (batched)", case.id);
             let alone = generate(&m.decoder, &requests[i..i + 1], &cfg).unwrap();
             assert_eq!(alone[0], want.generated_ids, "{} {name} (alone)", case.id);
             let mut full = case.prompt_ids.clone();

@@ -116,10 +116,8 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
     let progress = if images.len() > 1 && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(images.len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} images  {elapsed} (eta {eta})",
-            )
-            .expect("valid template"),
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {elapsed} (eta {eta})")
+                .expect("valid template"),
         );
         bar
     } else {
@@ -171,9 +169,7 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "{line}")?;
             if args.coco_results.is_some() {
                 match image_id(path) {
-                    Some(id) => {
-                        coco.push(serde_json::json!({"image_id": id, "caption": r.caption}))
-                    }
+                    Some(id) => coco.push(serde_json::json!({"image_id": id, "caption": r.caption})),
                     None => {
                         progress.suspend(|| {
                             eprintln!(

@@ -138,10 +138,7 @@ impl BeamSearch {
                 break;
             }
         }
-        let best = top
-            .iter()
-            .map(|&(s, _)| s)
-            .fold(f32::NEG_INFINITY, f32::max);
+        let best = top.iter().map(|&(s, _)| s).fold(f32::NEG_INFINITY, f32::max);
         self.done = self.done || self.hyps.is_done(best as f64, cur_len);
         self.sequences = next
             .beam_indices

@@ -62,11 +62,7 @@ struct Active {
 /// Runs `generate` for every request and returns, per request, the new tokens as the reference
 /// returns them (eos included when emitted). The prompts are run one by one; every later step
 /// runs all unfinished images in one forward pass.
-pub fn generate(
-    decoder: &Gpt2,
-    requests: &[Request],
-    cfg: &GenerationConfig,
-) -> Result<Vec<Vec<u32>>> {
+pub fn generate(decoder: &Gpt2, requests: &[Request], cfg: &GenerationConfig) -> Result<Vec<Vec<u32>>> {
     if cfg.num_beams == 0 {
         return Err(Error::Input("num_beams must be at least 1".into()));
     }

@@ -35,11 +35,7 @@ impl SmallCap {
     }
 
     /// Builds the model from already checked tensors.
-    pub fn from_state_dict(
-        config: SmallCapConfig,
-        weights: StateDict,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn from_state_dict(config: SmallCapConfig, weights: StateDict, device: &Device) -> Result<Self> {
         let path = weights.path.clone();
         let vb = VarBuilder::from_tensors(weights.tensors, DType::F32, device);
         let build = || -> candle_core::Result<(ClipVision, Gpt2)> {
@@ -48,7 +44,8 @@ impl SmallCap {
                 Gpt2::load(vb.pp("decoder"), &config.decoder)?,
             ))
         };
-        let (encoder, decoder) = build().map_err(|e| Error::checkpoint(&path, e.to_string()))?;
+        let (encoder, decoder) =
+            build().map_err(|e| Error::checkpoint(&path, e.to_string()))?;
         Ok(Self {
             config,
             encoder,

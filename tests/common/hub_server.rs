@@ -42,26 +42,17 @@ pub fn start(files: HashMap<String, HashMap<String, PathBuf>>) -> HubServer {
                     range = Some((a.parse::<u64>().unwrap(), b.parse::<u64>().ok()));
                 }
             }
-            let path = request_line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .to_string();
+            let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
             let found = path.split_once("/resolve/").and_then(|(repo, rest)| {
                 let (_rev, file) = rest.split_once('/')?;
                 files.get(repo.trim_start_matches('/'))?.get(file).cloned()
             });
             let Some(file) = found else {
-                let _ = stream.write_all(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 continue;
             };
             let mut data = Vec::new();
-            std::fs::File::open(&file)
-                .unwrap()
-                .read_to_end(&mut data)
-                .unwrap();
+            std::fs::File::open(&file).unwrap().read_to_end(&mut data).unwrap();
             let size = data.len() as u64;
             let etag = format!("\"{:016x}{}\"", size, file.file_name().unwrap().len());
             let (status, body, extra) = match range {
