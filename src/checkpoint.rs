@@ -152,12 +152,7 @@ impl StateDict {
         let expected = expected_tensors(cfg);
         let mut wanted: Vec<&str> = expected.iter().map(|t| t.name.as_str()).collect();
         wanted.push(LM_HEAD);
-        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-        let mut tensors = if is_safetensors {
-            read_safetensors(path, Select::Only(&wanted), device)?
-        } else {
-            read_pytorch(path, Select::Only(&wanted), device)?
-        };
+        let mut tensors = read_tensors(path, &wanted, device)?;
         for t in &expected {
             match tensors.get(&t.name) {
                 None => {
@@ -239,6 +234,20 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
         return Err(Error::checkpoint(path, "the file holds no tensors"));
     }
     Ok(tensors)
+}
+
+/// Reads those of the `wanted` tensors that a weight file holds (`.safetensors`, or anything
+/// else as a PyTorch zip pickle), as f32; absent names are simply left out.
+pub fn read_tensors(
+    path: &Path,
+    wanted: &[&str],
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        read_safetensors(path, Select::Only(wanted), device)
+    } else {
+        read_pytorch(path, Select::Only(wanted), device)
+    }
 }
 
 fn read_safetensors(

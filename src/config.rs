@@ -32,6 +32,49 @@ impl VisionConfig {
     }
 }
 
+impl VisionConfig {
+    /// A `CLIPVisionConfig` (or a `CLIPConfig` with `vision_config`) as JSON, checked.
+    pub fn from_value(value: &serde_json::Value) -> std::result::Result<Self, String> {
+        let vision_value = value.get("vision_config").cloned().unwrap_or(value.clone());
+        let v: RawVision = serde_json::from_value(vision_value)
+            .map_err(|e| format!("encoder.vision_config: {e}"))?;
+        if v.hidden_act != "quick_gelu" {
+            return Err(format!(
+                "encoder.vision_config.hidden_act: only quick_gelu is supported, found {:?}",
+                v.hidden_act
+            ));
+        }
+        if v.layer_norm_eps != 1e-5 {
+            return Err(format!(
+                "encoder.vision_config.layer_norm_eps: only 1e-5 is supported, found {}",
+                v.layer_norm_eps
+            ));
+        }
+        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+            return Err(format!(
+                "encoder.vision_config: image_size {} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+            return Err(format!(
+                "encoder.vision_config: hidden_size {} is not divisible by num_attention_heads {}",
+                v.hidden_size, v.num_attention_heads
+            ));
+        }
+        Ok(VisionConfig {
+            hidden_size: v.hidden_size,
+            intermediate_size: v.intermediate_size,
+            num_hidden_layers: v.num_hidden_layers,
+            num_attention_heads: v.num_attention_heads,
+            num_channels: v.num_channels,
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+            layer_norm_eps: v.layer_norm_eps,
+        })
+    }
+}
+
 /// GPT-2 with SmallCap's cross-attention (`ThisGPT2Config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
@@ -163,32 +206,7 @@ impl SmallCapConfig {
             .get("vision_config")
             .cloned()
             .unwrap_or(raw.encoder.clone());
-        let v: RawVision = serde_json::from_value(vision_value)
-            .map_err(|e| bad(format!("encoder.vision_config: {e}")))?;
-        if v.hidden_act != "quick_gelu" {
-            return Err(bad(format!(
-                "encoder.vision_config.hidden_act: only quick_gelu is supported, found {:?}",
-                v.hidden_act
-            )));
-        }
-        if v.layer_norm_eps != 1e-5 {
-            return Err(bad(format!(
-                "encoder.vision_config.layer_norm_eps: only 1e-5 is supported, found {}",
-                v.layer_norm_eps
-            )));
-        }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
-            return Err(bad(format!(
-                "encoder.vision_config: image_size {} is not a multiple of patch_size {}",
-                v.image_size, v.patch_size
-            )));
-        }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
-            return Err(bad(format!(
-                "encoder.vision_config: hidden_size {} is not divisible by num_attention_heads {}",
-                v.hidden_size, v.num_attention_heads
-            )));
-        }
+        let encoder = VisionConfig::from_value(&vision_value).map_err(bad)?;
         let d = raw.decoder;
         if d.activation_function != "gelu_new" {
             return Err(bad(format!(
@@ -211,23 +229,14 @@ impl SmallCapConfig {
                 d.n_embd, d.n_head
             )));
         }
-        if v.hidden_size != d.n_embd {
+        if encoder.hidden_size != d.n_embd {
             return Err(bad(format!(
                 "encoder hidden_size {} differs from decoder n_embd {}: SmallCap feeds the encoder states to the cross-attention unprojected",
-                v.hidden_size, d.n_embd
+                encoder.hidden_size, d.n_embd
             )));
         }
         Ok(Self {
-            encoder: VisionConfig {
-                hidden_size: v.hidden_size,
-                intermediate_size: v.intermediate_size,
-                num_hidden_layers: v.num_hidden_layers,
-                num_attention_heads: v.num_attention_heads,
-                num_channels: v.num_channels,
-                image_size: v.image_size,
-                patch_size: v.patch_size,
-                layer_norm_eps: v.layer_norm_eps,
-            },
+            encoder,
             decoder: DecoderConfig {
                 vocab_size: d.vocab_size,
                 n_positions: d.n_positions,

@@ -9,19 +9,22 @@
 //! - [`captioner`]: the API that ties them together (load once, caption many);
 //! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub;
 //! - [`retrieval`]: CLIP retrieval encoders and live caption retrieval from a datastore;
+//! - [`train`]: features, the training loop, checkpoints ([`pytorch_writer`]) and [`rng`].
 
 pub mod captioner;
 pub mod checkpoint;
-
 pub mod config;
 pub mod error;
 pub mod generation;
 pub mod hub;
 pub mod models;
 pub mod prompt;
+pub mod pytorch_writer;
 pub mod retrieval;
 pub mod retrieved;
+pub mod rng;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::SmallCapConfig;
 pub use error::{Error, Result};

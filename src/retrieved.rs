@@ -35,6 +35,21 @@ impl RetrievedCaptions {
         }
     }
 
+    /// The file this map was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The captions stored under `key` (an image id), or an error naming the file and the key.
+    pub fn get(&self, key: &str) -> Result<&[String]> {
+        self.map.get(key).map(Vec::as_slice).ok_or_else(|| {
+            Error::Input(format!(
+                "{}: no retrieved captions for image {key}",
+                self.path.display()
+            ))
+        })
+    }
+
     /// The captions of `image`: by file name, then stem, then the integer in its name.
     pub fn lookup(&self, image: &Path) -> Result<&[String]> {
         let name = image.file_name().map(|s| s.to_string_lossy().to_string());

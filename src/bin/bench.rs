@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use clap::Parser;
 
 use smallcap::captioner::{Captioner, Prepared, Retrieval};
-use smallcap::checkpoint::expected_tensors;
-use smallcap::{Gpt2Tokenizer, SmallCap, SmallCapConfig};
+use smallcap::{Gpt2Tokenizer, SmallCap};
 
 #[derive(Parser)]
 struct Args {
@@ -51,97 +50,6 @@ struct PerfCase {
 #[derive(serde::Deserialize)]
 struct PerfCases {
     cases: Vec<PerfCase>,
-}
-
-/// config.json of SmallCap7M's sizes (what `perf_reference.py --make` writes).
-fn full_size_config() -> serde_json::Value {
-    serde_json::json!({
-        "architectures": ["SmallCap"], "model_type": "smallcap", "is_encoder_decoder": true,
-        "eos_token_id": 13, "pad_token_id": 0, "k": 4, "rag": true, "max_length": 25,
-        "retrieval_encoder": "RN50x64", "tie_word_embeddings": false, "vocab_size": 50257,
-        "encoder": {"model_type": "clip", "vision_config": {
-            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-            "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
-            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}},
-        "decoder": {"model_type": "this_gpt2", "vocab_size": 50257, "n_positions": 1024,
-            "n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": null,
-            "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
-            "add_cross_attention": true, "cross_attention_reduce_factor": 4}
-    })
-}
-
-/// Random weights as `perf_reference.py` makes them: N(0, 0.02)·3 for matrices, LayerNorms at
-/// ones/zeros, biases zero.
-fn write_random_checkpoint(dir: &Path) -> anyhow::Result<()> {
-    if dir.join("model.safetensors").is_file() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    let cfg_json = full_size_config();
-    let cfg = SmallCapConfig::from_json(&cfg_json.to_string())?;
-    let dev = Device::Cpu;
-    let mut rng = Normal::new(1234);
-    let mut tensors = HashMap::new();
-    let mut all = expected_tensors(&cfg);
-    all.push(smallcap::checkpoint::ExpectedTensor {
-        name: smallcap::checkpoint::LM_HEAD.into(),
-        shape: vec![50257, 768],
-    });
-    for t in all {
-        let is_ln_weight =
-            t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
-        let value = if t.shape.len() >= 2 || t.name.ends_with("class_embedding") {
-            let n: usize = t.shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| 0.06 * rng.sample()).collect();
-            Tensor::from_vec(data, t.shape.as_slice(), &dev)?
-        } else if is_ln_weight && t.name.ends_with("weight") {
-            Tensor::ones(t.shape.as_slice(), DType::F32, &dev)?
-        } else {
-            Tensor::zeros(t.shape.as_slice(), DType::F32, &dev)?
-        };
-        tensors.insert(t.name, value);
-    }
-    let tmp = dir.join("model.safetensors.partial");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&cfg_json)?,
-    )?;
-    std::fs::rename(tmp, dir.join("model.safetensors"))?;
-    Ok(())
-}
-
-/// A seeded standard-normal generator (xorshift64* + Box–Muller), so the benchmark
-/// checkpoint is the same on every machine.
-struct Normal {
-    state: u64,
-    spare: Option<f32>,
-}
-
-impl Normal {
-    fn new(seed: u64) -> Self {
-        Self {
-            state: seed.max(1),
-            spare: None,
-        }
-    }
-    fn uniform(&mut self) -> f64 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        let x = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn sample(&mut self) -> f32 {
-        if let Some(s) = self.spare.take() {
-            return s;
-        }
-        let (u, v) = (self.uniform(), self.uniform());
-        let r = (-2.0 * u.ln()).sqrt();
-        let t = 2.0 * std::f64::consts::PI * v;
-        self.spare = Some((r * t.sin()) as f32);
-        (r * t.cos()) as f32
-    }
 }
 
 fn peak_rss_mib() -> f64 {
@@ -203,7 +111,12 @@ fn main() -> anyhow::Result<()> {
             (dir.join("model"), Some(map))
         }
         None => {
-            write_random_checkpoint(&args.model_dir).context("writing the random checkpoint")?;
+            smallcap::train::init::write_random_checkpoint(
+                &args.model_dir,
+                &smallcap::train::init::full_size_config(),
+                1234,
+            )
+            .context("writing the random checkpoint")?;
             (args.model_dir.clone(), None)
         }
     };

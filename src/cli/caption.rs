@@ -30,9 +30,10 @@ pub struct CaptionArgs {
     /// Retrieved captions: a JSON object mapping an image's file name, stem or id to captions.
     #[arg(long, conflicts_with_all = ["captions", "no_retrieval", "datastore"])]
     retrieved: Option<PathBuf>,
-    /// Retrieve each image's prompt captions live from this datastore folder.
-    #[arg(long, conflicts_with_all = ["captions", "no_retrieval"])]
-    datastore: Option<PathBuf>,
+    /// Retrieve each image's prompt captions live from this datastore: a folder, or a
+    /// `postgres://…?table=NAME` URL of one pushed with `smallcap datastore push`.
+    #[arg(long, value_name = "DIR|URL", conflicts_with_all = ["captions", "no_retrieval"])]
+    datastore: Option<String>,
     /// The retrieval encoder for --datastore (default: the one the datastore records): an
     /// OpenAI CLIP file such as RN50x64.pt, or a HF CLIPModel folder / hub id.
     #[arg(long, requires = "datastore")]
@@ -101,8 +102,8 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
     }
     let device = Device::Cpu;
     let retriever = match &args.datastore {
-        Some(dir) => Some(Retriever::open_datastore(
-            dir,
+        Some(spec) => Some(Retriever::open(
+            spec,
             args.retrieval_encoder.as_deref(),
             &device,
         )?),

@@ -37,6 +37,20 @@ enum DatastoreCommand {
     Export(ExportArgs),
     /// Convert a FAISS index file and its captions file into a datastore.
     Import(ImportArgs),
+    /// Copy a datastore into PostgreSQL + pgvector, to search it there (`--datastore URL`).
+    Push(PushArgs),
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// The datastore folder.
+    dir: PathBuf,
+    /// `postgres://user[:password]@host[:port]/db?table=NAME` (see crates/datastore/PGVECTOR.md).
+    #[arg(long)]
+    to: String,
+    /// Replace the table if it exists.
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Args)]
@@ -260,6 +274,13 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
                 ds.len(),
                 ds.dim()
             );
+        }
+        DatastoreCommand::Push(a) => {
+            let ds = Datastore::open(&a.dir)?;
+            let opts = smallcap_datastore::pgvector::PushOptions { replace: a.replace };
+            let n = smallcap_datastore::pgvector::push(&ds, &a.to, &opts)?;
+            let url = smallcap_datastore::pgvector::PgUrl::parse(&a.to)?;
+            eprintln!("pushed {n} captions to {}", url.redacted());
         }
     }
     Ok(ExitCode::SUCCESS)

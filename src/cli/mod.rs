@@ -3,7 +3,9 @@
 mod caption;
 mod datastore;
 mod eval;
+mod features;
 mod retrieve;
+mod train;
 
 use std::process::ExitCode;
 
@@ -30,6 +32,10 @@ enum Command {
     Datastore(datastore::DatastoreArgs),
     /// Retrieve datastore captions for images or texts (one JSON object per line on stdout).
     Retrieve(retrieve::RetrieveArgs),
+    /// Compute image features for training (the vision tower's last hidden state per image).
+    Features(features::FeaturesArgs),
+    /// Train SmallCap's cross-attention on precomputed features.
+    Train(train::TrainArgs),
 }
 
 /// Runs the command line; the exit code is non-zero when anything failed.
@@ -47,6 +53,8 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Datastore(args) => datastore::run(args),
         Command::Retrieve(args) => retrieve::run(args),
+        Command::Features(args) => features::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(code) => code,
@@ -55,6 +63,11 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The device to run on: the first CUDA GPU in a `cuda` build when one is present, else the CPU.
+pub fn device() -> anyhow::Result<candle_core::Device> {
+    Ok(candle_core::Device::cuda_if_available(0)?)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a

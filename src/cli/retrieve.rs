@@ -21,9 +21,14 @@ pub struct RetrieveArgs {
     /// one the datastore records).
     #[arg(long)]
     encoder: Option<String>,
-    /// A datastore folder.
-    #[arg(long, conflicts_with = "index", required_unless_present = "index")]
-    datastore: Option<PathBuf>,
+    /// A datastore folder, or a `postgres://…?table=NAME` URL of one pushed to pgvector.
+    #[arg(
+        long,
+        value_name = "DIR|URL",
+        conflicts_with = "index",
+        required_unless_present = "index"
+    )]
+    datastore: Option<String>,
     /// A FAISS index file (with --captions).
     #[arg(long, requires = "captions")]
     index: Option<PathBuf>,
@@ -77,7 +82,7 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
         bail!("no queries: give --image IMG..., --images DIR or --text STR...");
     }
     let retriever = match (&args.datastore, &args.index, &args.captions) {
-        (Some(dir), _, _) => Retriever::open_datastore(dir, args.encoder.as_deref(), &device)?,
+        (Some(spec), _, _) => Retriever::open(spec, args.encoder.as_deref(), &device)?,
         (None, Some(index), Some(captions)) => {
             let spec = args
                 .encoder

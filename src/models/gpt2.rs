@@ -15,6 +15,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::DecoderConfig;
+use crate::models::dropout::Dropout;
+use crate::models::frozen_matmul::frozen_matmul;
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]
@@ -33,14 +35,77 @@ impl Conv1D {
 }
 
 impl Module for Conv1D {
-    /// `xs` is `[N, in]`.
+    /// `xs` is `[N, in]`. A frozen weight gets no gradient (see [`frozen_matmul`]).
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.matmul(&self.weight)?.broadcast_add(&self.bias)
+        frozen_matmul(xs, &self.weight)?.broadcast_add(&self.bias)
     }
 }
 
-fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<LayerNorm> {
-    candle_nn::layer_norm(size, eps, vb)
+/// A LayerNorm with its epsilon (which candle's `LayerNorm` does not expose).
+#[derive(Debug, Clone)]
+struct Ln {
+    inner: LayerNorm,
+    eps: f64,
+}
+
+fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Ln> {
+    Ok(Ln {
+        inner: candle_nn::layer_norm(size, eps, vb)?,
+        eps,
+    })
+}
+
+/// How a forward pass runs: decoding with per-image caches, or training over a padded batch.
+pub enum Pass<'a, 'b> {
+    /// `t` new tokens for every row of every sequence; attention runs per sequence.
+    Decode {
+        t: usize,
+        seqs: &'a mut [&'b mut Sequence],
+    },
+    /// A batch of `b` sequences of `t` tokens, one image each, from position 0, with
+    /// differentiable layer norms and softmaxes and GPT-2's dropout.
+    Train {
+        b: usize,
+        t: usize,
+        /// Per layer: cross-attention keys `[b, n_head, head_dim_r, S]` and values `[b, n_head, S, head_dim_r]`.
+        cross_kv: Vec<(Tensor, Tensor)>,
+        dropout: &'a mut Dropout,
+    },
+}
+
+impl Pass<'_, '_> {
+    fn training(&self) -> bool {
+        matches!(self, Pass::Train { .. })
+    }
+    /// GPT-2's dropout (`embd_pdrop`, `attn_pdrop`, `resid_pdrop`): active only in training.
+    fn dropout(&mut self, xs: Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Pass::Decode { .. } => Ok(xs),
+            Pass::Train { dropout, .. } => dropout.apply(xs),
+        }
+    }
+    fn layer_norm(&self, ln: &Ln, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if self.training() {
+            differentiable_layer_norm(ln, xs)
+        } else {
+            ln.inner.forward(xs)
+        }
+    }
+}
+
+/// LayerNorm over the last dimension from differentiable operations (candle's fused layer norm
+/// has no backward pass).
+fn differentiable_layer_norm(ln: &Ln, xs: &Tensor) -> candle_core::Result<Tensor> {
+    let n = xs.dim(D::Minus1)? as f64;
+    let mean = (xs.sum_keepdim(D::Minus1)? / n)?;
+    let centred = xs.broadcast_sub(&mean)?;
+    let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+    let normed = centred.broadcast_div(&(var + ln.eps)?.sqrt()?)?;
+    let out = normed.broadcast_mul(ln.inner.weight())?;
+    match ln.inner.bias() {
+        Some(b) => out.broadcast_add(b),
+        None => Ok(out),
+    }
 }
 
 /// Causal self-attention (`attn`).
@@ -71,11 +136,11 @@ struct Mlp {
 
 #[derive(Debug, Clone)]
 struct Block {
-    ln_1: LayerNorm,
+    ln_1: Ln,
     attn: SelfAttention,
-    ln_cross_attn: LayerNorm,
+    ln_cross_attn: Ln,
     crossattention: CrossAttention,
-    ln_2: LayerNorm,
+    ln_2: Ln,
     mlp: Mlp,
 }
 
@@ -85,11 +150,12 @@ pub struct Gpt2 {
     wte: Tensor,
     wpe: Tensor,
     blocks: Vec<Block>,
-    ln_f: LayerNorm,
-    /// `lm_head.weight` transposed to `[n_embd, vocab]` once at load: gemm streams a row-major
+    ln_f: Ln,
+    lm_head: Tensor,
+    /// A frozen `lm_head` transposed to `[n_embd, vocab]` once at load: gemm streams a row-major
     /// right-hand side several times faster than a transposed view, and decoding reads the whole
-    /// head at every step.
-    lm_head_t: Tensor,
+    /// head at every step. `None` when the head trains (tied to a trainable `wte`).
+    lm_head_t: Option<Tensor>,
     cfg: DecoderConfig,
 }
 
@@ -100,7 +166,7 @@ pub struct Sequence {
     past_len: usize,
     /// Per layer: keys and values `[rows, n_head, past_len, head_dim]`.
     self_kv: Vec<Option<(Tensor, Tensor)>>,
-    /// Per layer: keys `[n_head, head_dim_r, S]` (already transposed) and values `[n_head, S, head_dim_r]`.
+    /// Per layer: keys `[1, n_head, head_dim_r, S]` (already transposed) and values `[1, n_head, S, head_dim_r]`.
     cross_kv: Vec<(Tensor, Tensor)>,
 }
 
@@ -163,15 +229,18 @@ impl Gpt2 {
                 },
             });
         }
+        let lm_head = vb.get((cfg.vocab_size, e), "lm_head.weight")?;
         Ok(Self {
             wte: t.get((cfg.vocab_size, e), "wte.weight")?,
             wpe: t.get((cfg.n_positions, e), "wpe.weight")?,
             blocks,
             ln_f: layer_norm(t.pp("ln_f"), e, eps)?,
-            lm_head_t: vb
-                .get((cfg.vocab_size, e), "lm_head.weight")?
-                .t()?
-                .contiguous()?,
+            lm_head_t: if lm_head.track_op() {
+                None
+            } else {
+                Some(lm_head.t()?.contiguous()?)
+            },
+            lm_head,
             cfg: cfg.clone(),
         })
     }
@@ -183,25 +252,33 @@ impl Gpt2 {
     /// Starts a sequence for one image from its `encoder_hidden_states` `[S, n_embd]`:
     /// computes every layer's cross-attention keys and values once.
     pub fn start(&self, encoder_hidden_states: &Tensor) -> candle_core::Result<Sequence> {
-        let (s, _) = encoder_hidden_states.dims2()?;
-        let mut cross_kv = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let x = &block.crossattention;
-            let c = x.n_head * x.head_dim;
-            let kv = x.c_attn.forward(encoder_hidden_states)?; // [S, 2c]
-            let split = |t: Tensor| -> candle_core::Result<Tensor> {
-                t.reshape((s, x.n_head, x.head_dim))?.transpose(0, 1)
-            };
-            let k = split(kv.narrow(1, 0, c)?)?.transpose(1, 2)?.contiguous()?;
-            let v = split(kv.narrow(1, c, c)?)?.contiguous()?;
-            cross_kv.push((k, v));
-        }
+        let states = encoder_hidden_states.unsqueeze(0)?;
+        let cross_kv = self
+            .blocks
+            .iter()
+            .map(|block| block.crossattention.keys_values(&states))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Sequence {
             rows: 1,
             past_len: 0,
             self_kv: vec![None; self.blocks.len()],
             cross_kv,
         })
+    }
+
+    /// Token plus position embeddings of `n` rows, then every block.
+    fn run_blocks(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        pass: &mut Pass,
+    ) -> candle_core::Result<Tensor> {
+        let h = (self.wte.index_select(ids, 0)? + self.wpe.index_select(pos, 0)?)?;
+        let mut h = pass.dropout(h)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            h = block.forward(h, l, pass)?;
+        }
+        Ok(h)
     }
 
     /// Runs `t` new tokens for every row of every sequence and returns the logits of each row's
@@ -237,17 +314,14 @@ impl Gpt2 {
         }
         let ids = Tensor::new(input_ids, device)?;
         let pos = Tensor::new(positions.as_slice(), device)?;
-        let mut h = (self.wte.index_select(&ids, 0)? + self.wpe.index_select(&pos, 0)?)?;
-        for (l, block) in self.blocks.iter().enumerate() {
-            let a = block.attn.forward(&block.ln_1.forward(&h)?, t, l, seqs)?;
-            h = (h + a)?;
-            let x = block
-                .crossattention
-                .forward(&block.ln_cross_attn.forward(&h)?, t, l, seqs)?;
-            h = (h + x)?;
-            let m = block.mlp.forward(&block.ln_2.forward(&h)?)?;
-            h = (h + m)?;
-        }
+        let h = self.run_blocks(
+            &ids,
+            &pos,
+            &mut Pass::Decode {
+                t,
+                seqs: &mut *seqs,
+            },
+        )?;
         let mut last = Vec::new();
         let mut offset = 0;
         for s in seqs.iter_mut() {
@@ -258,93 +332,220 @@ impl Gpt2 {
             s.past_len += t;
         }
         let h = h.index_select(&Tensor::new(last.as_slice(), device)?, 0)?;
-        let h = self.ln_f.forward(&h)?;
-        h.matmul(&self.lm_head_t)
+        self.logits(&h, false)
+    }
+
+    /// The training forward pass (GPT-2 in training mode): `input_ids` `[B, T]` (u32) from
+    /// position 0, each row attending to its own `encoder_hidden_states` `[B, S, n_embd]`;
+    /// returns the last block's hidden states `[B·T, n_embd]` (before `ln_f`). Padding on the
+    /// right needs no mask: the causal mask keeps it from earlier positions.
+    pub fn forward_train(
+        &self,
+        input_ids: &Tensor,
+        encoder_hidden_states: &Tensor,
+        dropout: &mut Dropout,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        if t > self.cfg.n_positions {
+            candle_core::bail!(
+                "sequences of {t} tokens exceed the model's {} positions",
+                self.cfg.n_positions
+            );
+        }
+        let cross_kv = self
+            .blocks
+            .iter()
+            .map(|block| block.crossattention.keys_values(encoder_hidden_states))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let device = self.wte.device();
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let pos = Tensor::new(positions.as_slice(), device)?;
+        let ids = input_ids.flatten_all()?;
+        let mut pass = Pass::Train {
+            b,
+            t,
+            cross_kv,
+            dropout,
+        };
+        self.run_blocks(&ids, &pos, &mut pass)
+    }
+
+    /// `ln_f` then the LM head: hidden states `[N, n_embd]` → logits `[N, vocab]`. `training`
+    /// selects the differentiable layer norm.
+    pub fn logits(&self, hidden: &Tensor, training: bool) -> candle_core::Result<Tensor> {
+        let h = if training {
+            differentiable_layer_norm(&self.ln_f, hidden)?
+        } else {
+            self.ln_f.inner.forward(hidden)?
+        };
+        match &self.lm_head_t {
+            Some(head_t) if !training => h.matmul(head_t),
+            _ => frozen_matmul(&h, &self.lm_head.t()?),
+        }
+    }
+}
+
+impl Block {
+    /// `h` `[N, n_embd]`: self-attention, cross-attention, MLP, each pre-LN with a residual.
+    fn forward(&self, h: Tensor, layer: usize, pass: &mut Pass) -> candle_core::Result<Tensor> {
+        let a = self
+            .attn
+            .forward(&pass.layer_norm(&self.ln_1, &h)?, layer, pass)?;
+        let h = (h + pass.dropout(a)?)?;
+        let x =
+            self.crossattention
+                .forward(&pass.layer_norm(&self.ln_cross_attn, &h)?, layer, pass)?;
+        let h = (h + pass.dropout(x)?)?;
+        let m = self.mlp.forward(&pass.layer_norm(&self.ln_2, &h)?)?;
+        h + pass.dropout(m)?
     }
 }
 
 impl SelfAttention {
-    fn forward(
-        &self,
-        xs: &Tensor,
-        t: usize,
-        layer: usize,
-        seqs: &mut [&mut Sequence],
-    ) -> candle_core::Result<Tensor> {
-        let e = self.n_head * self.head_dim;
+    fn forward(&self, xs: &Tensor, layer: usize, pass: &mut Pass) -> candle_core::Result<Tensor> {
         let qkv = self.c_attn.forward(xs)?;
-        let mut outs = Vec::with_capacity(seqs.len());
-        let mut offset = 0;
-        for s in seqs.iter_mut() {
-            let n = s.rows * t;
-            let g = qkv.narrow(0, offset, n)?;
-            offset += n;
-            let heads = |i: usize| -> candle_core::Result<Tensor> {
-                g.narrow(1, i * e, e)?
-                    .reshape((s.rows, t, self.n_head, self.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-            let (k, v) = match s.self_kv[layer].take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            let total = k.dim(2)?;
-            let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-            let scores = if t > 1 {
-                let past = total - t;
-                let mask: Vec<f32> = (0..t)
-                    .flat_map(|i| {
-                        (0..total).map(move |j| {
-                            if j <= past + i {
-                                0.0
-                            } else {
-                                f32::NEG_INFINITY
-                            }
-                        })
+        let o = match pass {
+            Pass::Decode { t, seqs } => {
+                let t = *t;
+                let mut outs = Vec::with_capacity(seqs.len());
+                let mut offset = 0;
+                for s in seqs.iter_mut() {
+                    let n = s.rows * t;
+                    let g = qkv.narrow(0, offset, n)?;
+                    offset += n;
+                    let past = s.self_kv[layer].take();
+                    let (o, k, v) = self.attend(&g, s.rows, t, past, None)?;
+                    outs.push(o);
+                    s.self_kv[layer] = Some((k, v));
+                }
+                Tensor::cat(&outs, 0)?
+            }
+            Pass::Train { b, t, dropout, .. } => {
+                self.attend(&qkv, *b, *t, None, Some(&mut **dropout))?.0
+            }
+        };
+        self.c_proj.forward(&o)
+    }
+
+    /// Attention of one group of `rows × t` new positions (`qkv` `[rows·t, 3·n_embd]`) over its
+    /// cached past plus themselves, causally. Returns the merged heads `[rows·t, n_embd]` and the
+    /// keys and values to cache. `dropout` is given in training (which also selects the
+    /// differentiable softmax).
+    fn attend(
+        &self,
+        qkv: &Tensor,
+        rows: usize,
+        t: usize,
+        past: Option<(Tensor, Tensor)>,
+        dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let e = self.n_head * self.head_dim;
+        let heads = |i: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(1, i * e, e)?
+                .reshape((rows, t, self.n_head, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        let (k, v) = match past {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        let total = k.dim(2)?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = if t > 1 {
+            let past = total - t;
+            let mask: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..total).map(move |j| {
+                        if j <= past + i {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
                     })
-                    .collect();
-                let mask = Tensor::from_vec(mask, (t, total), xs.device())?;
-                scores.broadcast_add(&mask)?
-            } else {
-                scores
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, e))?;
-            outs.push(o);
-            s.self_kv[layer] = Some((k, v));
-        }
-        self.c_proj.forward(&Tensor::cat(&outs, 0)?)
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (t, total), qkv.device())?;
+            scores.broadcast_add(&mask)?
+        } else {
+            scores
+        };
+        let probs = match dropout {
+            None => candle_nn::ops::softmax_last_dim(&scores)?,
+            Some(d) => d.apply(candle_nn::ops::softmax(&scores, D::Minus1)?)?,
+        };
+        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows * t, e))?;
+        Ok((o, k, v))
     }
 }
 
 impl CrossAttention {
-    fn forward(
-        &self,
-        xs: &Tensor,
-        t: usize,
-        layer: usize,
-        seqs: &mut [&mut Sequence],
-    ) -> candle_core::Result<Tensor> {
+    /// Keys `[g, n_head, head_dim_r, S]` (transposed for the product) and values
+    /// `[g, n_head, S, head_dim_r]` of encoder states `[g, S, n_embd]`.
+    fn keys_values(&self, states: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (g, s, e) = states.dims3()?;
+        let c = self.n_head * self.head_dim;
+        let kv = self.c_attn.forward(&states.reshape((g * s, e))?)?; // [g·S, 2c]
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((g, s, self.n_head, self.head_dim))?
+                .transpose(1, 2)
+        };
+        let k = split(kv.narrow(1, 0, c)?)?.transpose(2, 3)?.contiguous()?;
+        let v = split(kv.narrow(1, c, c)?)?.contiguous()?;
+        Ok((k, v))
+    }
+
+    fn forward(&self, xs: &Tensor, layer: usize, pass: &mut Pass) -> candle_core::Result<Tensor> {
         let c = self.n_head * self.head_dim;
         let q = self.q_attn.forward(xs)?;
-        let mut outs = Vec::with_capacity(seqs.len());
-        let mut offset = 0;
-        for s in seqs.iter() {
-            let n = s.rows * t;
-            let (k, v) = &s.cross_kv[layer];
-            let qh = q
-                .narrow(0, offset, n)?
-                .reshape((n, self.n_head, self.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            offset += n;
-            let scores = (qh.matmul(k)? / (self.head_dim as f64).sqrt())?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            outs.push(probs.matmul(v)?.transpose(0, 1)?.reshape((n, c))?);
-        }
-        self.c_proj.forward(&Tensor::cat(&outs, 0)?)
+        let o = match pass {
+            Pass::Decode { t, seqs } => {
+                let mut outs = Vec::with_capacity(seqs.len());
+                let mut offset = 0;
+                for s in seqs.iter() {
+                    // All rows (beams) of a sequence share the image: fold them into the time axis.
+                    let n = s.rows * *t;
+                    let (k, v) = &s.cross_kv[layer];
+                    let qh = q
+                        .narrow(0, offset, n)?
+                        .reshape((1, n, self.n_head, self.head_dim))?;
+                    offset += n;
+                    outs.push(self.attend(&qh, k, v, None)?.reshape((n, c))?);
+                }
+                Tensor::cat(&outs, 0)?
+            }
+            Pass::Train {
+                b,
+                t,
+                cross_kv,
+                dropout,
+            } => {
+                let (k, v) = &cross_kv[layer];
+                let qh = q.reshape((*b, *t, self.n_head, self.head_dim))?;
+                self.attend(&qh, k, v, Some(&mut **dropout))?
+                    .reshape((*b * *t, c))?
+            }
+        };
+        self.c_proj.forward(&o)
+    }
+
+    /// `q` `[g, n, n_head, head_dim_r]` against one group's keys and values; returns
+    /// `[g, n, n_head, head_dim_r]`. No mask: every position sees every encoder token.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        let qh = q.transpose(1, 2)?.contiguous()?;
+        let scores = (qh.matmul(k)? / (self.head_dim as f64).sqrt())?;
+        let probs = match dropout {
+            None => candle_nn::ops::softmax_last_dim(&scores)?,
+            Some(d) => d.apply(candle_nn::ops::softmax(&scores, D::Minus1)?)?,
+        };
+        probs.matmul(v)?.transpose(1, 2)
     }
 }
 

@@ -1,13 +1,17 @@
 //! The networks: the CLIP vision encoder, GPT-2 with SmallCap cross-attention, and the
-//! SmallCap model that joins them; and the OpenAI CLIP models used as retrieval encoders.
+//! SmallCap model that joins them; the OpenAI CLIP models used as retrieval encoders; and the
+//! training-only pieces they share (dropout, the frozen-weight matmul).
 
 pub mod clip_openai;
 pub mod clip_resnet;
 pub mod clip_transformer;
 pub mod clip_vision;
+pub mod dropout;
+pub mod frozen_matmul;
 pub mod gpt2;
 pub mod smallcap;
 
 pub use clip_vision::ClipVision;
+pub use dropout::Dropout;
 pub use gpt2::{Gpt2, Sequence};
 pub use smallcap::SmallCap;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use smallcap_datastore::captions::read_captions;
+use smallcap_datastore::pgvector::PgStore;
 use smallcap_datastore::{CaptionRecord, Datastore, FaissIndex};
 
 pub use encoder::RetrievalEncoder;
@@ -24,6 +25,9 @@ use crate::error::{Error, Result};
 pub enum CaptionStore {
     /// Our folder format (see [`smallcap_datastore::store`]).
     Datastore(Datastore),
+    /// A datastore pushed to PostgreSQL + pgvector (`smallcap datastore push`), searched exactly
+    /// on the server (see [`smallcap_datastore::pgvector`]).
+    Postgres(PgStore),
     /// A FAISS index file (flat or IVF-flat) and its captions (index = FAISS id).
     Faiss {
         index: FaissIndex,
@@ -53,9 +57,24 @@ impl CaptionStore {
         })
     }
 
+    /// Whether `spec` names a PostgreSQL datastore rather than a folder.
+    pub fn is_url(spec: &str) -> bool {
+        spec.starts_with("postgres://") || spec.starts_with("postgresql://")
+    }
+
+    /// The recorded manifest of a datastore folder or server table.
+    pub fn manifest(&self) -> Option<&smallcap_datastore::Manifest> {
+        match self {
+            Self::Datastore(d) => Some(d.manifest()),
+            Self::Postgres(p) => Some(p.manifest()),
+            Self::Faiss { .. } => None,
+        }
+    }
+
     pub fn dim(&self) -> usize {
         match self {
             Self::Datastore(d) => d.dim(),
+            Self::Postgres(p) => p.dim(),
             Self::Faiss { index, .. } => index.dim(),
         }
     }
@@ -63,6 +82,7 @@ impl CaptionStore {
     pub fn len(&self) -> usize {
         match self {
             Self::Datastore(d) => d.len(),
+            Self::Postgres(p) => p.len(),
             Self::Faiss { index, .. } => index.len(),
         }
     }
@@ -74,6 +94,7 @@ impl CaptionStore {
     fn name(&self) -> String {
         match self {
             Self::Datastore(d) => d.dir().display().to_string(),
+            Self::Postgres(p) => format!("postgres table {}", p.table()),
             Self::Faiss { index_path, .. } => index_path.display().to_string(),
         }
     }
@@ -89,6 +110,7 @@ impl CaptionStore {
         }
         Ok(match self {
             Self::Datastore(d) => d.search(queries, d.dim(), k)?,
+            Self::Postgres(p) => p.search(queries, p.dim(), k)?,
             Self::Faiss { index, .. } => index.search(queries, index.dim(), k, None)?,
         })
     }
@@ -99,6 +121,10 @@ impl CaptionStore {
             .map_err(|_| Error::Input(format!("{}: no caption id {id}", self.name())))?;
         match self {
             Self::Datastore(d) => Ok(d.caption(i)?),
+            Self::Postgres(p) => p
+                .captions(&[id])?
+                .pop()
+                .ok_or_else(|| Error::Input(format!("{}: no caption id {id}", self.name()))),
             Self::Faiss { captions, .. } => captions
                 .get(i)
                 .cloned()
@@ -172,12 +198,12 @@ impl Retriever {
                 store.dim()
             )));
         }
-        if let CaptionStore::Datastore(d) = &store {
-            let recorded = RetrievalEncoder::description_of_identity(&d.manifest().encoder);
+        if let Some(manifest) = store.manifest() {
+            let recorded = RetrievalEncoder::description_of_identity(&manifest.encoder);
             if recorded.contains(':') && recorded != encoder.description() {
                 return Err(Error::Input(format!(
                     "the datastore {} was built with {recorded}, not {}",
-                    d.dir().display(),
+                    store.name(),
                     encoder.description()
                 )));
             }
@@ -185,24 +211,39 @@ impl Retriever {
         Ok(Self { encoder, store })
     }
 
-    /// Opens a datastore folder with `encoder` (a path or hub id), or the encoder its manifest
-    /// records when `None`.
-    pub fn open_datastore(dir: &Path, encoder: Option<&str>, device: &Device) -> Result<Self> {
-        let ds = Datastore::open(dir)?;
-        let spec = match encoder {
-            Some(s) => s.to_string(),
-            None => RetrievalEncoder::spec_of_identity(&ds.manifest().encoder)
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "the datastore {} records the encoder {:?}, which is not loadable; give the retrieval encoder",
-                        dir.display(),
-                        ds.manifest().encoder
-                    ))
-                })?
-                .to_string(),
+    /// Opens a datastore — a folder, or a `postgres://…?table=NAME` URL of one pushed to
+    /// pgvector — with `encoder` (a path or hub id), or the encoder its manifest records when
+    /// `None`.
+    pub fn open(spec: &str, encoder: Option<&str>, device: &Device) -> Result<Self> {
+        let store = if CaptionStore::is_url(spec) {
+            CaptionStore::Postgres(PgStore::connect(spec)?)
+        } else {
+            CaptionStore::Datastore(Datastore::open(Path::new(spec))?)
         };
-        let enc = RetrievalEncoder::load(&spec, device)?;
-        Self::new(enc, CaptionStore::Datastore(ds))
+        let encoder_spec = match encoder {
+            Some(s) => s.to_string(),
+            None => {
+                let recorded = store
+                    .manifest()
+                    .map(|m| m.encoder.clone())
+                    .unwrap_or_default();
+                RetrievalEncoder::spec_of_identity(&recorded)
+                    .ok_or_else(|| {
+                        Error::Input(format!(
+                            "the datastore {} records the encoder {recorded:?}, which is not loadable; give the retrieval encoder",
+                            store.name(),
+                        ))
+                    })?
+                    .to_string()
+            }
+        };
+        let enc = RetrievalEncoder::load(&encoder_spec, device)?;
+        Self::new(enc, store)
+    }
+
+    /// Opens a datastore folder (see [`Retriever::open`]).
+    pub fn open_datastore(dir: &Path, encoder: Option<&str>, device: &Device) -> Result<Self> {
+        Self::open(&dir.to_string_lossy(), encoder, device)
     }
 
     pub fn encoder(&self) -> &RetrievalEncoder {

@@ -1,0 +1,126 @@
+//! `bench_train`: training throughput at full size (CLIP ViT-B/32 features, GPT-2 124M, reduce
+//! factor 4, k = 4 so sequences of 140 tokens), random weights written in the hub layout by the
+//! shared random-checkpoint writer, random features. A step is what `smallcap train` does per
+//! batch: forward with dropout 0.1, loss, backward, clipping, HF AdamW. Reports samples per
+//! second (median over the timed steps after one warm-up step) and peak memory per batch size.
+//!
+//! `cargo run --release --bin bench_train -- [--batch 8 --batch 64] [--steps 3]`
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+
+use smallcap::checkpoint::StateDict;
+use smallcap::models::Dropout;
+use smallcap::rng::Rng;
+use smallcap::train::dataset::{max_length, prep_strings};
+use smallcap::train::init::{full_size_config, write_random_checkpoint};
+use smallcap::train::{clip_grad_norm, AdamW, AdamWConfig, Batch, TrainModel, Trainable};
+use smallcap::{Gpt2Tokenizer, SmallCapConfig};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "target/bench-model")]
+    model_dir: PathBuf,
+    #[arg(long, default_value = "tests/fixtures/smallcap-tiny/tokenizer")]
+    tokenizer: PathBuf,
+    /// Batch sizes to time (repeatable).
+    #[arg(long = "batch", default_values_t = vec![8usize])]
+    batches: Vec<usize>,
+    /// Timed steps per batch size (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    write_random_checkpoint(&args.model_dir, &full_size_config(), 1234)
+        .context("writing the random checkpoint")?;
+    let device = Device::cuda_if_available(0)?;
+    let config = SmallCapConfig::from_file(&args.model_dir.join("config.json"))?;
+    let sd = StateDict::load_dir(&args.model_dir, &config, &device)?;
+    let model = TrainModel::new(
+        config.clone(),
+        sd.tensors,
+        Trainable::CrossAttention,
+        false,
+        &device,
+    )?;
+    let tok = Gpt2Tokenizer::from_dir(&args.tokenizer)?;
+    let max_len = max_length(&tok, Some(4))?;
+    let words: Vec<&str> =
+        "a the man woman dog cat bus train on near with riding standing street beach table"
+            .split(' ')
+            .collect();
+    let mut rng = Rng::new(5);
+    let sentence = |rng: &mut Rng| -> String {
+        let n = 8 + rng.below(7);
+        (0..n)
+            .map(|_| words[rng.below(words.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "device: {device:?}; trainable parameters: {}",
+        model.trainable_parameters()
+    );
+    println!(
+        "| batch | samples/s (median of {}) | s/step | peak RSS (MiB) |",
+        args.steps
+    );
+    println!("|---|---|---|---|");
+    for &b in &args.batches {
+        let mut opt = AdamW::new(model.params.clone(), AdamWConfig::default())?;
+        let (mut ids, mut labels): (Vec<u32>, Vec<i64>) = (Vec::new(), Vec::new());
+        for _ in 0..b {
+            let caps: Vec<String> = (0..4).map(|_| sentence(&mut rng)).collect();
+            let e = prep_strings(&tok, &sentence(&mut rng), Some(&caps), 4, max_len, 13, 0)?;
+            ids.extend(e.input_ids.iter().take(max_len));
+            labels.extend(e.labels.iter().take(max_len));
+        }
+        let feats: Vec<f32> = (0..b * 50 * 768).map(|_| rng.normal()).collect();
+        let batch = Batch {
+            input_ids: Tensor::from_vec(ids, (b, max_len), &device)?,
+            labels,
+            encoder_hidden: Tensor::from_vec(feats, (b, 50, 768), &device)?.to_dtype(DType::F32)?,
+        };
+        let mut times = Vec::new();
+        for step in 0..=args.steps {
+            let t = Instant::now();
+            let mut dropout = Dropout::new(0.1, 42, step as u64, &device)?;
+            let loss = model.loss(&batch, &mut dropout)?;
+            let mut grads = loss.backward()?;
+            clip_grad_norm(&mut grads, &model.params, 1.0)?;
+            opt.step(&grads, 1e-4)?;
+            device.synchronize()?;
+            if step > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let med = times[times.len() / 2];
+        println!(
+            "| {b} | {:.2} | {med:.2} | {:.0} |",
+            b as f64 / med,
+            peak_rss_mib()
+        );
+    }
+    Ok(())
+}

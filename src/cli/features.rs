@@ -1,0 +1,202 @@
+//! `smallcap features`: the vision tower's `last_hidden_state` of every image of a Karpathy
+//! annotation file, stored for training (see [`smallcap::train::features`]). Resumable: images
+//! whose features are already in the output folder are skipped.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use clap::Args;
+
+use smallcap::checkpoint::{expected_tensors, read_tensors};
+use smallcap::config::VisionConfig;
+use smallcap::models::ClipVision;
+use smallcap::train::dataset::{Annotations, KarpathyImage};
+use smallcap::train::features::{FeatureStore, FeatureWriter};
+use smallcap::train::init::Pretrained;
+
+#[derive(Args)]
+pub struct FeaturesArgs {
+    /// Folder of the images (looked up as the name after the last `_`, then `filepath/filename`, then `filename`).
+    #[arg(long)]
+    images: PathBuf,
+    /// Karpathy-split annotations (`dataset_coco.json`).
+    #[arg(long)]
+    annotations: PathBuf,
+    /// The CLIP checkpoint (folder or hub id; `vision_model.*` weights), or a SmallCap checkpoint (`encoder.*`).
+    #[arg(long, default_value = "openai/clip-vit-base-patch32")]
+    encoder: String,
+    /// Output folder of `*.safetensors` feature files.
+    #[arg(long)]
+    out: PathBuf,
+    /// Store f16 instead of f32.
+    #[arg(long)]
+    f16: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Images per output file.
+    #[arg(long, default_value_t = 1024)]
+    chunk: usize,
+    /// Only these splits (repeatable; default: every image).
+    #[arg(long = "split")]
+    splits: Vec<String>,
+}
+
+/// The image file of an annotation entry.
+fn image_path(dir: &Path, im: &KarpathyImage) -> Option<PathBuf> {
+    let mut candidates = vec![dir.join(im.short_name())];
+    if let Some(fp) = &im.filepath {
+        candidates.push(dir.join(fp).join(&im.filename));
+    }
+    candidates.push(dir.join(&im.filename));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// The vision tower of a CLIP or SmallCap checkpoint.
+pub fn load_vision(spec: &str, device: &Device) -> anyhow::Result<(ClipVision, VisionConfig)> {
+    let pre = Pretrained::resolve(spec)?;
+    let is_smallcap = pre.config.get("decoder").is_some();
+    let section = if is_smallcap {
+        &pre.config["encoder"]
+    } else {
+        &pre.config
+    };
+    let cfg = VisionConfig::from_value(section)
+        .map_err(|e| anyhow::anyhow!("{spec}: config.json: {e}"))?;
+    // The tensor names of the tower, as a SmallCap checkpoint holds them.
+    let names: Vec<String> = expected_tensors(&smallcap::SmallCapConfig {
+        encoder: cfg.clone(),
+        decoder: smallcap::config::DecoderConfig {
+            vocab_size: 1,
+            n_positions: 1,
+            n_embd: cfg.hidden_size,
+            n_layer: 0,
+            n_head: 1,
+            n_inner: 1,
+            layer_norm_epsilon: 1e-5,
+            cross_attention_reduce_factor: 1,
+        },
+        eos_token_id: 13,
+        pad_token_id: 0,
+        k: 4,
+        rag: true,
+        retrieval_encoder: None,
+    })
+    .into_iter()
+    .map(|t| t.name)
+    .filter(|n| n.starts_with("encoder."))
+    .collect();
+    let source = |n: &str| {
+        if is_smallcap {
+            n.to_string()
+        } else {
+            n.replacen("encoder.", "vision_model.", 1)
+        }
+    };
+    let wanted: Vec<String> = names.iter().map(|n| source(n)).collect();
+    let refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let loaded = read_tensors(&pre.weights, &refs, device)?;
+    let mut tensors = std::collections::HashMap::new();
+    for n in &names {
+        let t = loaded
+            .get(&source(n))
+            .with_context(|| format!("{}: no tensor {}", pre.weights.display(), source(n)))?;
+        tensors.insert(n.clone(), t.clone());
+    }
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let vision = ClipVision::load(vb.pp("encoder"), &cfg)
+        .with_context(|| format!("{}", pre.weights.display()))?;
+    Ok((vision, cfg))
+}
+
+pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
+    if args.batch_size == 0 || args.chunk == 0 {
+        bail!("--batch-size and --chunk must be at least 1");
+    }
+    let ann = Annotations::from_file(&args.annotations)?;
+    let splits: Vec<&str> = args.splits.iter().map(String::as_str).collect();
+    let images: Vec<&KarpathyImage> = ann
+        .images
+        .iter()
+        .filter(|im| splits.is_empty() || splits.contains(&im.split.as_str()))
+        .collect();
+    if images.is_empty() {
+        bail!("{}: no images to encode", args.annotations.display());
+    }
+    let device = super::device()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
+    let done = FeatureStore::open(&args.out)?;
+    let mut todo = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for im in images {
+        if done.contains(&im.key()) || !seen.insert(im.key()) {
+            continue;
+        }
+        let path = image_path(&args.images, im).with_context(|| {
+            format!(
+                "{}: no image file for {} ({}) in {}",
+                args.annotations.display(),
+                im.cocoid,
+                im.filename,
+                args.images.display()
+            )
+        })?;
+        todo.push((im.key(), path));
+    }
+    let already = done.len();
+    drop(done);
+    if todo.is_empty() {
+        eprintln!(
+            "all {already} images already have features in {}",
+            args.out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (vision, cfg) = load_vision(&args.encoder, &device)?;
+    let size = cfg.image_size;
+    let mut writer = FeatureWriter::new(&args.out, args.f16)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(todo.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} images  {per_sec}  {elapsed} (eta {eta})",
+            )
+            .expect("valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for chunk in todo.chunks(args.chunk) {
+        let mut items = Vec::with_capacity(chunk.len());
+        for batch in chunk.chunks(args.batch_size) {
+            let pixels = batch
+                .iter()
+                .map(|(_, path)| {
+                    let img = smallcap_image::load_rgb(path)?;
+                    let chw = smallcap_image::clip_feature_extractor(&img, size as u32);
+                    Ok(Tensor::from_vec(chw, (3, size, size), &device)?)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let states = vision.forward(&Tensor::stack(&pixels, 0)?)?;
+            for (i, (id, _)) in batch.iter().enumerate() {
+                items.push((id.clone(), states.get(i)?));
+            }
+            bar.inc(batch.len() as u64);
+        }
+        writer.write_chunk(&items)?;
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote features of {} images to {} ({} were already there)",
+        todo.len(),
+        args.out.display(),
+        already
+    );
+    Ok(ExitCode::SUCCESS)
+}

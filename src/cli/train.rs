@@ -1,0 +1,245 @@
+//! `smallcap train`: trains SmallCap's cross-attention (or the whole decoder) on precomputed
+//! image features, as the reference's train.py, writing a checkpoint per epoch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+
+use smallcap::checkpoint::StateDict;
+use smallcap::hub;
+use smallcap::retrieved::RetrievedCaptions;
+use smallcap::train::dataset::Annotations;
+use smallcap::train::features::FeatureStore;
+use smallcap::train::init::{from_pretrained, reduce_factor, Pretrained};
+use smallcap::train::trainer::{TrainOptions, Trainer, Validation};
+use smallcap::train::{TrainDataset, TrainModel, Trainable};
+use smallcap::{Gpt2Tokenizer, SmallCapConfig};
+
+const TRAIN_SPLITS: &[&str] = &["train", "restval"];
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Karpathy-split annotations (`dataset_coco.json`); train + restval are used.
+    #[arg(long)]
+    annotations: PathBuf,
+    /// Folder of image features (`smallcap features`).
+    #[arg(long)]
+    features: PathBuf,
+    /// Retrieved captions per image id (as `smallcap retrieve --exclude-self` writes).
+    #[arg(
+        long,
+        conflicts_with = "no_retrieval",
+        required_unless_present = "no_retrieval"
+    )]
+    retrieved: Option<PathBuf>,
+    /// Train without retrieved captions in the prompt.
+    #[arg(long)]
+    no_retrieval: bool,
+    /// Output folder (checkpoints `checkpoint-<step>`, `train.log`).
+    #[arg(long)]
+    out: PathBuf,
+    /// GPT-2 BPE (folder or hub id; default: the --init folder's own files, else --decoder's).
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Retrieved captions in the prompt.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// The CLIP model whose vision tower the new model uses.
+    #[arg(long, default_value = "openai/clip-vit-base-patch32")]
+    encoder: String,
+    /// The GPT-2 model the new model decodes with.
+    #[arg(long, default_value = "gpt2")]
+    decoder: String,
+    /// Cross-attention size in millions: 28, 14, 7, 3.5, 1.75 (reduce factor 1, 2, 4, 8, 16; default 7).
+    #[arg(long)]
+    attention_size: Option<f64>,
+    /// Start from this SmallCap checkpoint instead of a new model.
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<String>,
+    /// Continue the run saved in this checkpoint folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Train the whole decoder, not only the cross-attention.
+    #[arg(long)]
+    train_decoder: bool,
+    /// GPT-2 dropout during training.
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Keep the file order instead of shuffling each epoch.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Stop after this many updates (counted from the start of the run).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Length of the learning-rate schedule (default: all updates of all epochs).
+    #[arg(long)]
+    total_steps: Option<u64>,
+    /// Validate after each epoch on the `val` split of these annotations.
+    #[arg(long)]
+    val_annotations: Option<PathBuf>,
+    /// Features of the validation images (default: --features).
+    #[arg(long)]
+    val_features: Option<PathBuf>,
+    /// Retrieved captions of the validation images (default: --retrieved).
+    #[arg(long)]
+    val_retrieved: Option<PathBuf>,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let device = super::device()?;
+    let ann = Annotations::from_file(&args.annotations)?;
+    let samples = ann.samples(TRAIN_SPLITS)?;
+    let retrieved = match &args.retrieved {
+        Some(p) => Some(RetrievedCaptions::from_file(p)?),
+        None => None,
+    };
+    let features = FeatureStore::open(&args.features)?;
+    let k_used = retrieved.as_ref().map(|_| args.k);
+
+    let tokenizer_spec = match (&args.tokenizer, &args.init, &args.resume) {
+        (Some(t), _, _) => t.clone(),
+        (None, Some(init), _) if std::path::Path::new(init).join("vocab.json").is_file() => {
+            init.clone()
+        }
+        _ => args.decoder.clone(),
+    };
+    let tokenizer = Gpt2Tokenizer::from_dir(&hub::tokenizer_dir(&tokenizer_spec)?)?;
+
+    let mut trainer = if let Some(dir) = &args.resume {
+        let config = SmallCapConfig::from_file(&dir.join("config.json"))?;
+        let data = TrainDataset::new(
+            samples,
+            retrieved.clone(),
+            args.k,
+            tokenizer.clone(),
+            config.eos_token_id,
+            config.pad_token_id,
+        )?;
+        Trainer::resume(dir, data, features, &args.out, &device)?
+    } else {
+        let trainable = if args.train_decoder {
+            Trainable::Decoder
+        } else {
+            Trainable::CrossAttention
+        };
+        let (config_json, model) = match &args.init {
+            Some(spec) => {
+                let files = hub::model_files(spec)?;
+                let text = std::fs::read_to_string(&files.config)?;
+                let config = SmallCapConfig::from_json(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", files.config.display()))?;
+                if let Some(size) = args.attention_size {
+                    let r = reduce_factor(size)?;
+                    if r != config.decoder.cross_attention_reduce_factor {
+                        bail!(
+                            "{spec}: the checkpoint's cross-attention has reduce factor {} (--attention-size {}), but --attention-size {size} asks for reduce factor {r}",
+                            config.decoder.cross_attention_reduce_factor,
+                            28.0 / config.decoder.cross_attention_reduce_factor as f64
+                        );
+                    }
+                }
+                let sd = StateDict::load_file(&files.weights, &config, &device)?;
+                let json: serde_json::Value = serde_json::from_str(&text)?;
+                (
+                    json,
+                    TrainModel::new(config, sd.tensors, trainable, false, &device)?,
+                )
+            }
+            None => {
+                let r = reduce_factor(args.attention_size.unwrap_or(7.0))?;
+                let enc = Pretrained::resolve(&args.encoder)?;
+                let dec = Pretrained::resolve(&args.decoder)?;
+                let (json, config, tensors) =
+                    from_pretrained(&enc, &dec, r, k_used, args.seed, &device)?;
+                (
+                    json,
+                    TrainModel::new(config, tensors, trainable, true, &device)?,
+                )
+            }
+        };
+        let (eos, pad) = (model.config.eos_token_id, model.config.pad_token_id);
+        let data = TrainDataset::new(
+            samples,
+            retrieved.clone(),
+            args.k,
+            tokenizer.clone(),
+            eos,
+            pad,
+        )?;
+        let options = TrainOptions {
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            total_steps: args.total_steps,
+            seed: args.seed,
+            shuffle: !args.no_shuffle,
+            dropout: args.dropout,
+            max_grad_norm: 1.0,
+            train_decoder: args.train_decoder,
+        };
+        eprintln!(
+            "training a model with {} trainable parameters",
+            model.trainable_parameters()
+        );
+        Trainer::new(
+            model,
+            config_json,
+            data,
+            features,
+            options,
+            &args.out,
+            &device,
+        )?
+    };
+
+    if let Some(val_path) = &args.val_annotations {
+        let val_ann = Annotations::from_file(val_path)?;
+        let val_samples = val_ann.samples(&["val"])?;
+        let val_retrieved = match (&args.val_retrieved, &retrieved) {
+            (Some(p), _) => Some(RetrievedCaptions::from_file(p)?),
+            (None, r) => r.clone(),
+        };
+        let val_features =
+            FeatureStore::open(args.val_features.as_ref().unwrap_or(&args.features))?;
+        let cfg = &trainer.model.config;
+        let ids: Vec<String> = val_ann.images_in(&["val"]).map(|im| im.key()).collect();
+        val_features.check(
+            ids.iter().map(String::as_str),
+            cfg.encoder.num_positions(),
+            cfg.decoder.n_embd,
+        )?;
+        let (eos, pad) = (cfg.eos_token_id, cfg.pad_token_id);
+        let val_data = TrainDataset::new(
+            val_samples,
+            val_retrieved.clone(),
+            args.k,
+            tokenizer.clone(),
+            eos,
+            pad,
+        )?;
+        trainer.validation = Some(Validation::new(
+            val_data,
+            val_features,
+            ids,
+            val_retrieved.as_ref(),
+            args.k,
+            tokenizer,
+        )?);
+    }
+
+    let written = trainer.run(args.steps)?;
+    for dir in &written {
+        eprintln!("saved {}", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,252 @@
+//! A new SmallCap to train, as the reference's `SmallCap.from_encoder_decoder_pretrained`: the
+//! CLIP vision tower of a CLIP checkpoint (`vision_model.*` → `encoder.*`), GPT-2 (`h.*`, `wte`,
+//! … → `decoder.transformer.*`, with the LM head tied to `wte`), and new cross-attention layers
+//! initialised as GPT-2's `_init_weights` does: Conv1D weights N(0, initializer_range),
+//! `c_proj.weight` N(0, initializer_range/√(2·n_layer)), biases 0, LayerNorms 1 and 0. Also the
+//! random full-size checkpoints the benchmarks use.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+
+use crate::checkpoint::{
+    expected_tensors, read_tensors, ExpectedTensor, LM_HEAD, PYTORCH_FILE, SAFETENSORS_FILE,
+};
+use crate::config::SmallCapConfig;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// `PARAMS2REDUCE_FACTOR` of train.py: cross-attention size in millions → reduce factor.
+pub fn reduce_factor(attention_size: f64) -> Result<usize> {
+    const TABLE: [(f64, usize); 5] = [(28.0, 1), (14.0, 2), (7.0, 4), (3.5, 8), (1.75, 16)];
+    TABLE
+        .iter()
+        .find(|(s, _)| *s == attention_size)
+        .map(|&(_, r)| r)
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "--attention-size must be one of 28, 14, 7, 3.5, 1.75 (millions of parameters), found {attention_size}"
+            ))
+        })
+}
+
+/// A pretrained model's folder: `config.json` and its weight file.
+pub struct Pretrained {
+    pub config: Value,
+    pub weights: PathBuf,
+}
+
+impl Pretrained {
+    /// A local folder, or a hub id resolved through [`crate::hub`].
+    pub fn resolve(spec: &str) -> Result<Self> {
+        let files = crate::hub::model_files(spec)?;
+        let text =
+            std::fs::read_to_string(&files.config).map_err(|e| Error::io(&files.config, e))?;
+        let config = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: files.config.clone(),
+            msg: e.to_string(),
+        })?;
+        Ok(Self {
+            config,
+            weights: files.weights,
+        })
+    }
+}
+
+/// The new model's `config.json`, in the layout `save_pretrained` gives a SmallCap.
+pub fn smallcap_config_json(encoder: &Value, decoder: &Value, r: usize, k: Option<usize>) -> Value {
+    let mut dec = decoder.clone();
+    if let Some(d) = dec.as_object_mut() {
+        d.insert("model_type".into(), json!("this_gpt2"));
+        d.insert("architectures".into(), json!(["ThisGPT2LMHeadModel"]));
+        d.insert("add_cross_attention".into(), json!(true));
+        d.insert("is_decoder".into(), json!(true));
+        d.insert("cross_attention_reduce_factor".into(), json!(r));
+    }
+    let vocab = dec.get("vocab_size").cloned().unwrap_or(json!(50257));
+    let mut top = json!({
+        "architectures": ["SmallCap"], "model_type": "smallcap", "is_encoder_decoder": true,
+        "encoder": encoder, "decoder": dec, "vocab_size": vocab, "decoder_start_token_id": null,
+        "pad_token_id": 0, "eos_token_id": 13, "max_length": 25, "rag": k.is_some(),
+        "tie_word_embeddings": false,
+    });
+    if let Some(k) = k {
+        top["k"] = json!(k);
+        top["retrieval_encoder"] = json!("RN50x64");
+    }
+    top
+}
+
+/// New cross-attention (and anything else missing) initialised like GPT-2's `_init_weights`.
+fn init_value(
+    t: &ExpectedTensor,
+    std: f64,
+    n_layer: usize,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Tensor> {
+    let name = &t.name;
+    let shape = t.shape.as_slice();
+    let normal = |std: f64, rng: &mut Rng| -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| (std * rng.normal() as f64) as f32).collect();
+        Ok(Tensor::from_vec(data, shape, device)?)
+    };
+    if name.ends_with(".bias") {
+        Ok(Tensor::zeros(shape, DType::F32, device)?)
+    } else if name.contains("ln_") {
+        Ok(Tensor::ones(shape, DType::F32, device)?)
+    } else if name.ends_with("c_proj.weight") {
+        normal(std / ((2 * n_layer) as f64).sqrt(), rng)
+    } else {
+        normal(std, rng)
+    }
+}
+
+/// Builds the tensors of a new SmallCap from pretrained CLIP and GPT-2 checkpoints. Returns the
+/// config JSON, the parsed config and the tensors (the LM head is `wte`).
+pub fn from_pretrained(
+    encoder: &Pretrained,
+    decoder: &Pretrained,
+    r: usize,
+    k: Option<usize>,
+    seed: u64,
+    device: &Device,
+) -> Result<(Value, SmallCapConfig, HashMap<String, Tensor>)> {
+    let json = smallcap_config_json(&encoder.config, &decoder.config, r, k);
+    let config = SmallCapConfig::from_json(&json.to_string())?;
+    let expected = expected_tensors(&config);
+    // Source names in the pretrained files for each SmallCap name.
+    let sources = |name: &str| -> Vec<(PathBuf, String)> {
+        if let Some(rest) = name.strip_prefix("encoder.") {
+            vec![(encoder.weights.clone(), format!("vision_model.{rest}"))]
+        } else if let Some(rest) = name.strip_prefix("decoder.transformer.") {
+            vec![
+                (decoder.weights.clone(), rest.to_string()),
+                (decoder.weights.clone(), format!("transformer.{rest}")),
+            ]
+        } else {
+            vec![]
+        }
+    };
+    let mut wanted: HashMap<PathBuf, Vec<String>> = HashMap::new();
+    for t in &expected {
+        for (file, src) in sources(&t.name) {
+            wanted.entry(file).or_default().push(src);
+        }
+    }
+    let mut loaded: HashMap<PathBuf, HashMap<String, Tensor>> = HashMap::new();
+    for (file, names) in &wanted {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        loaded.insert(file.clone(), read_tensors(file, &refs, device)?);
+    }
+    let std = decoder
+        .config
+        .get("initializer_range")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.02);
+    let mut rng = Rng::new(seed);
+    let mut tensors = HashMap::new();
+    for t in &expected {
+        let found = sources(&t.name)
+            .into_iter()
+            .find_map(|(file, src)| loaded.get(&file).and_then(|m| m.get(&src)).cloned());
+        let new_part = t.name.contains("crossattention") || t.name.contains("ln_cross_attn");
+        let value = match found {
+            Some(v) if !new_part => {
+                if v.dims() != t.shape.as_slice() {
+                    return Err(Error::Checkpoint {
+                        path: if t.name.starts_with("encoder.") {
+                            encoder.weights.clone()
+                        } else {
+                            decoder.weights.clone()
+                        },
+                        msg: format!(
+                            "tensor for {} has shape {:?}, its config implies {:?}",
+                            t.name,
+                            v.dims(),
+                            t.shape
+                        ),
+                    });
+                }
+                v
+            }
+            _ if new_part => init_value(t, std, config.decoder.n_layer, &mut rng, device)?,
+            _ => {
+                let from = if t.name.starts_with("encoder.") {
+                    &encoder.weights
+                } else {
+                    &decoder.weights
+                };
+                return Err(Error::Checkpoint {
+                    path: from.clone(),
+                    msg: format!("no tensor for {} in the pretrained weights", t.name),
+                });
+            }
+        };
+        tensors.insert(t.name.clone(), value);
+    }
+    let wte = tensors["decoder.transformer.wte.weight"].clone();
+    tensors.insert(LM_HEAD.to_string(), wte);
+    Ok((json, config, tensors))
+}
+
+/// config.json of SmallCap7M's sizes (what the reference's `perf_reference.py --make` writes).
+pub fn full_size_config() -> Value {
+    json!({
+        "architectures": ["SmallCap"], "model_type": "smallcap", "is_encoder_decoder": true,
+        "eos_token_id": 13, "pad_token_id": 0, "k": 4, "rag": true, "max_length": 25,
+        "retrieval_encoder": "RN50x64", "tie_word_embeddings": false, "vocab_size": 50257,
+        "encoder": {"model_type": "clip", "vision_config": {
+            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}},
+        "decoder": {"model_type": "this_gpt2", "vocab_size": 50257, "n_positions": 1024,
+            "n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": null,
+            "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
+            "add_cross_attention": true, "cross_attention_reduce_factor": 4}
+    })
+}
+
+/// Writes a checkpoint folder (`config.json` + `model.safetensors`) of random weights for the
+/// config `config_json`, as `perf_reference.py` makes them: N(0, 0.02)·3 for matrices and the
+/// class embedding, LayerNorms at ones/zeros, biases zero. Deterministic for a seed; kept when
+/// the folder already holds one.
+pub fn write_random_checkpoint(dir: &Path, config_json: &Value, seed: u64) -> Result<()> {
+    if dir.join(SAFETENSORS_FILE).is_file() || dir.join(PYTORCH_FILE).is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cfg = SmallCapConfig::from_json(&config_json.to_string())?;
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(seed);
+    let mut tensors = HashMap::new();
+    let mut all = expected_tensors(&cfg);
+    all.push(ExpectedTensor {
+        name: LM_HEAD.into(),
+        shape: vec![cfg.decoder.vocab_size, cfg.decoder.n_embd],
+    });
+    for t in all {
+        let is_ln =
+            t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
+        let value = if t.shape.len() >= 2 || t.name.ends_with("class_embedding") {
+            let n: usize = t.shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|_| 0.06 * rng.normal()).collect();
+            Tensor::from_vec(data, t.shape.as_slice(), &dev)?
+        } else if is_ln && t.name.ends_with("weight") {
+            Tensor::ones(t.shape.as_slice(), DType::F32, &dev)?
+        } else {
+            Tensor::zeros(t.shape.as_slice(), DType::F32, &dev)?
+        };
+        tensors.insert(t.name, value);
+    }
+    let tmp = dir.join(format!("{SAFETENSORS_FILE}.partial"));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    let cfg_text =
+        serde_json::to_string_pretty(config_json).map_err(|e| Error::Input(e.to_string()))?;
+    std::fs::write(dir.join("config.json"), cfg_text).map_err(|e| Error::io(dir, e))?;
+    std::fs::rename(&tmp, dir.join(SAFETENSORS_FILE)).map_err(|e| Error::io(dir, e))?;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `smallcap datastore push` and `--datastore postgres://…` against a real PostgreSQL + pgvector
+//! server (started on loopback from `$SMALLCAP_PG_BIN`, which `scripts/test` sets): retrieval and
+//! live-retrieval captioning through the server give FAISS's ids for every fixture image.
+//! Skipped with a message when no server can start, except under CI, where it fails.
+
+mod common;
+
+use std::process::Command;
+
+use common::fixture;
+use serde_json::Value;
+use smallcap_datastore::pg_local::LocalPostgres;
+
+fn smallcap() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_smallcap"));
+    c.env_remove("HF_ENDPOINT").env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+fn ok(c: &mut Command) -> std::process::Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn push_then_retrieve_and_caption_through_pgvector() {
+    let pg = match LocalPostgres::from_env() {
+        Ok(Some(s)) => s,
+        other => {
+            let msg = match other {
+                Err(e) => format!("the PostgreSQL server did not start: {e}"),
+                _ => "SMALLCAP_PG_BIN is not set (scripts/test sets it)".into(),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "pgvector CLI test under CI: {msg}"
+            );
+            eprintln!("SKIPPED: {msg}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let r = fixture("retrieval");
+    ok(smallcap()
+        .args(["datastore", "import", "--index"])
+        .arg(r.join("datastore_index"))
+        .arg("--captions")
+        .arg(r.join("datastore_captions.json"))
+        .arg("--encoder")
+        .arg(r.join("clip_resnet.pt"))
+        .arg("--out")
+        .arg(&store));
+    let url = pg.url("fixture_cli");
+    ok(smallcap()
+        .args(["datastore", "push"])
+        .arg(&store)
+        .args(["--to", &url]));
+    // Pushing again without --replace is refused.
+    let again = smallcap()
+        .args(["datastore", "push"])
+        .arg(&store)
+        .args(["--to", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(r.join("cases.json")).unwrap()).unwrap();
+    let image_cases = cases["image_cases"].as_array().unwrap();
+    let mut cmd = smallcap();
+    cmd.args(["retrieve", "--datastore", &url, "--k", "8"]);
+    for case in image_cases {
+        cmd.arg("--image")
+            .arg(fixture(case["image"].as_str().unwrap()));
+    }
+    let out = ok(&mut cmd);
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), image_cases.len());
+    for (line, case) in lines.iter().zip(image_cases) {
+        assert_eq!(line["ids"], case["top_ids"], "{}", case["image"]);
+        assert_eq!(line["captions"], case["top_captions"]);
+    }
+
+    // Live retrieval while captioning: the prompt holds the server's top-4 captions.
+    let case = &image_cases[0];
+    let out = ok(smallcap()
+        .args(["caption", "--model"])
+        .arg(fixture("model"))
+        .arg("--tokenizer")
+        .arg(fixture("tokenizer"))
+        .args(["--datastore", &url, "--beams", "1"])
+        .arg(fixture(case["image"].as_str().unwrap())));
+    let line: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let want: Vec<Value> = case["top_captions"].as_array().unwrap()[..4].to_vec();
+    assert_eq!(line["retrieved_captions"], Value::Array(want));
+}
