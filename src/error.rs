@@ -20,6 +20,8 @@ pub enum Error {
     Hub(String),
     #[error(transparent)]
     Image(#[from] smallcap_image::ImageError),
+    #[error(transparent)]
+    Datastore(#[from] smallcap_datastore::Error),
     #[error("{0}")]
     Input(String),
     #[error("tensor computation failed: {0}")]

@@ -8,7 +8,7 @@
 //! - [`generation`]: beam search and greedy decoding as transformers 4.21.1;
 //! - [`captioner`]: the API that ties them together (load once, caption many);
 //! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub;
-
+//! - [`server`]: the HTTP API and web page of `smallcap serve`, with dynamic batching;
 
 pub mod captioner;
 pub mod checkpoint;
@@ -20,6 +20,7 @@ pub mod hub;
 pub mod models;
 pub mod prompt;
 pub mod retrieved;
+pub mod server;
 pub mod tokenizer;
 
 pub use config::SmallCapConfig;

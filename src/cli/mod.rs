@@ -1,6 +1,7 @@
 //! The `smallcap` command line: argument parsing and dispatch to one module per subcommand.
 
 mod caption;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Caption images (one JSON object per line on stdout).
     Caption(caption::CaptionArgs),
+    /// Serve captions over HTTP: a JSON API and a web page.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the command line; the exit code is non-zero when anything failed.
@@ -24,13 +27,15 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SMALLCAP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("SMALLCAP_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,smallcap::server=info")
+            }),
         )
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Caption(args) => caption::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,
