@@ -959,3 +959,106 @@ fn a_model_that_cannot_load_is_reported() {
     assert!(e.contains("/no/such/model/dir"), "{e}");
     server.shutdown().unwrap();
 }
+
+#[test]
+fn serve_command_serves_logs_one_line_per_request_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    /// Kills the server if the test fails before it is stopped.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("SMALLCAP_LOG")
+        .stdout(std::process::Stdio::null())
+        .arg("serve")
+        .arg("--model")
+        .arg(fixture("model"))
+        .arg("--tokenizer")
+        .arg(fixture("tokenizer"))
+        .args(["--addr", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = Kill(child);
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.ends_with("ready") {
+            break;
+        }
+    }
+    let addr = addr.expect("the command says where it listens");
+    let case = no_retrieval_case();
+    let r = http::post(
+        &format!("http://{addr}/v1/captions?no_retrieval=true&beams=1"),
+        "image/jpeg",
+        &image_bytes(&case.image),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["caption"],
+        case.expected["greedy"].caption.as_str()
+    );
+    let id = r.header("x-request-id").unwrap().to_string();
+    let bad = http::post(
+        &format!("http://{addr}/v1/captions?no_retrieval=1"),
+        "image/jpeg",
+        b"x",
+    );
+    assert_eq!(bad.status, 415);
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.0.wait().unwrap().success(), "{rest:?}");
+    let line = rest
+        .iter()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("no log line for request {id}: {rest:?}"));
+    for needle in [
+        "route=\"/v1/captions\"",
+        "status=200",
+        "method=POST",
+        "total_ms=",
+        "queue=",
+        "caption=",
+    ] {
+        assert!(line.contains(needle), "{needle} not in {line}");
+    }
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("status=415") && l.contains("not_an_image")),
+        "{rest:?}"
+    );
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+#[test]
+fn serve_command_refuses_datastores_until_the_retrieval_encoder_exists() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
+        .arg("serve")
+        .arg("--model")
+        .arg(fixture("model"))
+        .arg("--datastore")
+        .arg(fixture("retrieval"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("live retrieval needs the retrieval encoder (not yet available)"),
+        "{err}"
+    );
+}
