@@ -124,6 +124,8 @@ fn probes_openapi_page_and_metrics() {
 
     let r = http::get(&url(&server, "/no/such/path"));
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    let r = http::get(&url(&server, "/v1/captions"));
+    assert_eq!((r.status, r.error_code().as_str()), (405, "method_not_allowed"));
 
     let r = http::get(&url(&server, "/metrics"));
     assert_eq!(r.status, 200);

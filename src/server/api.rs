@@ -86,6 +86,14 @@ pub async fn not_found(req: Request) -> ApiError {
     )
 }
 
+pub async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
 fn not_ready() -> ApiError {
     ApiError::unavailable("not_ready", "the models are still loading", 5)
 }

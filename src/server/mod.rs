@@ -208,6 +208,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/captions/batch", post(api::caption_batch))
         .route("/v1/retrieve", post(api::retrieve))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
