@@ -125,7 +125,10 @@ fn probes_openapi_page_and_metrics() {
     let r = http::get(&url(&server, "/no/such/path"));
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
     let r = http::get(&url(&server, "/v1/captions"));
-    assert_eq!((r.status, r.error_code().as_str()), (405, "method_not_allowed"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
 
     let r = http::get(&url(&server, "/metrics"));
     assert_eq!(r.status, 200);
@@ -1049,14 +1052,25 @@ fn serve_command_serves_logs_one_line_per_request_and_stops_on_sigterm() {
 
 #[test]
 fn serve_command_refuses_datastores_until_the_retrieval_encoder_exists() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
-        .arg("serve")
-        .arg("--model")
-        .arg(fixture("model"))
-        .arg("--datastore")
-        .arg(fixture("retrieval"))
-        .output()
-        .unwrap();
+    let s = stores();
+    let serve = |datastore: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
+            .arg("serve")
+            .arg("--model")
+            .arg(fixture("model"))
+            .arg("--datastore")
+            .arg(datastore)
+            .output()
+            .unwrap()
+    };
+    // A folder that is not a datastore is named.
+    let out = serve(&fixture("retrieval"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--datastore"), "{err}");
+    assert!(err.contains("retrieval/manifest.json"), "{err}");
+    // A good one: the encoder is what is missing.
+    let out = serve(&s.dir().join("coco"));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

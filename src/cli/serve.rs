@@ -10,6 +10,7 @@ use clap::Args;
 
 use smallcap::captioner::Captioner;
 use smallcap::server::{Models, Server, ServerConfig};
+use smallcap_datastore::Datastore;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -53,6 +54,35 @@ pub struct ServeArgs {
     timeout: f64,
 }
 
+/// Opens each `[NAME=]DIR` (the name defaults to the folder's name), checking that names are
+/// unique.
+fn open_datastores(specs: &[String]) -> anyhow::Result<Vec<(String, Datastore)>> {
+    let mut out: Vec<(String, Datastore)> = Vec::new();
+    for spec in specs {
+        let (name, dir) = match spec.split_once('=') {
+            Some((name, dir)) if !name.is_empty() && !name.contains('/') => {
+                (name.to_string(), PathBuf::from(dir))
+            }
+            _ => {
+                let dir = PathBuf::from(spec);
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .with_context(|| {
+                        format!("--datastore {spec}: no folder name; give NAME={spec}")
+                    })?;
+                (name, dir)
+            }
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            bail!("two datastores are named \"{name}\"; name them with --datastore NAME=DIR");
+        }
+        let store = Datastore::open(&dir).with_context(|| format!("--datastore {spec}"))?;
+        out.push((name, store));
+    }
+    Ok(out)
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.max_batch == 0 || args.queue == 0 || args.max_images_per_request == 0 {
         bail!("--max-batch, --queue and --max-images-per-request must be at least 1");
@@ -60,10 +90,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
     }
-    if !args.datastores.is_empty() || args.retrieval_encoder.is_some() {
+    let stores = open_datastores(&args.datastores)?;
+    if !stores.is_empty() || args.retrieval_encoder.is_some() {
         // The CLIP retrieval encoder that embeds image and text queries is not part of the
-        // library yet; `smallcap::server::DatastoreSet` serves datastores once a
-        // `QueryEncoder` exists.
+        // library yet; once it is, `DatastoreSet::new(encoder, stores)` serves these stores.
         bail!(
             "live retrieval needs the retrieval encoder (not yet available); serve with \
              caller-given captions or no_retrieval for now"

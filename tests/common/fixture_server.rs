@@ -136,6 +136,13 @@ pub struct Stores {
     pub gate: Arc<Gate>,
 }
 
+impl Stores {
+    /// The folder holding the stores `coco` and `rows100`.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+}
+
 pub fn stores() -> Stores {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
