@@ -10,6 +10,7 @@
 //! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub;
 //! - [`retrieval`]: CLIP retrieval encoders and live caption retrieval from a datastore;
 //! - [`train`]: features, the training loop, checkpoints ([`pytorch_writer`]) and [`rng`].
+//! - [`server`]: the HTTP API and web page of `smallcap serve`, with dynamic batching;
 
 pub mod captioner;
 pub mod checkpoint;
@@ -23,6 +24,7 @@ pub mod pytorch_writer;
 pub mod retrieval;
 pub mod retrieved;
 pub mod rng;
+pub mod server;
 pub mod tokenizer;
 pub mod train;
 

@@ -5,6 +5,7 @@ mod datastore;
 mod eval;
 mod features;
 mod retrieve;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -36,15 +37,19 @@ enum Command {
     Features(features::FeaturesArgs),
     /// Train SmallCap's cross-attention on precomputed features.
     Train(train::TrainArgs),
+    /// Serve captions over HTTP: a JSON API and a web page.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the command line; the exit code is non-zero when anything failed.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SMALLCAP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("SMALLCAP_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,smallcap::server=info")
+            }),
         )
         .init();
     let cli = Cli::parse();
@@ -55,6 +60,7 @@ pub fn main() -> ExitCode {
         Command::Retrieve(args) => retrieve::run(args),
         Command::Features(args) => features::run(args),
         Command::Train(args) => train::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the reference fixture pack and tensor comparisons.
 #![allow(dead_code)]
 
+pub mod fixture_server;
+pub mod http;
 pub mod hub_server;
 
 use std::path::PathBuf;
