@@ -180,8 +180,9 @@ fn data(dir: &Path, clip: &Path) -> Data {
     }
 }
 
-/// Trains and returns the exact-match accuracy of the held-out captions after the last epoch.
-fn train(d: &Data, clip: &Path, gpt2: &Path, out: &Path, retrieval: bool) -> f64 {
+/// Trains, then returns the exact-match rate and the CIDEr-D of the held-out captions after the
+/// last epoch.
+fn train(d: &Data, clip: &Path, gpt2: &Path, out: &Path, retrieval: bool) -> (f64, f64) {
     let tok =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smallcap-tiny/tokenizer");
     let epochs = "12";
@@ -247,11 +248,19 @@ fn train(d: &Data, clip: &Path, gpt2: &Path, out: &Path, retrieval: bool) -> f64
         .filter(|c| d.val_ids[&c["image_id"].to_string()] == c["caption"].as_str().unwrap())
         .count();
     let acc = right as f64 / caps.len() as f64;
+    // The last epoch's validation CIDEr-D, as the trainer logged it.
+    let log = std::fs::read_to_string(out.join("train.log")).unwrap();
+    let cider = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["val_CIDEr"].as_f64())
+        .next_back()
+        .expect("train.log records the validation CIDEr");
     eprintln!(
-        "retrieval {retrieval}: exact match {acc:.3}; {:?}",
+        "retrieval {retrieval}: exact match {acc:.3}, CIDEr {cider:.3}; {:?}",
         &caps[..4]
     );
-    acc
+    (acc, cider)
 }
 
 #[test]
@@ -259,13 +268,22 @@ fn a_tiny_model_learns_shapes_and_retrieval_helps() {
     let tmp = tempfile::tempdir().unwrap();
     let (clip, gpt2) = pretrained(tmp.path());
     let d = data(tmp.path(), &clip);
-    let with = train(&d, &clip, &gpt2, &tmp.path().join("rag"), true);
-    let without = train(&d, &clip, &gpt2, &tmp.path().join("norag"), false);
+    let (with, with_cider) = train(&d, &clip, &gpt2, &tmp.path().join("rag"), true);
+    let (without, without_cider) = train(&d, &clip, &gpt2, &tmp.path().join("norag"), false);
     // Chance is 1/12 ≈ 0.08 and the colour alone gives 1/3: 0.5 needs shapes read from the
     // retrieved captions. Without them the model has only the weak visual signal.
     assert!(with >= 0.5, "with retrieval: exact match {with}");
     assert!(
         with >= without + 0.2,
         "with retrieval {with}, without {without}"
+    );
+    // CIDEr-D of a caption equal to its (identical, templated) references is
+    // 10 × mean over n = 1..4 of the n-gram cosine: "a <colour> <shape>" has uni-, bi- and
+    // trigrams (cosine 1) and no 4-gram (0), so 7.5; hence an exact-match rate of at least 0.5
+    // implies CIDEr ≥ 3.75 whatever the other captions score.
+    assert!(with_cider >= 3.75, "with retrieval: CIDEr {with_cider}");
+    assert!(
+        with_cider > without_cider,
+        "CIDEr with retrieval {with_cider}, without {without_cider}"
     );
 }

@@ -79,11 +79,9 @@ pub struct TrainerState {
     pub log_history: Vec<Value>,
 }
 
-/// Validation after each epoch: loss on the validation samples (dropout off), and captions of
-/// the validation images (infer.py's beam search) written to `val_captions.json`.
-///
-/// BLEU-4 and CIDEr of these captions belong here once the metrics library is part of the
-/// workspace; until then only the loss is reported.
+/// Validation after each epoch: loss on the validation samples (dropout off), captions of the
+/// validation images (infer.py's beam search) written to `val_captions.json`, and their BLEU-4 and
+/// CIDEr-D against the validation references (`smallcap-metrics`, as pycocoevalcap computes them).
 pub struct Validation {
     pub data: TrainDataset,
     pub features: FeatureStore,
@@ -129,6 +127,10 @@ impl Validation {
 pub struct ValidationReport {
     pub loss: f64,
     pub captions: Vec<Value>,
+    #[serde(rename = "Bleu_4")]
+    pub bleu_4: f64,
+    #[serde(rename = "CIDEr")]
+    pub cider: f64,
 }
 
 pub struct Trainer {
@@ -403,14 +405,16 @@ impl Trainer {
             if epoch_end || self.state.global_step == end {
                 let report = if epoch_end { self.validate()? } else { None };
                 if let Some(r) = &report {
-                    let entry = serde_json::json!({"step": self.state.global_step, "epoch": self.state.global_step / spe, "val_loss": r.loss});
+                    let entry = serde_json::json!({"step": self.state.global_step, "epoch": self.state.global_step / spe, "val_loss": r.loss, "val_Bleu_4": r.bleu_4, "val_CIDEr": r.cider});
                     self.log_line(&entry)?;
                     self.state.log_history.push(entry);
                     bar.suspend(|| {
                         eprintln!(
-                            "epoch {}: validation loss {:.4}",
+                            "epoch {}: validation loss {:.4}, BLEU-4 {:.4}, CIDEr {:.4}",
                             self.state.global_step / spe,
-                            r.loss
+                            r.loss,
+                            r.bleu_4,
+                            r.cider
                         )
                     });
                 }
@@ -468,6 +472,7 @@ impl Trainer {
                 captions.push(serde_json::json!({"image_id": image_id, "caption": caption}));
             }
         }
+        let (bleu_4, cider) = Self::caption_scores(v, &captions)?;
         Ok(Some(ValidationReport {
             loss: if count > 0 {
                 sum / count as f64
@@ -475,7 +480,48 @@ impl Trainer {
                 f64::NAN
             },
             captions,
+            bleu_4,
+            cider,
         }))
+    }
+
+    /// BLEU-4 and CIDEr-D of the validation captions against the validation samples' texts.
+    fn caption_scores(v: &Validation, captions: &[Value]) -> Result<(f64, f64)> {
+        use smallcap_metrics::{EvalOptions, GoldCaptions, ImageId, Metric, Prediction};
+        let id = |s: &str| {
+            s.parse::<i64>()
+                .map(ImageId::Int)
+                .unwrap_or(ImageId::Str(s.to_string()))
+        };
+        let mut refs: Vec<(ImageId, Vec<String>)> = Vec::new();
+        for sample in &v.data.samples {
+            let key = id(&sample.image);
+            match refs.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, texts)) => texts.push(sample.text.clone()),
+                None => refs.push((key, vec![sample.text.clone()])),
+            }
+        }
+        let gold = GoldCaptions::from_pairs(refs);
+        let preds: Vec<Prediction> = captions
+            .iter()
+            .map(|c| Prediction {
+                image_id: match &c["image_id"] {
+                    Value::Number(n) => ImageId::Int(n.as_i64().unwrap_or_default()),
+                    other => ImageId::Str(other.as_str().unwrap_or_default().to_string()),
+                },
+                caption: c["caption"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect();
+        let opts = EvalOptions {
+            metrics: vec![Metric::Bleu, Metric::Cider],
+            ..EvalOptions::default()
+        };
+        let report = smallcap_metrics::evaluate_data(&gold, &preds, &opts)
+            .map_err(|e| Error::Input(format!("validation metrics: {e}")))?;
+        Ok((
+            report.corpus.bleu_4.unwrap_or(f64::NAN),
+            report.corpus.cider.unwrap_or(f64::NAN),
+        ))
     }
 
     /// The checkpoint tensors in the reference's state-dict order.
