@@ -965,32 +965,38 @@ fn a_model_that_cannot_load_is_reported() {
     server.shutdown().unwrap();
 }
 
-#[test]
-fn serve_command_serves_logs_one_line_per_request_and_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    /// Kills the server if the test fails before it is stopped.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// Kills a `smallcap serve` child if a test fails before stopping it.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// Starts `smallcap serve ARGS --addr 127.0.0.1:0` and waits until it is ready; returns the child,
+/// its address and the rest of its stderr lines.
+fn spawn_serve(
+    args: &[std::ffi::OsString],
+) -> (
+    Kill,
+    String,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
         .env("HF_HUB_OFFLINE", "1")
         .env_remove("SMALLCAP_LOG")
         .stdout(std::process::Stdio::null())
-        .arg("serve")
-        .arg("--model")
-        .arg(fixture("model"))
-        .arg("--tokenizer")
-        .arg(fixture("tokenizer"))
-        .args(["--addr", "127.0.0.1:0"])
         .stderr(std::process::Stdio::piped())
+        .arg("serve")
+        .args(args)
+        .args(["--addr", "127.0.0.1:0"])
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut child = Kill(child);
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let child = Kill(child);
     let mut addr = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -1001,7 +1007,22 @@ fn serve_command_serves_logs_one_line_per_request_and_stops_on_sigterm() {
             break;
         }
     }
-    let addr = addr.expect("the command says where it listens");
+    (
+        child,
+        addr.expect("the command says where it listens"),
+        lines,
+    )
+}
+
+#[test]
+fn serve_command_serves_logs_one_line_per_request_and_stops_on_sigterm() {
+    let args: Vec<std::ffi::OsString> = vec![
+        "--model".into(),
+        fixture("model").into(),
+        "--tokenizer".into(),
+        fixture("tokenizer").into(),
+    ];
+    let (mut child, addr, lines) = spawn_serve(&args);
     let case = no_retrieval_case();
     let r = http::post(
         &format!("http://{addr}/v1/captions?no_retrieval=true&beams=1"),
@@ -1052,14 +1073,6 @@ fn serve_command_serves_logs_one_line_per_request_and_stops_on_sigterm() {
 
 #[test]
 fn serve_command_retrieves_live_with_the_real_retrieval_encoder() {
-    use std::io::{BufRead, BufReader};
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let s = stores();
     // A folder that is not a datastore is named.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
@@ -1075,34 +1088,17 @@ fn serve_command_retrieves_live_with_the_real_retrieval_encoder() {
 
     // A real one, with the fixture's OpenAI CLIP as the retrieval encoder: image queries get the
     // reference's FAISS top 8.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
-        .env("HF_HUB_OFFLINE", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .args(["serve", "--model"])
-        .arg(fixture("model"))
-        .arg("--tokenizer")
-        .arg(fixture("tokenizer"))
-        .arg("--datastore")
-        .arg(format!("coco={}", s.dir().join("coco").display()))
-        .arg("--retrieval-encoder")
-        .arg(fixture("retrieval/clip_resnet.pt"))
-        .args(["--addr", "127.0.0.1:0"])
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let _child = Kill(child);
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            addr = rest.split_whitespace().next().map(str::to_string);
-        }
-        if line.ends_with("ready") {
-            break;
-        }
-    }
-    let addr = addr.expect("the command says where it listens");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--model".into(),
+        fixture("model").into(),
+        "--tokenizer".into(),
+        fixture("tokenizer").into(),
+        "--datastore".into(),
+        format!("coco={}", s.dir().join("coco").display()).into(),
+        "--retrieval-encoder".into(),
+        fixture("retrieval/clip_resnet.pt").into(),
+    ];
+    let (_child, addr, _lines) = spawn_serve(&args);
     for c in image_cases().iter().take(4) {
         let r = http::post(
             &format!("http://{addr}/v1/retrieve?k=8&datastore=coco"),
