@@ -6,6 +6,10 @@
 //!
 //! `cargo run --release --bin bench -- [--images DIR] [--runs 3] [--batch 8]`
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{median, peak_rss_mib};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,25 +54,6 @@ struct PerfCase {
 #[derive(serde::Deserialize)]
 struct PerfCases {
     cases: Vec<PerfCase>,
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// perf_reference.py's caption vocabulary: 6–14 random words, deterministic.

@@ -8,6 +8,10 @@
 //!
 //! `cargo run --release --bin bench_retrieval -- [--runs 3] [--n 565497] [--image IMG]`
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::median;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -270,11 +274,6 @@ fn cpu_seconds() -> f64 {
     let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {

@@ -6,6 +6,10 @@
 //!
 //! `cargo run --release --bin bench_train -- [--batch 8 --batch 64] [--steps 3]`
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::peak_rss_mib;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -33,20 +37,6 @@ struct Args {
     /// Timed steps per batch size (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn main() -> anyhow::Result<()> {
