@@ -20,6 +20,7 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 use crate::generation::{generate, GenerationConfig, Request};
 use crate::hub;
+use crate::models::packed_linear::WeightType;
 use crate::models::SmallCap;
 use crate::prompt;
 use crate::tokenizer::Gpt2Tokenizer;
@@ -59,18 +60,31 @@ pub struct Captioner {
 }
 
 impl Captioner {
-    pub fn new(model: SmallCap, tokenizer: Gpt2Tokenizer, device: Device) -> Self {
-        Self {
+    /// Wraps a loaded model; its decoder is packed for decoding in f32 unless
+    /// [`SmallCap::pack_decoder`] already chose a weight type.
+    pub fn new(mut model: SmallCap, tokenizer: Gpt2Tokenizer, device: Device) -> Result<Self> {
+        model.pack_decoder(WeightType::F32)?;
+        Ok(Self {
             model,
             tokenizer,
             device,
-        }
+        })
     }
 
     /// Loads from a model folder or hub id, and a tokenizer folder or hub id. Without a
     /// tokenizer, the model folder's own `vocab.json`/`merges.txt` are used when present,
     /// otherwise the hub's `gpt2`.
     pub fn from_specs(model: &str, tokenizer: Option<&str>, device: &Device) -> Result<Self> {
+        Self::from_specs_with_weights(model, tokenizer, device, WeightType::F32)
+    }
+
+    /// [`Captioner::from_specs`] with the decoder's weights kept in `weights` (f32, f16 or bf16).
+    pub fn from_specs_with_weights(
+        model: &str,
+        tokenizer: Option<&str>,
+        device: &Device,
+        weights: WeightType,
+    ) -> Result<Self> {
         let files = hub::model_files(model)?;
         let tokenizer_dir = match tokenizer {
             Some(spec) => hub::tokenizer_dir(spec)?,
@@ -88,8 +102,9 @@ impl Captioner {
             }
         };
         let tokenizer = Gpt2Tokenizer::from_dir(&tokenizer_dir)?;
-        let model = SmallCap::load(&files, device)?;
-        Ok(Self::new(model, tokenizer, device.clone()))
+        let mut model = SmallCap::load(&files, device)?;
+        model.pack_decoder(weights)?;
+        Self::new(model, tokenizer, device.clone())
     }
 
     pub fn model(&self) -> &SmallCap {

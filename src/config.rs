@@ -50,13 +50,13 @@ impl VisionConfig {
                 v.layer_norm_eps
             ));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "encoder.vision_config: image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size
             ));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(format!(
                 "encoder.vision_config: hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
@@ -223,7 +223,10 @@ impl SmallCapConfig {
                 "decoder.cross_attention_reduce_factor must be one of {REDUCE_FACTORS:?}, found {r}"
             )));
         }
-        if d.n_head == 0 || d.n_embd % d.n_head != 0 || (d.n_embd / d.n_head) % r != 0 {
+        if d.n_head == 0
+            || !d.n_embd.is_multiple_of(d.n_head)
+            || !(d.n_embd / d.n_head).is_multiple_of(r)
+        {
             return Err(bad(format!(
                 "decoder: n_embd {} / n_head {} / reduce factor {r} do not divide evenly",
                 d.n_embd, d.n_head

@@ -19,6 +19,7 @@ use candle_core::Device;
 use clap::Parser;
 
 use smallcap::captioner::{Captioner, Prepared, Retrieval};
+use smallcap::models::packed_linear::WeightType;
 use smallcap::{Gpt2Tokenizer, SmallCap};
 
 #[derive(Parser)]
@@ -42,6 +43,9 @@ struct Args {
     /// generated id sequence is checked against the reference's.
     #[arg(long)]
     perf_dir: Option<PathBuf>,
+    /// How the decoder's weights are kept: f32 (the reference's results), f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    decoder_weights: WeightType,
 }
 
 #[derive(serde::Deserialize)]
@@ -107,10 +111,11 @@ fn main() -> anyhow::Result<()> {
     };
     let dev = Device::Cpu;
     let t0 = Instant::now();
-    let model = SmallCap::load_dir(&model_dir, &dev)?;
-    let load_s = t0.elapsed().as_secs_f64();
+    let mut model = SmallCap::load_dir(&model_dir, &dev)?;
+    model.pack_decoder(args.decoder_weights)?;
     let tokenizer = Gpt2Tokenizer::from_dir(&args.tokenizer)?;
-    let captioner = Captioner::new(model, tokenizer, dev);
+    let captioner = Captioner::new(model, tokenizer, dev)?;
+    let load_s = t0.elapsed().as_secs_f64();
     let generation = captioner.default_generation();
     let mut images: Vec<PathBuf> = std::fs::read_dir(&args.images)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -174,6 +179,7 @@ fn main() -> anyhow::Result<()> {
 
     // Batches: the whole captioner call per batch, per image.
     let mut batched = vec![];
+    let mut batch_mismatches = 0usize;
     for _ in 0..args.runs {
         for chunk in images.chunks(args.batch).filter(|c| c.len() == args.batch) {
             let t = Instant::now();
@@ -182,13 +188,25 @@ fn main() -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(i, p)| prepare(p, i).map(|x| x.0))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            captioner.caption(&items, &generation)?;
+            let out = captioner.caption(&items, &generation)?;
             batched.push(t.elapsed().as_secs_f64() / chunk.len() as f64);
+            if let Some(reference) = &reference {
+                for (path, caption) in chunk.iter().zip(&out) {
+                    if reference[&name(path)].generated_ids != caption.generated_ids {
+                        batch_mismatches += 1;
+                        eprintln!(
+                            "{}: batched ids differ from the reference's",
+                            path.display()
+                        );
+                    }
+                }
+            }
         }
     }
     let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!("| measurement | value |");
     println!("|---|---|");
+    println!("| decoder weights | {} |", args.decoder_weights.as_str());
     println!("| load checkpoint (s) | {load_s:.2} |");
     println!("| images × runs | {} × {} |", images.len(), args.runs);
     if reference.is_some() {
@@ -219,6 +237,11 @@ fn main() -> anyhow::Result<()> {
             args.batch,
             median(batched)
         );
+        if reference.is_some() {
+            println!(
+                "| batched images whose ids differ from the reference's | {batch_mismatches} |"
+            );
+        }
         println!(
             "| peak RSS after batch {} (MiB) | {:.0} |",
             args.batch,

@@ -9,6 +9,7 @@ use candle_core::Device;
 use clap::Args;
 
 use smallcap::captioner::{Captioner, Prepared, Retrieval};
+use smallcap::models::packed_linear::WeightType;
 use smallcap::retrieval::Retriever;
 use smallcap::retrieved::{image_id, RetrievedCaptions};
 use smallcap::GenerationConfig;
@@ -22,6 +23,10 @@ pub struct CaptionArgs {
     /// folder's own files, else the hub's gpt2).
     #[arg(long)]
     tokenizer: Option<String>,
+    /// How the decoder's weights are kept in memory: f32 (the reference's results), or f16 or
+    /// bf16 (half the memory read per decoding step; captions may differ slightly).
+    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+    decoder_weights: WeightType,
     /// Images to caption.
     images: Vec<PathBuf>,
     /// Also caption every image file in this folder (sorted by name).
@@ -118,7 +123,12 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let captioner = Captioner::from_specs(&args.model, args.tokenizer.as_deref(), &device)?;
+    let captioner = Captioner::from_specs_with_weights(
+        &args.model,
+        args.tokenizer.as_deref(),
+        &device,
+        args.decoder_weights,
+    )?;
     if retrieved.is_none() && retriever.is_none() && args.captions.is_empty() && !args.no_retrieval
     {
         bail!("give the prompt captions: --datastore DIR, --retrieved FILE, --captions TEXT (repeatable), or --no-retrieval");

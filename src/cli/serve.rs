@@ -11,6 +11,7 @@ use clap::Args;
 use std::sync::Arc;
 
 use smallcap::captioner::Captioner;
+use smallcap::models::packed_linear::WeightType;
 use smallcap::retrieval::RetrievalEncoder;
 use smallcap::server::datastores::{DatastoreSet, RetrievalBackend};
 use smallcap::server::{Models, Server, ServerConfig};
@@ -25,6 +26,10 @@ pub struct ServeArgs {
     /// folder's own files, else the hub's gpt2).
     #[arg(long)]
     tokenizer: Option<String>,
+    /// How the decoder's weights are kept in memory: f32 (the reference's results), or f16 or
+    /// bf16 (half the memory read per decoding step; captions may differ slightly).
+    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+    decoder_weights: WeightType,
     /// A datastore to retrieve from, `[NAME=]DIR` (repeatable; the first is the default; the
     /// name defaults to the folder's name).
     #[arg(long = "datastore", value_name = "[NAME=]DIR")]
@@ -127,8 +132,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = std::net::TcpListener::bind(&args.addr)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let (model, tokenizer) = (args.model.clone(), args.tokenizer.clone());
+    let weights = args.decoder_weights;
     let server = Server::start(listener, config, move || {
-        let captioner = Captioner::from_specs(&model, tokenizer.as_deref(), &Device::Cpu)?;
+        let captioner = Captioner::from_specs_with_weights(
+            &model,
+            tokenizer.as_deref(),
+            &Device::Cpu,
+            weights,
+        )?;
         let retrieval: Option<Arc<dyn RetrievalBackend>> = match encoder_spec {
             Some(spec) => {
                 let encoder = RetrievalEncoder::load(&spec, &Device::Cpu)?;

@@ -11,33 +11,57 @@
 //! image's result does not depend on what it is batched with. Cross-attention keys and values are
 //! computed once per image ([`Gpt2::cross_kv`]), not once per step.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
 use crate::models::frozen_matmul::frozen_matmul;
+use crate::models::packed_linear::{PackedLinear, WeightType};
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]
 pub struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
+    weights: Conv1DWeights,
+}
+
+#[derive(Debug, Clone)]
+enum Conv1DWeights {
+    /// As loaded: trainable or frozen, any device.
+    Dense { weight: Tensor, bias: Tensor },
+    /// Frozen and packed for decoding on the CPU (see [`PackedLinear`]); shared by clones.
+    Packed(Arc<PackedLinear>),
 }
 
 impl Conv1D {
     pub fn load(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            weight: vb.get((d_in, d_out), "weight")?,
-            bias: vb.get(d_out, "bias")?,
+            weights: Conv1DWeights::Dense {
+                weight: vb.get((d_in, d_out), "weight")?,
+                bias: vb.get(d_out, "bias")?,
+            },
         })
+    }
+
+    /// Packs the weight for decoding (once; a packed layer stays as it is).
+    fn pack(&mut self, ty: WeightType) -> candle_core::Result<()> {
+        if let Conv1DWeights::Dense { weight, bias } = &self.weights {
+            let packed = PackedLinear::pack(weight, Some(bias), ty)?;
+            self.weights = Conv1DWeights::Packed(Arc::new(packed));
+        }
+        Ok(())
     }
 }
 
 impl Module for Conv1D {
     /// `xs` is `[N, in]`. A frozen weight gets no gradient (see [`frozen_matmul`]).
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        frozen_matmul(xs, &self.weight)?.broadcast_add(&self.bias)
+        match &self.weights {
+            Conv1DWeights::Dense { weight, bias } => frozen_matmul(xs, weight)?.broadcast_add(bias),
+            Conv1DWeights::Packed(packed) => packed.forward(xs),
+        }
     }
 }
 
@@ -152,11 +176,20 @@ pub struct Gpt2 {
     blocks: Vec<Block>,
     ln_f: Ln,
     lm_head: Tensor,
-    /// A frozen `lm_head` transposed to `[n_embd, vocab]` once at load: gemm streams a row-major
-    /// right-hand side several times faster than a transposed view, and decoding reads the whole
-    /// head at every step. `None` when the head trains (tied to a trainable `wte`).
-    lm_head_t: Option<Tensor>,
+    /// How decoding multiplies by a frozen `lm_head` (`None` when the head trains, tied to a
+    /// trainable `wte`). Decoding reads the whole head at every step.
+    frozen_head: Option<FrozenHead>,
     cfg: DecoderConfig,
+}
+
+/// A frozen LM head laid out for decoding.
+#[derive(Debug, Clone)]
+enum FrozenHead {
+    /// Transposed to `[n_embd, vocab]` once at load: gemm streams a row-major right-hand side
+    /// several times faster than a transposed view.
+    RowMajor(Tensor),
+    /// Packed by [`Gpt2::pack_for_decoding`].
+    Packed(Arc<PackedLinear>),
 }
 
 /// One image's decoding state: its rows (beams), self-attention cache and cross-attention K/V.
@@ -235,10 +268,10 @@ impl Gpt2 {
             wpe: t.get((cfg.n_positions, e), "wpe.weight")?,
             blocks,
             ln_f: layer_norm(t.pp("ln_f"), e, eps)?,
-            lm_head_t: if lm_head.track_op() {
+            frozen_head: if lm_head.track_op() {
                 None
             } else {
-                Some(lm_head.t()?.contiguous()?)
+                Some(FrozenHead::RowMajor(lm_head.t()?.contiguous()?))
             },
             lm_head,
             cfg: cfg.clone(),
@@ -247,6 +280,33 @@ impl Gpt2 {
 
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
+    }
+
+    /// Packs every frozen linear layer and the LM head for decoding on the CPU, in `ty`
+    /// (see [`PackedLinear`]): the decoder can then only decode, not train. Does nothing on
+    /// other devices; layers already packed stay as they are.
+    pub fn pack_for_decoding(&mut self, ty: WeightType) -> candle_core::Result<()> {
+        if !self.wte.device().is_cpu() {
+            return Ok(());
+        }
+        for block in &mut self.blocks {
+            for layer in [
+                &mut block.attn.c_attn,
+                &mut block.attn.c_proj,
+                &mut block.crossattention.q_attn,
+                &mut block.crossattention.c_attn,
+                &mut block.crossattention.c_proj,
+                &mut block.mlp.c_fc,
+                &mut block.mlp.c_proj,
+            ] {
+                layer.pack(ty)?;
+            }
+        }
+        if let Some(FrozenHead::RowMajor(head_t)) = &self.frozen_head {
+            let packed = PackedLinear::pack(head_t, None, ty)?;
+            self.frozen_head = Some(FrozenHead::Packed(Arc::new(packed)));
+        }
+        Ok(())
     }
 
     /// Starts a sequence for one image from its `encoder_hidden_states` `[S, n_embd]`:
@@ -378,8 +438,9 @@ impl Gpt2 {
         } else {
             self.ln_f.inner.forward(hidden)?
         };
-        match &self.lm_head_t {
-            Some(head_t) if !training => h.matmul(head_t),
+        match &self.frozen_head {
+            Some(FrozenHead::RowMajor(head_t)) if !training => h.matmul(head_t),
+            Some(FrozenHead::Packed(head)) if !training => head.forward(&h),
             _ => frozen_matmul(&h, &self.lm_head.t()?),
         }
     }

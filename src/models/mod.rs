@@ -9,6 +9,7 @@ pub mod clip_vision;
 pub mod dropout;
 pub mod frozen_matmul;
 pub mod gpt2;
+pub mod packed_linear;
 pub mod smallcap;
 
 pub use clip_vision::ClipVision;

@@ -10,6 +10,7 @@ use crate::checkpoint::StateDict;
 use crate::config::SmallCapConfig;
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
+use crate::models::packed_linear::WeightType;
 use crate::models::{ClipVision, Gpt2};
 
 #[derive(Debug, Clone)]
@@ -56,6 +57,13 @@ impl SmallCap {
             encoder,
             decoder,
         })
+    }
+
+    /// Lays the decoder's frozen weights out for decoding on the CPU, in f32 (the reference's
+    /// results) or, as an option, f16 or bf16 (half the memory read per step). The model can
+    /// then caption but not train.
+    pub fn pack_decoder(&mut self, ty: WeightType) -> Result<()> {
+        Ok(self.decoder.pack_for_decoding(ty)?)
     }
 
     /// `pixel_values` `[B, 3, H, W]` → `encoder_hidden_states` `[B, tokens, n_embd]`.

@@ -401,7 +401,7 @@ impl Trainer {
                 "loss {loss_value:.4}  lr {lr:.3e}  {sps:.1} samples/s"
             ));
             bar.inc(1);
-            let epoch_end = self.state.global_step % spe == 0;
+            let epoch_end = self.state.global_step.is_multiple_of(spe);
             if epoch_end || self.state.global_step == end {
                 let report = if epoch_end { self.validate()? } else { None };
                 if let Some(r) = &report {
