@@ -41,6 +41,9 @@ pub struct Prepared {
     pub pixel_values: Tensor,
     pub prompt_ids: Vec<u32>,
     pub retrieved_captions: Vec<String>,
+    /// The vision tower's `last_hidden_state` `[tokens, n_embd]` when already computed (see
+    /// [`Captioner::encode`]); otherwise [`Captioner::caption`] encodes the pixels.
+    pub encoder_hidden_states: Option<Tensor>,
 }
 
 /// One image's result.
@@ -186,7 +189,15 @@ impl Captioner {
             pixel_values,
             prompt_ids,
             retrieved_captions,
+            encoder_hidden_states: None,
         })
+    }
+
+    /// The vision tower on one image's `pixel_values` `[3, size, size]`: its
+    /// `encoder_hidden_states` `[tokens, n_embd]`, for reuse (retrieval from the same tower,
+    /// [`Prepared::encoder_hidden_states`]).
+    pub fn encode(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        Ok(self.model.encode(&pixel_values.unsqueeze(0)?)?.squeeze(0)?)
     }
 
     /// Captions a batch: one encoder pass over all images, then decoding with every step shared.
@@ -198,18 +209,33 @@ impl Captioner {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let pixels: Vec<&Tensor> = items.iter().map(|p| &p.pixel_values).collect();
-        let states = self.model.encode(&Tensor::stack(&pixels, 0)?)?;
-        let requests = items
+        // One encoder pass over the images not encoded yet.
+        let pixels: Vec<&Tensor> = items
             .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                Ok(Request {
-                    prompt_ids: &p.prompt_ids,
-                    encoder_hidden_states: states.get(i)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .filter(|p| p.encoder_hidden_states.is_none())
+            .map(|p| &p.pixel_values)
+            .collect();
+        let mut fresh = Vec::with_capacity(pixels.len());
+        if !pixels.is_empty() {
+            let encoded = self.model.encode(&Tensor::stack(&pixels, 0)?)?;
+            for i in 0..pixels.len() {
+                fresh.push(encoded.get(i)?);
+            }
+        }
+        let mut fresh = fresh.into_iter();
+        let mut requests = Vec::with_capacity(items.len());
+        for p in items {
+            let states = match &p.encoder_hidden_states {
+                Some(states) => states.clone(),
+                None => fresh
+                    .next()
+                    .ok_or_else(|| Error::Input("an image was not encoded".into()))?,
+            };
+            requests.push(Request {
+                prompt_ids: &p.prompt_ids,
+                encoder_hidden_states: states,
+            });
+        }
         let generated = generate(&self.model.decoder, &requests, generation)?;
         items
             .iter()

@@ -114,3 +114,115 @@ fn reusing_the_captioning_vision_tower_gives_the_encoder_queries() {
         .to_string();
     assert!(e.contains("does not share"), "{e}");
 }
+
+fn smallcap() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"));
+    c.env_remove("HF_ENDPOINT").env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+fn run(c: &mut std::process::Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `smallcap caption --datastore D --share-vision-tower`, or without the option.
+fn caption_with_store(
+    store: &std::path::Path,
+    encoder: &std::path::Path,
+    share: bool,
+) -> std::process::Output {
+    let mut c = smallcap();
+    c.arg("caption")
+        .arg("--model")
+        .arg(fixture("model"))
+        .arg("--tokenizer")
+        .arg(fixture("tokenizer"))
+        .arg("--datastore")
+        .arg(store)
+        .arg("--retrieval-encoder")
+        .arg(encoder);
+    if share {
+        c.arg("--share-vision-tower");
+    }
+    for n in [
+        "chelsea.png",
+        "synth_0_640x480_RGB.jpg",
+        "synth_3_300x301_L.png",
+    ] {
+        c.arg(fixture(&format!("images/{n}")));
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn caption_can_retrieve_with_the_captioning_vision_tower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let encoder = tmp.path().join("clip");
+    std::fs::create_dir(&encoder).unwrap();
+    tiny_clip_model(&encoder);
+    let captions = tmp.path().join("captions.txt");
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "caption number {i} of a {} thing",
+                ["red", "blue", "small", "round"][i % 4]
+            )
+        })
+        .collect();
+    std::fs::write(&captions, lines.join("\n")).unwrap();
+    let store = tmp.path().join("store");
+    run(smallcap()
+        .args(["datastore", "build", "--captions"])
+        .arg(&captions)
+        .arg("--encoder")
+        .arg(&encoder)
+        .arg("--out")
+        .arg(&store));
+
+    // The shared tower gives the queries of the full retrieval encoder (checked above), so the
+    // same captions are retrieved and the same captions generated.
+    let parse = |out: std::process::Output| -> Vec<serde_json::Value> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let own = parse(caption_with_store(&store, &encoder, false));
+    let shared = parse(caption_with_store(&store, &encoder, true));
+    assert_eq!(own.len(), 3);
+    assert_eq!(own, shared);
+    let retrieved = own[0]["retrieved_captions"].as_array().unwrap();
+    assert_eq!(retrieved.len(), 4);
+
+    // A retrieval encoder whose vision tower is not the captioner's is refused.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    tiny_clip_model(&other);
+    let path = other.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let key = "vision_model.encoder.layers.0.mlp.fc1.weight";
+    let noise = Tensor::randn(0f32, 0.5, t[key].shape(), &Device::Cpu).unwrap();
+    let changed = (t[key].clone() + noise).unwrap();
+    t.insert(key.into(), changed);
+    candle_core::safetensors::save(&t, &path).unwrap();
+    // Same text tower and projections: the store built above still suits it.
+    let out = caption_with_store(&store, &other, true);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not have the captioning encoder's vision tower"),
+        "{err}"
+    );
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::bail;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use clap::Args;
 
 use smallcap::captioner::{Captioner, Prepared, Retrieval};
@@ -43,6 +43,12 @@ pub struct CaptionArgs {
     /// OpenAI CLIP file such as RN50x64.pt, or a HF CLIPModel folder / hub id.
     #[arg(long, requires = "datastore")]
     retrieval_encoder: Option<String>,
+    /// Retrieve with the captioning encoder's own vision tower: the query is the retrieval
+    /// encoder's projection of the captioner's encoder states, so each image is encoded once.
+    /// Needs a Hugging Face CLIPModel retrieval encoder with the same tower (SmallCap's is
+    /// openai/clip-vit-base-patch32), checked on the first image.
+    #[arg(long, requires = "datastore")]
+    share_vision_tower: bool,
     /// Captions to put in every image's prompt (repeatable).
     #[arg(long = "captions", conflicts_with = "no_retrieval")]
     captions: Vec<String>,
@@ -69,6 +75,29 @@ pub struct CaptionArgs {
     /// Also write COCO results `[{"image_id", "caption"}]` to this file.
     #[arg(long)]
     coco_results: Option<PathBuf>,
+}
+
+/// `--share-vision-tower` is only right when the retrieval encoder's vision tower is the
+/// captioner's: on the same pixels, the query from the captioner's states must equal the
+/// retrieval encoder's own image embedding.
+fn check_shared_tower(r: &Retriever, pixels: &Tensor, states: &Tensor) -> anyhow::Result<()> {
+    let shared = r
+        .encoder()
+        .encode_from_vision_states(&states.unsqueeze(0)?)?;
+    let own = r.encoder().encode_image_tensor(&pixels.unsqueeze(0)?)?;
+    let diff = shared
+        .iter()
+        .zip(&own)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // Both are unit vectors from the same tower and pixels: they differ only by rounding.
+    if shared.len() != own.len() || diff > 1e-4 {
+        bail!(
+            "--share-vision-tower: the retrieval encoder {} does not have the captioning encoder's vision tower (its image embedding differs by {diff:.3e}); drop the option or use the captioning encoder's CLIP",
+            r.encoder().identity()
+        );
+    }
+    Ok(())
 }
 
 /// One line of output, in the documented key order.
@@ -143,8 +172,25 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
 
     let progress = super::progress_bar(images.len(), "images");
 
+    let tower_checked = std::sync::atomic::AtomicBool::new(false);
     let prepare = |path: &Path| -> anyhow::Result<Prepared> {
         let image = smallcap_image::load(path)?;
+        if let (Some(r), true) = (&retriever, args.share_vision_tower) {
+            let pixels = captioner.pixel_values(&image.to_rgb())?;
+            let states = captioner.encode(&pixels)?;
+            if !tower_checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                check_shared_tower(r, &pixels, &states)?;
+            }
+            let found = r.retrieve_from_vision_states(&states.unsqueeze(0)?, args.k)?;
+            let captions = found.into_iter().next().map(|f| f.captions);
+            let mut prepared = captioner.prepare(
+                pixels,
+                Retrieval::Captions(captions.unwrap_or_default()),
+                args.k,
+            )?;
+            prepared.encoder_hidden_states = Some(states);
+            return Ok(prepared);
+        }
         let retrieval = if args.no_retrieval {
             Retrieval::None
         } else if let Some(r) = &retriever {

@@ -12,7 +12,7 @@ pub mod encoder;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use smallcap_datastore::captions::read_captions;
 use smallcap_datastore::pgvector::PgStore;
 use smallcap_datastore::{CaptionRecord, Datastore, FaissIndex};
@@ -336,6 +336,14 @@ impl Retriever {
         k: usize,
     ) -> Result<Vec<Retrieved>> {
         let q = self.encoder.encode_images(images)?;
+        self.search(&q, k, None)
+    }
+
+    /// Top-k captions of each image from the captioning encoder's `last_hidden_state`
+    /// `[B, tokens, width]`, for a Hugging Face CLIP retrieval encoder with the same vision tower
+    /// (see [`RetrievalEncoder::encode_from_vision_states`]).
+    pub fn retrieve_from_vision_states(&self, states: &Tensor, k: usize) -> Result<Vec<Retrieved>> {
+        let q = self.encoder.encode_from_vision_states(states)?;
         self.search(&q, k, None)
     }
 
