@@ -201,6 +201,80 @@ fn interrupted_build_resumes_to_the_same_store() {
 }
 
 #[test]
+fn interrupted_add_resumes_and_a_finished_add_is_not_repeated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let all: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(rfix("datastore_captions.json")).unwrap())
+            .unwrap();
+    assert!(all.len() > 300, "{} captions", all.len());
+    let write = |name: &str, caps: &[String]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, serde_json::to_string(caps).unwrap()).unwrap();
+        p
+    };
+    let (head, tail) = (
+        write("head.json", &all[..200]),
+        write("tail.json", &all[200..]),
+    );
+    let whole = tmp.path().join("whole");
+    run(&mut build(&whole, &rfix("datastore_captions.json"), &[]));
+    let out = tmp.path().join("grown");
+    run(&mut build(&out, &head, &[]));
+    let add = |extra: &[&str]| {
+        let mut c = smallcap();
+        c.args(["datastore", "add"])
+            .arg(&out)
+            .arg("--captions")
+            .arg(&tail)
+            .args(["--batch-size", "100"])
+            .args(extra);
+        c
+    };
+    let count = |dir: &Path| -> u64 {
+        let m: Value =
+            serde_json::from_slice(&run(smallcap().args(["datastore", "info"]).arg(dir)).stdout)
+                .unwrap();
+        m["count"].as_u64().unwrap()
+    };
+    // Interrupted after one batch: the store is untouched, the work is kept.
+    let err = fail(&mut add(&["--stop-after-batches", "1"]));
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(count(&out), 200);
+    let work = tmp.path().join("grown.adding");
+    let progress = |w: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(w.join("progress.json")).unwrap()).unwrap()
+    };
+    assert_eq!(progress(&work)["batches_done"], 1);
+    // Resumed, and stopped again once every batch is encoded, before the store is written.
+    let remaining = (all.len() - 200).div_ceil(100) - 1;
+    fail(&mut add(&["--stop-after-batches", &remaining.to_string()]));
+    assert_eq!(count(&out), 200);
+    assert_eq!(progress(&work)["batches_done"], remaining as u64 + 1);
+    // Keep a copy of the finished work, as a run killed after the swap would leave it.
+    let saved = tmp.path().join("saved.adding");
+    std::fs::create_dir(&saved).unwrap();
+    for f in ["progress.json", "embeddings.f32"] {
+        std::fs::copy(work.join(f), saved.join(f)).unwrap();
+    }
+    run(&mut add(&[]));
+    assert!(!work.exists());
+    assert_eq!(count(&out), all.len() as u64);
+    // The same bytes as building all captions at once (same batches).
+    for f in ["embeddings.bin", "captions.jsonl", "captions.idx"] {
+        assert_eq!(
+            std::fs::read(whole.join(f)).unwrap(),
+            std::fs::read(out.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // The leftover work of a finished add is recognised: the captions are not added twice.
+    std::fs::rename(&saved, &work).unwrap();
+    run(&mut add(&[]));
+    assert!(!work.exists());
+    assert_eq!(count(&out), all.len() as u64);
+}
+
+#[test]
 fn filters_dedup_f16_add_export_import() {
     let tmp = tempfile::tempdir().unwrap();
     let caps = tmp.path().join("caps.txt");

@@ -10,14 +10,14 @@ use clap::{Args, Subcommand};
 
 use smallcap::hub;
 use smallcap::retrieval::build::{
-    build_datastore, dedup, encode_captions, filter_by_gpt2_length, BuildOptions,
+    add_to_datastore, build_datastore, dedup, filter_by_gpt2_length, BuildOptions,
     MAX_CAPTION_TOKENS,
 };
 use smallcap::retrieval::RetrievalEncoder;
 use smallcap::Gpt2Tokenizer;
 use smallcap_datastore::captions::read_captions;
 use smallcap_datastore::store::StoreOptions;
-use smallcap_datastore::{Datastore, Dtype, VectorSet};
+use smallcap_datastore::{Datastore, Dtype};
 
 #[derive(Args)]
 pub struct DatastoreArgs {
@@ -104,6 +104,9 @@ struct AddArgs {
     encoder: Option<String>,
     #[command(flatten)]
     filter: FilterArgs,
+    /// Stop after this many batches (simulates an interrupted add).
+    #[arg(long, hide = true)]
+    stop_after_batches: Option<usize>,
 }
 
 #[derive(Args)]
@@ -216,23 +219,18 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
                     .to_string(),
             };
             let encoder = RetrievalEncoder::load(&spec, &device)?;
-            // Refuse an encoder from another embedding space.
-            let ds = smallcap::retrieval::Retriever::new(
-                encoder,
-                smallcap::retrieval::CaptionStore::Datastore(ds),
-            )?;
             let caps = load_captions(&a.captions, &a.filter)?;
             let bar = super::progress_bar(caps.len(), "captions");
-            let rows = encode_captions(ds.encoder(), &caps, a.filter.batch_size, |d, _| {
-                bar.set_position(d as u64)
+            let opts = BuildOptions {
+                batch_size: a.filter.batch_size,
+                dtype: ds.dtype(),
+                stop_after_batches: a.stop_after_batches,
+            };
+            let store = add_to_datastore(&encoder, ds, &caps, &opts, |done, _| {
+                bar.set_position(done as u64)
             });
             bar.finish_and_clear();
-            let rows = rows?;
-            let dim = ds.encoder().dim();
-            let smallcap::retrieval::CaptionStore::Datastore(store) = ds.into_store() else {
-                unreachable!("built from a datastore")
-            };
-            let store = store.add(&VectorSet::from_f32(&rows, dim)?, &caps)?;
+            let store = store?;
             eprintln!("{}: {} captions", a.dir.display(), store.len());
         }
         DatastoreCommand::Info(a) => {

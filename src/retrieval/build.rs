@@ -7,7 +7,8 @@
 //! records what is being built (encoder identity, caption checksum, batch size); running the
 //! same build again continues after the last recorded batch. The store itself is written by
 //! [`Datastore::create`] (`<out>.partial`, then one rename), so `out` appears complete or not
-//! at all; the work folder is removed afterwards.
+//! at all; the work folder is removed afterwards. Adding captions to a store works the same way
+//! through `<dir>.adding` ([`add_to_datastore`]).
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
@@ -71,7 +72,7 @@ impl Default for BuildOptions {
     }
 }
 
-/// `<out>.building/progress.json`.
+/// `progress.json` of a work folder.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Progress {
     encoder: String,
@@ -80,6 +81,16 @@ struct Progress {
     captions_sha256: String,
     batch_size: usize,
     batches_done: usize,
+    /// For `add`: the store the captions are appended to, as it was when the add began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<AddBase>,
+}
+
+/// The store an add appends to: its size and embeddings checksum before the add.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct AddBase {
+    count: usize,
+    embeddings_sha256: String,
 }
 
 fn captions_digest(captions: &[CaptionRecord]) -> String {
@@ -100,47 +111,45 @@ fn captions_digest(captions: &[CaptionRecord]) -> String {
 
 /// The work folder of a build of `out`.
 pub fn work_dir(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".building");
+    with_suffix(out, ".building")
+}
+
+/// The work folder of an add to the store at `dir`.
+pub fn add_work_dir(dir: &Path) -> PathBuf {
+    with_suffix(dir, ".adding")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
     PathBuf::from(s)
 }
 
-/// Encodes `captions` with `encoder` and writes a new datastore at `out` (which must not
-/// exist), resuming an interrupted build of the same captions with the same encoder and batch
-/// size. `progress(done, total)` is called after each batch.
-pub fn build_datastore(
-    encoder: &RetrievalEncoder,
-    captions: &[CaptionRecord],
-    out: &Path,
-    opts: &BuildOptions,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Datastore> {
+fn check_options(captions: &[CaptionRecord], opts: &BuildOptions) -> Result<()> {
     if captions.is_empty() {
-        return Err(Error::Input("no captions to build a datastore from".into()));
+        return Err(Error::Input("no captions to encode".into()));
     }
     if opts.batch_size == 0 {
         return Err(Error::Input("the batch size must be at least 1".into()));
     }
-    if out.exists() {
-        return Err(Error::Input(format!(
-            "{} already exists; remove it or choose another folder",
-            out.display()
-        )));
-    }
-    let dim = encoder.dim();
-    let work = work_dir(out);
-    let want = Progress {
-        encoder: encoder.identity(),
-        dim,
-        count: captions.len(),
-        captions_sha256: captions_digest(captions),
-        batch_size: opts.batch_size,
-        batches_done: 0,
-    };
+    Ok(())
+}
+
+/// Encodes `captions` into `work/embeddings.f32` (little-endian f32 rows), batch by batch,
+/// continuing after the last batch recorded in `work/progress.json` when that records the same
+/// work (`want` with any `batches_done`); any other work folder is started over.
+fn encode_resumably(
+    encoder: &RetrievalEncoder,
+    captions: &[CaptionRecord],
+    work: &Path,
+    want: &Progress,
+    opts: &BuildOptions,
+    progress: &mut impl FnMut(usize, usize),
+) -> Result<PathBuf> {
     let progress_path = work.join("progress.json");
     let emb_path = work.join("embeddings.f32");
     let nbatches = captions.len().div_ceil(opts.batch_size);
-    let row_bytes = (dim * 4) as u64;
+    let row_bytes = (want.dim * 4) as u64;
     let rows_of = |batches: usize| (batches * opts.batch_size).min(captions.len()) as u64;
     let mut done = 0usize;
     if let Ok(text) = fs::read_to_string(&progress_path) {
@@ -150,23 +159,23 @@ pub fn build_datastore(
                 if Progress {
                     batches_done: 0,
                     ..p.clone()
-                } == want
+                } == *want
                     && p.batches_done <= nbatches
                     && on_disk >= rows_of(p.batches_done) * row_bytes =>
             {
                 done = p.batches_done
             }
             _ => tracing::warn!(
-                "{} holds another build (different captions, encoder or batch size); starting over",
+                "{} holds other work (different captions, encoder, batch size or store); starting over",
                 work.display()
             ),
         }
     }
     if done == 0 {
         if work.exists() {
-            fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+            fs::remove_dir_all(work).map_err(|e| Error::io(work, e))?;
         }
-        fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+        fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
     }
     let mut emb = OpenOptions::new()
         .create(true)
@@ -201,19 +210,144 @@ pub fn build_datastore(
             captions.len(),
         );
     }
-    drop(emb);
-    let file = fs::File::open(&emb_path).map_err(|e| Error::io(&emb_path, e))?;
-    // SAFETY: the file is private to this build and not modified while mapped.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&emb_path, e))?;
+    if opts.stop_after_batches == Some(nbatches - done) {
+        return Err(Error::Interrupted(format!(
+            "stopped after encoding all {nbatches} batches, before writing the store; run the same command again to finish"
+        )));
+    }
+    Ok(emb_path)
+}
+
+/// Runs `f` on the f32 rows of a finished `embeddings.f32`.
+fn with_rows<T>(
+    emb_path: &Path,
+    dim: usize,
+    f: impl FnOnce(&VectorSet<'_>) -> Result<T>,
+) -> Result<T> {
+    let file = fs::File::open(emb_path).map_err(|e| Error::io(emb_path, e))?;
+    // SAFETY: the file is private to this work folder and not modified while mapped.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(emb_path, e))?;
     let set = VectorSet::from_le_bytes(&map, dim, Dtype::F32)?;
+    f(&set)
+}
+
+fn new_progress(
+    encoder: &RetrievalEncoder,
+    captions: &[CaptionRecord],
+    opts: &BuildOptions,
+) -> Progress {
+    Progress {
+        encoder: encoder.identity(),
+        dim: encoder.dim(),
+        count: captions.len(),
+        captions_sha256: captions_digest(captions),
+        batch_size: opts.batch_size,
+        batches_done: 0,
+        base: None,
+    }
+}
+
+/// Encodes `captions` with `encoder` and writes a new datastore at `out` (which must not
+/// exist), resuming an interrupted build of the same captions with the same encoder and batch
+/// size. `progress(done, total)` is called after each batch.
+pub fn build_datastore(
+    encoder: &RetrievalEncoder,
+    captions: &[CaptionRecord],
+    out: &Path,
+    opts: &BuildOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Datastore> {
+    check_options(captions, opts)?;
+    if out.exists() {
+        return Err(Error::Input(format!(
+            "{} already exists; remove it or choose another folder",
+            out.display()
+        )));
+    }
+    let work = work_dir(out);
+    let want = new_progress(encoder, captions, opts);
+    let emb_path = encode_resumably(encoder, captions, &work, &want, opts, &mut progress)?;
     let store_opts = StoreOptions {
         encoder: want.encoder.clone(),
         dtype: opts.dtype,
     };
-    let ds = Datastore::create(out, &store_opts, &set, captions)?;
-    drop(map);
+    let ds = with_rows(&emb_path, want.dim, |set| {
+        Ok(Datastore::create(out, &store_opts, set, captions)?)
+    })?;
     fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     Ok(ds)
+}
+
+/// Encodes `captions` and appends them to `store`, resumably: the encodings go to
+/// `<dir>.adding` as in [`build_datastore`], then [`Datastore::add`] swaps in the grown store
+/// atomically. Running the same add again after an interruption continues the encoding; after
+/// a run that was stopped between the swap and the clean-up, it recognises the finished add
+/// (the store grew by exactly these captions) instead of adding them twice.
+pub fn add_to_datastore(
+    encoder: &RetrievalEncoder,
+    store: Datastore,
+    captions: &[CaptionRecord],
+    opts: &BuildOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Datastore> {
+    check_options(captions, opts)?;
+    if encoder.dim() != store.dim() {
+        return Err(Error::Input(format!(
+            "the encoder gives {}-dimensional rows; the datastore holds {}",
+            encoder.dim(),
+            store.dim()
+        )));
+    }
+    let dir = store.dir().to_path_buf();
+    super::check_recorded_encoder(encoder, store.manifest(), &dir.display().to_string())?;
+    let work = add_work_dir(&dir);
+    let mut want = new_progress(encoder, captions, opts);
+    if let Some(base) = recorded_base(&work, &want) {
+        if base.embeddings_sha256 != store.manifest().embeddings_sha256
+            && store.len() == base.count + captions.len()
+            && store_ends_with(&store, captions)?
+        {
+            fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+            progress(captions.len(), captions.len());
+            return Ok(store);
+        }
+    }
+    want.base = Some(AddBase {
+        count: store.len(),
+        embeddings_sha256: store.manifest().embeddings_sha256.clone(),
+    });
+    let emb_path = encode_resumably(encoder, captions, &work, &want, opts, &mut progress)?;
+    let grown = with_rows(&emb_path, want.dim, |set| Ok(store.add(set, captions)?))?;
+    fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    Ok(grown)
+}
+
+/// The store recorded by a finished encoding of the same captions in `work`, if any.
+fn recorded_base(work: &Path, want: &Progress) -> Option<AddBase> {
+    let text = fs::read_to_string(work.join("progress.json")).ok()?;
+    let p: Progress = serde_json::from_str(&text).ok()?;
+    let same = Progress {
+        batches_done: 0,
+        base: None,
+        ..p.clone()
+    } == *want;
+    let finished = p.batches_done == p.count.div_ceil(p.batch_size.max(1));
+    if same && finished {
+        p.base
+    } else {
+        None
+    }
+}
+
+/// Whether the store's last captions are `captions`, in order.
+fn store_ends_with(store: &Datastore, captions: &[CaptionRecord]) -> Result<bool> {
+    let start = store.len() - captions.len();
+    for (i, c) in captions.iter().enumerate() {
+        if store.caption(start + i)?.text != c.text {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -221,20 +355,4 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(&tmp, bytes)
         .and_then(|_| fs::rename(&tmp, path))
         .map_err(|e| Error::io(path, e))
-}
-
-/// Encodes captions in batches (for [`Datastore::add`]): L2-normalised rows.
-pub fn encode_captions(
-    encoder: &RetrievalEncoder,
-    captions: &[CaptionRecord],
-    batch_size: usize,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(captions.len() * encoder.dim());
-    for chunk in captions.chunks(batch_size.max(1)) {
-        let texts: Vec<&str> = chunk.iter().map(|c| c.text.as_str()).collect();
-        out.extend(encoder.encode_texts(&texts)?);
-        progress(out.len() / encoder.dim(), captions.len());
-    }
-    Ok(out)
 }

@@ -185,6 +185,22 @@ pub struct Retriever {
     store: CaptionStore,
 }
 
+/// Refuses a datastore whose manifest records another encoder model than `encoder`.
+pub(crate) fn check_recorded_encoder(
+    encoder: &RetrievalEncoder,
+    manifest: &smallcap_datastore::Manifest,
+    store_name: &str,
+) -> Result<()> {
+    let recorded = RetrievalEncoder::description_of_identity(&manifest.encoder);
+    if recorded.contains(':') && recorded != encoder.description() {
+        return Err(Error::Input(format!(
+            "the datastore {store_name} was built with {recorded}, not {}",
+            encoder.description()
+        )));
+    }
+    Ok(())
+}
+
 impl Retriever {
     /// Pairs an encoder with a store; their dimensions must agree, and a datastore that records
     /// a different encoder model is refused.
@@ -199,14 +215,7 @@ impl Retriever {
             )));
         }
         if let Some(manifest) = store.manifest() {
-            let recorded = RetrievalEncoder::description_of_identity(&manifest.encoder);
-            if recorded.contains(':') && recorded != encoder.description() {
-                return Err(Error::Input(format!(
-                    "the datastore {} was built with {recorded}, not {}",
-                    store.name(),
-                    encoder.description()
-                )));
-            }
+            check_recorded_encoder(&encoder, manifest, &store.name())?;
         }
         Ok(Self { encoder, store })
     }
