@@ -43,6 +43,44 @@ const ALLOWED_GLOBALS: &[(&str, &str)] = &[
     ("torch.jit._pickle", "build_tensorlist"),
 ];
 
+/// Inserts the buffers the reference's `state_dict` holds beside the weights (transformers
+/// 4.21.1): `encoder.embeddings.position_ids` (`arange`, i64 `[1, tokens]`) after the class
+/// embedding, and per decoder block `attn.bias` / `crossattention.bias` (the causal mask, u8
+/// `[1, 1, n_positions, n_positions]`) and `attn.masked_bias` / `crossattention.masked_bias`
+/// (f32 scalar -1e4) before the module's `c_attn.weight`. The model never reads them; a
+/// checkpoint that has them loads into the reference without "newly initialized" warnings.
+pub fn with_reference_buffers(
+    tensors: Vec<(String, Tensor)>,
+    cfg: &SmallCapConfig,
+) -> Result<Vec<(String, Tensor)>> {
+    let cpu = Device::Cpu;
+    let tokens = cfg.encoder.num_positions();
+    let position_ids = Tensor::arange(0i64, tokens as i64, &cpu)?.reshape((1, tokens))?;
+    let n = cfg.decoder.n_positions;
+    let causal: Vec<u8> = (0..n * n).map(|i| u8::from(i % n <= i / n)).collect();
+    let mask = Tensor::from_vec(causal, (1, 1, n, n), &cpu)?;
+    let masked_bias = Tensor::new(-1e4f32, &cpu)?;
+    let mut out = Vec::with_capacity(tensors.len() + 1 + 4 * cfg.decoder.n_layer);
+    for (name, t) in tensors {
+        let module = name
+            .strip_suffix(".c_attn.weight")
+            .filter(|m| m.ends_with(".attn") || m.ends_with(".crossattention"));
+        if let Some(module) = module {
+            out.push((format!("{module}.bias"), mask.clone()));
+            out.push((format!("{module}.masked_bias"), masked_bias.clone()));
+        }
+        let class = name == "encoder.embeddings.class_embedding";
+        out.push((name, t));
+        if class {
+            out.push((
+                "encoder.embeddings.position_ids".into(),
+                position_ids.clone(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// A tensor the model reads, with the shape the config implies.
 #[derive(Debug, Clone)]
 pub struct ExpectedTensor {

@@ -212,3 +212,46 @@ fn pickle_that_calls_code_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn written_buffers_equal_the_reference_checkpoints() {
+    // The fixture's pytorch_model.bin was saved by the reference: its buffers are the truth.
+    let all =
+        smallcap::checkpoint::read_state_dict(&fixture("model/pytorch_model.bin"), &Device::Cpu)
+            .unwrap();
+    let is_buffer = |k: &str| {
+        k.ends_with("attn.bias")
+            || k.ends_with("crossattention.bias")
+            || k.ends_with("masked_bias")
+            || k.ends_with("position_ids")
+    };
+    let mut weights: Vec<(String, Tensor)> = smallcap::checkpoint::expected_tensors(&config())
+        .into_iter()
+        .map(|t| (t.name.clone(), all[&t.name].clone()))
+        .collect();
+    let head = "decoder.lm_head.weight".to_string();
+    weights.push((head.clone(), all[&head].clone()));
+    let written = smallcap::checkpoint::with_reference_buffers(weights, &config()).unwrap();
+    let buffers: Vec<&(String, Tensor)> = written.iter().filter(|(k, _)| is_buffer(k)).collect();
+    let want: Vec<&String> = all.keys().filter(|k| is_buffer(k)).collect();
+    assert_eq!(buffers.len(), want.len());
+    assert_eq!(written.len(), all.len());
+    for (name, t) in buffers {
+        let r = &all[name];
+        // (The reader gives every tensor as f32; the written storage types are checked in
+        // train_cli against the reference's.)
+        assert_eq!(t.dims(), r.dims(), "{name}");
+        let same = t
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .eq(&r.to_dtype(candle_core::DType::F64).unwrap())
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(same, 1.0, "{name}");
+    }
+}

@@ -249,6 +249,15 @@ fn checkpoints_load_from_both_weight_files_and_resume_matches_an_uninterrupted_r
 
     // The checkpoint loads from model.safetensors and from pytorch_model.bin alike.
     let ck = full.join("checkpoint-6");
+    // Every file is as readable as a plainly written one (config.json).
+    let mode = |f: &str| std::fs::metadata(ck.join(f)).unwrap().permissions();
+    for f in [
+        "model.safetensors",
+        "pytorch_model.bin",
+        "optimizer.safetensors",
+    ] {
+        assert_eq!(mode(f), mode("config.json"), "{f}");
+    }
     let cfg = smallcap::SmallCapConfig::from_file(&ck.join("config.json")).unwrap();
     let a = smallcap::checkpoint::StateDict::load_file(
         &ck.join("model.safetensors"),
@@ -338,10 +347,11 @@ class U(pickle.Unpickler):
         kind, cls, key, loc, numel = pid
         assert kind == 'storage' and loc == 'cpu'
         size = len(z.read(prefix + 'data/' + key))
-        assert size == numel * 4, (key, size, numel)
-        return key
+        item = {'FloatStorage': 4, 'LongStorage': 8, 'ByteStorage': 1}[cls.kind]
+        assert size == numel * item, (key, size, numel)
+        return cls.kind
 sd = U(z.open(pkl)).load()
-print(json.dumps({k: v['shape'] for k, v in sd.items()}))
+print(json.dumps({k: [v['shape'], v['storage']] for k, v in sd.items()}))
 "#;
     let out = Command::new(&python)
         .arg("-c")
@@ -356,11 +366,31 @@ print(json.dumps({k: v['shape'] for k, v in sd.items()}))
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let shapes: std::collections::HashMap<String, Vec<usize>> =
+    let shapes: std::collections::HashMap<String, (Vec<usize>, String)> =
         serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(shapes.len(), tensors.len());
     for (name, t) in tensors {
-        assert_eq!(shapes[name].as_slice(), t.dims(), "{name}");
+        assert_eq!(shapes[name].0.as_slice(), t.dims(), "{name}");
+        assert_eq!(shapes[name].1, "FloatStorage", "{name}");
+    }
+    // Besides the weights, the reference's buffers (fixture model: 2 blocks, 1024 positions,
+    // 7×7 patches + the class token).
+    let mut buffers = vec![(
+        "encoder.embeddings.position_ids".to_string(),
+        (vec![1, 50], "LongStorage".to_string()),
+    )];
+    for i in 0..2 {
+        for m in ["attn", "crossattention"] {
+            let p = format!("decoder.transformer.h.{i}.{m}");
+            buffers.push((
+                format!("{p}.bias"),
+                (vec![1, 1, 1024, 1024], "ByteStorage".into()),
+            ));
+            buffers.push((format!("{p}.masked_bias"), (vec![], "FloatStorage".into())));
+        }
+    }
+    assert_eq!(shapes.len(), tensors.len() + buffers.len());
+    for (name, want) in &buffers {
+        assert_eq!(&shapes[name], want, "{name}");
     }
 }
 

@@ -573,6 +573,7 @@ impl Trainer {
                     )
                 })
                 .collect();
+            let pickled = crate::checkpoint::with_reference_buffers(pickled, &self.model.config)?;
             crate::pytorch_writer::write_state_dict(&partial.join(PYTORCH_FILE), &pickled)?;
             let opt_path = partial.join(OPTIMIZER_FILE);
             let opt_state: std::collections::HashMap<String, Tensor> = self
@@ -592,6 +593,15 @@ impl Trainer {
             let state =
                 serde_json::to_value(&self.state).map_err(|e| Error::Input(e.to_string()))?;
             write(STATE_FILE, pretty(&state)?.as_bytes())?;
+            // The weight writers create private (0600) temporary files; give every file the
+            // permissions of a plainly written one (the umask's), so a checkpoint can be shared.
+            let plain = std::fs::metadata(partial.join(STATE_FILE))
+                .map_err(|e| Error::io(&partial, e))?
+                .permissions();
+            for entry in std::fs::read_dir(&partial).map_err(|e| Error::io(&partial, e))? {
+                let path = entry.map_err(|e| Error::io(&partial, e))?.path();
+                std::fs::set_permissions(&path, plain.clone()).map_err(|e| Error::io(&path, e))?;
+            }
             Ok(())
         })();
         if let Err(e) = result {
