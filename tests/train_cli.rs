@@ -514,3 +514,52 @@ fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
         "{left:?}"
     );
 }
+
+#[test]
+fn micro_batches_give_the_whole_batch_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let feats = features(tmp.path(), 3);
+    let ret = retrieved(tmp.path(), 3);
+    let ann = annotations(tmp.path(), 3, "train");
+    let run =
+        |name: &str, extra: &[&str]| -> std::collections::HashMap<String, candle_core::Tensor> {
+            let out = tmp.path().join(name);
+            let mut a = train_args(&ann, &feats, &ret, &out);
+            a.extend(["--steps", "2", "--dropout", "0", "--no-shuffle"]);
+            a.extend(extra);
+            ok(&a);
+            candle_core::safetensors::load(out.join("checkpoint-2/model.safetensors"), &Device::Cpu)
+                .unwrap()
+        };
+    let whole = run("whole", &[]);
+    let micro = run("micro", &["--micro-batch", "1"]);
+    for (name, t) in &whole {
+        let d = (t - &micro[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = t
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // Only the order of float additions differs.
+        assert!(d <= 1e-5 * scale.max(1e-3), "{name}: differs by {d}");
+    }
+    let err = fails(&[
+        "train",
+        "--micro-batch",
+        "0",
+        "--annotations",
+        s(&ann),
+        "--out",
+        s(&tmp.path().join("x")),
+    ]);
+    assert!(err.contains("--micro-batch"), "{err}");
+}

@@ -105,6 +105,18 @@ fn samples_are_laid_out_as_the_reference_train_dataset() {
 
 #[test]
 fn three_steps_match_the_reference() {
+    three_steps(None);
+}
+
+/// The same steps with gradient accumulation over micro-batches of one and of two samples:
+/// the same losses, gradients and parameters as the reference's whole batch.
+#[test]
+fn three_steps_in_micro_batches_match_the_reference() {
+    three_steps(Some(1));
+    three_steps(Some(2));
+}
+
+fn three_steps(micro_batch: Option<usize>) {
     let exp = expected();
     let want =
         candle_core::safetensors::load(fixture("train/expected_tensors.safetensors"), &Device::Cpu)
@@ -139,15 +151,15 @@ fn three_steps_match_the_reference() {
         .collect();
     let mut opt = AdamW::new(m.params.clone(), AdamWConfig::default()).unwrap();
     for step in 0..exp.steps {
-        let loss = m.loss(&batch, &mut Dropout::off()).unwrap();
-        let l = loss.to_scalar::<f32>().unwrap() as f64;
+        let (l, mut grads) = m
+            .loss_and_gradients(&batch, micro_batch, &mut Dropout::off())
+            .unwrap();
         let rel = (l - exp.losses[step]).abs() / exp.losses[step].abs();
         assert!(
             rel < 1e-5,
-            "step {step}: loss {l} vs {} (rel {rel:e})",
+            "step {step} (micro-batch {micro_batch:?}): loss {l} vs {} (rel {rel:e})",
             exp.losses[step]
         );
-        let mut grads = loss.backward().unwrap();
         let norm = clip_grad_norm(&mut grads, &m.params, 1.0).unwrap();
         let want_norm = exp.grad_norms_before_clip[step];
         assert!(
@@ -163,7 +175,10 @@ fn three_steps_match_the_reference() {
                     &g.to_device(&Device::Cpu).unwrap(),
                     &want[&format!("grad.{name}")],
                 );
-                assert!(e < 1e-4, "gradient of {name}: relative error {e:e}");
+                assert!(
+                    e < 1e-4,
+                    "gradient of {name} (micro-batch {micro_batch:?}): relative error {e:e}"
+                );
             }
         }
         let lr = linear_lr(exp.lr, step as u64, exp.total_steps);

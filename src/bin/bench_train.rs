@@ -4,7 +4,7 @@
 //! batch: forward with dropout 0.1, loss, backward, clipping, HF AdamW. Reports samples per
 //! second (median over the timed steps after one warm-up step) and peak memory per batch size.
 //!
-//! `cargo run --release --bin bench_train -- [--batch 8 --batch 64] [--steps 3]`
+//! `cargo run --release --bin bench_train -- [--batch 8 --batch 64] [--steps 3] [--micro-batch 8]`
 
 #[path = "support/measure.rs"]
 mod measure;
@@ -37,6 +37,10 @@ struct Args {
     /// Timed steps per batch size (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Samples per forward/backward pass (gradient accumulation), as `smallcap train
+    /// --micro-batch`; default: the whole batch.
+    #[arg(long)]
+    micro_batch: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,10 +76,10 @@ fn main() -> anyhow::Result<()> {
         model.trainable_parameters()
     );
     println!(
-        "| batch | samples/s (median of {}) | s/step | peak RSS (MiB) |",
+        "| batch | micro-batch | samples/s (median of {}) | s/step | peak RSS (MiB) |",
         args.steps
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|");
     for &b in &args.batches {
         let mut opt = AdamW::new(model.params.clone(), AdamWConfig::default())?;
         let (mut ids, mut labels): (Vec<u32>, Vec<i64>) = (Vec::new(), Vec::new());
@@ -95,8 +99,8 @@ fn main() -> anyhow::Result<()> {
         for step in 0..=args.steps {
             let t = Instant::now();
             let mut dropout = Dropout::new(0.1, 42, step as u64, &device)?;
-            let loss = model.loss(&batch, &mut dropout)?;
-            let mut grads = loss.backward()?;
+            let (_, mut grads) =
+                model.loss_and_gradients(&batch, args.micro_batch, &mut dropout)?;
             clip_grad_norm(&mut grads, &model.params, 1.0)?;
             opt.step(&grads, 1e-4)?;
             device.synchronize()?;
@@ -107,7 +111,10 @@ fn main() -> anyhow::Result<()> {
         times.sort_by(f64::total_cmp);
         let med = times[times.len() / 2];
         println!(
-            "| {b} | {:.2} | {med:.2} | {:.0} |",
+            "| {b} | {} | {:.2} | {med:.2} | {:.0} |",
+            args.micro_batch
+                .filter(|&m| m < b)
+                .map_or("whole batch".to_string(), |m| m.to_string()),
             b as f64 / med,
             peak_rss_mib()
         );

@@ -48,6 +48,11 @@ pub struct TrainArgs {
     k: usize,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Samples per forward/backward pass, gradients accumulated over the batch: the same update
+    /// as the whole batch at once, in the memory of this many samples (default: the whole batch;
+    /// may also be given with --resume).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    micro_batch: Option<u64>,
     #[arg(long, default_value_t = 10)]
     epochs: u64,
     #[arg(long, default_value_t = 1e-4)]
@@ -125,7 +130,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             config.eos_token_id,
             config.pad_token_id,
         )?;
-        Trainer::resume(dir, data, features, &args.out, &device)?
+        let mut trainer = Trainer::resume(dir, data, features, &args.out, &device)?;
+        if let Some(m) = args.micro_batch {
+            trainer.state.options.micro_batch = Some(m as usize);
+        }
+        trainer
     } else {
         let trainable = if args.train_decoder {
             Trainable::Decoder
@@ -186,6 +195,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             dropout: args.dropout,
             max_grad_norm: 1.0,
             train_decoder: args.train_decoder,
+            micro_batch: args.micro_batch.map(|m| m as usize),
         };
         eprintln!(
             "training a model with {} trainable parameters",

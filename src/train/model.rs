@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
@@ -42,6 +43,32 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// `[B, S, n_embd]`.
     pub encoder_hidden: Tensor,
+}
+
+impl Batch {
+    /// Number of samples (rows).
+    pub fn len(&self) -> usize {
+        self.input_ids.dim(0).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of labels that enter the loss.
+    pub fn labelled(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    }
+
+    /// Samples `start..start + len`.
+    pub fn rows(&self, start: usize, len: usize) -> Result<Batch> {
+        let t = self.input_ids.dim(1)?;
+        Ok(Batch {
+            input_ids: self.input_ids.narrow(0, start, len)?,
+            labels: self.labels[start * t..(start + len) * t].to_vec(),
+            encoder_hidden: self.encoder_hidden.narrow(0, start, len)?,
+        })
+    }
 }
 
 pub struct TrainModel {
@@ -139,5 +166,50 @@ impl TrainModel {
         let targets = Tensor::new(targets.as_slice(), device)?;
         let logits = self.decoder.logits(&hidden.index_select(&rows, 0)?, true)?;
         Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+    }
+
+    /// The loss of a batch and the gradients of the trainable parameters, computed
+    /// `micro_batch` samples at a time when given (gradient accumulation, for batches whose
+    /// activations do not fit in memory). Each part's mean loss is weighted by its share of the
+    /// batch's labels, so the parts add up to the whole batch's loss and gradients (up to the
+    /// order of float additions). Dropout masks are drawn part after part, so with dropout
+    /// they differ from those of the batch in one piece.
+    pub fn loss_and_gradients(
+        &self,
+        batch: &Batch,
+        micro_batch: Option<usize>,
+        dropout: &mut Dropout,
+    ) -> Result<(f64, GradStore)> {
+        let part = micro_batch.unwrap_or(usize::MAX).max(1);
+        if part >= batch.len() {
+            let loss = self.loss(batch, dropout)?;
+            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            return Ok((value, loss.backward()?));
+        }
+        let total = batch.labelled();
+        let mut value = 0f64;
+        let mut grads = GradStore::default();
+        let mut start = 0;
+        while start < batch.len() {
+            let rows = batch.rows(start, part.min(batch.len() - start))?;
+            start += rows.len();
+            let share = rows.labelled() as f64 / total as f64;
+            if share == 0.0 {
+                continue;
+            }
+            let loss = (self.loss(&rows, dropout)? * share)?;
+            value += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let part_grads = loss.backward()?;
+            for (_, var) in &self.params {
+                if let Some(g) = part_grads.get(var.as_tensor()) {
+                    let sum = match grads.get(var.as_tensor()) {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    };
+                    grads.insert(var.as_tensor(), sum);
+                }
+            }
+        }
+        Ok((value, grads))
     }
 }

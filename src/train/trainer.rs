@@ -50,6 +50,10 @@ pub struct TrainOptions {
     pub dropout: f32,
     pub max_grad_norm: f64,
     pub train_decoder: bool,
+    /// Samples per forward and backward pass, gradients accumulated over the batch (`None`:
+    /// the whole batch at once). Bounds memory; the update is the same.
+    #[serde(default)]
+    pub micro_batch: Option<usize>,
 }
 
 impl Default for TrainOptions {
@@ -65,6 +69,7 @@ impl Default for TrainOptions {
             dropout: 0.1,
             max_grad_norm: 1.0,
             train_decoder: false,
+            micro_batch: None,
         }
     }
 }
@@ -377,15 +382,15 @@ impl Trainer {
             let t0 = Instant::now();
             let batch = Self::batch(&self.data, &self.features, indices, &self.device)?;
             let mut dropout = Dropout::new(o.dropout, o.seed, g, &self.device)?;
-            let loss = self.model.loss(&batch, &mut dropout)?;
-            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let (loss_value, mut grads) =
+                self.model
+                    .loss_and_gradients(&batch, o.micro_batch, &mut dropout)?;
             if !loss_value.is_finite() {
                 return Err(Error::Input(format!(
                     "the loss became {loss_value} at step {}",
                     g + 1
                 )));
             }
-            let mut grads = loss.backward()?;
             let grad_norm = clip_grad_norm(&mut grads, &self.model.params, o.max_grad_norm)?;
             let lr = linear_lr(o.lr, g, total);
             self.opt.step(&grads, lr)?;
