@@ -2,13 +2,14 @@
 //! coarse quantizer picks the `nprobe` closest centroids (largest inner product, or smallest L2
 //! distance for an L2 quantizer), the probed lists are scanned in that order, each list in its
 //! stored order, and the `k` entries with the largest inner product are kept. Both selections use
-//! FAISS's heap ([`crate::search`] module note), so ties come out as FAISS's do. [`build`] trains
-//! and writes such an index ([`crate::kmeans`] for the quantizer).
+//! FAISS's heap ([`crate::search`] module note), so ties come out as FAISS's do. Batches of
+//! queries read each probed list once and score it against all its queries with one GEMM.
+//! [`build`] trains and writes such an index ([`crate::kmeans`] for the quantizer).
 
 use crate::error::{Error, Result};
 use crate::faiss::{write_ivf_flat, IvfFlatIndex, Metric};
 use crate::kmeans::{nearest_centroids, KMeansParams};
-use crate::search::{check_queries, dot_le, FaissHeap, Hit, VectorSet};
+use crate::search::{block_scores, check_queries, dot_le, FaissHeap, Hit, VectorSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -52,7 +53,8 @@ pub fn search(
     let qmetric = index.quantizer_metric();
     let bytes = index.bytes();
     let row = d * 4;
-    let out = (0..nq)
+    // The probed lists of each query, in probe order.
+    let probes: Vec<Vec<usize>> = (0..nq)
         .into_par_iter()
         .map(|qi| {
             let q = &queries[qi * d..(qi + 1) * d];
@@ -64,20 +66,106 @@ pub fn search(
                 };
                 probe.push((c as i64, key));
             }
+            probe
+                .into_sorted()
+                .into_iter()
+                .map(|(c, _)| c as usize)
+                .collect()
+        })
+        .collect();
+    if nq <= FEW_QUERIES {
+        return Ok(probes
+            .par_iter()
+            .enumerate()
+            .map(|(qi, lists)| {
+                let q = &queries[qi * d..(qi + 1) * d];
+                let mut top = FaissHeap::new(k, true);
+                for &list in lists {
+                    let l = index.lists()[list];
+                    for j in 0..l.n {
+                        let code = &bytes[l.codes + j * row..l.codes + (j + 1) * row];
+                        top.push((list_id(bytes, l.ids, j), dot_le(q, code)));
+                    }
+                }
+                top.into_sorted()
+            })
+            .collect());
+    }
+    Ok(search_by_list(index, queries, &probes, k))
+}
+
+/// Up to this many queries, each query scans its lists alone; beyond, lists are scanned once for
+/// all the queries that probe them.
+const FEW_QUERIES: usize = 2;
+
+fn list_id(bytes: &[u8], ids: usize, j: usize) -> i64 {
+    i64::from_le_bytes(
+        bytes[ids + j * 8..ids + j * 8 + 8]
+            .try_into()
+            .expect("8 bytes"),
+    )
+}
+
+/// Batched search: each probed list is read once and scored against all the queries that probe
+/// it with one GEMM; then each query offers its hits to its heap in FAISS's scan order (its
+/// lists in probe order, each in stored order), so the result is the per-query scan's.
+fn search_by_list(
+    index: &IvfFlatIndex,
+    queries: &[f32],
+    probes: &[Vec<usize>],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let d = index.dim();
+    let bytes = index.bytes();
+    let mut askers: Vec<Vec<usize>> = vec![Vec::new(); index.nlist()];
+    for (qi, lists) in probes.iter().enumerate() {
+        for &list in lists {
+            askers[list].push(qi);
+        }
+    }
+    // Per probed list: its queries' scores, row-major `[queries of the list][entries]`.
+    let scored: Vec<(usize, Vec<f32>)> = askers
+        .par_iter()
+        .enumerate()
+        .filter(|(list, qs)| !qs.is_empty() && index.lists()[*list].n > 0)
+        .map(|(list, qs)| {
+            let l = index.lists()[list];
+            let codes: Vec<f32> = bytes[l.codes..l.codes + l.n * d * 4]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect();
+            let q: Vec<f32> = qs
+                .iter()
+                .flat_map(|&qi| &queries[qi * d..(qi + 1) * d])
+                .copied()
+                .collect();
+            let mut out = vec![0f32; qs.len() * l.n];
+            block_scores(&q, qs.len(), &codes, l.n, d, &mut out);
+            (list, out)
+        })
+        .collect();
+    let mut scores_of: Vec<Option<&Vec<f32>>> = vec![None; index.nlist()];
+    for (list, scores) in &scored {
+        scores_of[*list] = Some(scores);
+    }
+    probes
+        .par_iter()
+        .enumerate()
+        .map(|(qi, lists)| {
             let mut top = FaissHeap::new(k, true);
-            for (list, _) in probe.into_sorted() {
-                let l = index.lists()[list as usize];
-                for j in 0..l.n {
-                    let code = &bytes[l.codes + j * row..l.codes + (j + 1) * row];
-                    let idb = &bytes[l.ids + j * 8..l.ids + j * 8 + 8];
-                    let id = i64::from_le_bytes(idb.try_into().expect("8 bytes"));
-                    top.push((id, dot_le(q, code)));
+            for &list in lists {
+                let (Some(scores), l) = (scores_of[list], index.lists()[list]) else {
+                    continue;
+                };
+                let slot = askers[list].partition_point(|&other| other < qi);
+                let row = &scores[slot * l.n..(slot + 1) * l.n];
+                for (j, &score) in row.iter().enumerate() {
+                    top.push((list_id(bytes, l.ids, j), score));
                 }
             }
             top.into_sorted()
         })
-        .collect();
-    Ok(out)
+        .collect()
 }
 
 /// The number of vectors in each inverted list.
