@@ -19,6 +19,7 @@ use candle_nn::{LayerNorm, Module, VarBuilder};
 use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
 use crate::models::frozen_matmul::frozen_matmul;
+use crate::models::gelu::gelu_new;
 use crate::models::packed_linear::{PackedLinear, WeightType};
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
@@ -612,7 +613,7 @@ impl CrossAttention {
 
 impl Mlp {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.c_proj.forward(&self.c_fc.forward(xs)?.gelu()?)
+        self.c_proj.forward(&gelu_new(&self.c_fc.forward(xs)?)?)
     }
 }
 

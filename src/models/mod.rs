@@ -8,6 +8,7 @@ pub mod clip_transformer;
 pub mod clip_vision;
 pub mod dropout;
 pub mod frozen_matmul;
+pub mod gelu;
 pub mod gpt2;
 pub mod packed_linear;
 pub mod smallcap;
