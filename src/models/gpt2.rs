@@ -20,6 +20,7 @@ use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
 use crate::models::frozen_matmul::frozen_matmul;
 use crate::models::gelu::gelu_new;
+use crate::models::layer_norm::layer_norm as fused_layer_norm;
 use crate::models::packed_linear::{PackedLinear, WeightType};
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
@@ -118,18 +119,12 @@ impl Pass<'_, '_> {
     }
 }
 
-/// LayerNorm over the last dimension from differentiable operations (candle's fused layer norm
-/// has no backward pass).
+/// LayerNorm with a backward pass (candle's fused `LayerNorm` has none): see [`fused_layer_norm`].
 fn differentiable_layer_norm(ln: &Ln, xs: &Tensor) -> candle_core::Result<Tensor> {
-    let n = xs.dim(D::Minus1)? as f64;
-    let mean = (xs.sum_keepdim(D::Minus1)? / n)?;
-    let centred = xs.broadcast_sub(&mean)?;
-    let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / n)?;
-    let normed = centred.broadcast_div(&(var + ln.eps)?.sqrt()?)?;
-    let out = normed.broadcast_mul(ln.inner.weight())?;
+    let weight = ln.inner.weight();
     match ln.inner.bias() {
-        Some(b) => out.broadcast_add(b),
-        None => Ok(out),
+        Some(b) => fused_layer_norm(xs, weight, b, ln.eps),
+        None => fused_layer_norm(xs, weight, &weight.zeros_like()?, ln.eps),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod dropout;
 pub mod frozen_matmul;
 pub mod gelu;
 pub mod gpt2;
+pub mod layer_norm;
 pub mod packed_linear;
 pub mod smallcap;
 
