@@ -22,6 +22,7 @@ use crate::models::frozen_matmul::frozen_matmul;
 use crate::models::gelu::gelu_new;
 use crate::models::layer_norm::layer_norm as fused_layer_norm;
 use crate::models::packed_linear::{PackedLinear, WeightType};
+use crate::models::softmax::softmax_last_dim;
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]
@@ -530,7 +531,7 @@ impl SelfAttention {
         };
         let probs = match dropout {
             None => candle_nn::ops::softmax_last_dim(&scores)?,
-            Some(d) => d.apply(candle_nn::ops::softmax(&scores, D::Minus1)?)?,
+            Some(d) => d.apply(softmax_last_dim(&scores)?)?,
         };
         let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows * t, e))?;
         Ok((o, k, v))
@@ -600,7 +601,7 @@ impl CrossAttention {
         let scores = (qh.matmul(k)? / (self.head_dim as f64).sqrt())?;
         let probs = match dropout {
             None => candle_nn::ops::softmax_last_dim(&scores)?,
-            Some(d) => d.apply(candle_nn::ops::softmax(&scores, D::Minus1)?)?,
+            Some(d) => d.apply(softmax_last_dim(&scores)?)?,
         };
         probs.matmul(v)?.transpose(1, 2)
     }

@@ -1,6 +1,8 @@
 //! The networks: the CLIP vision encoder, GPT-2 with SmallCap cross-attention, and the
 //! SmallCap model that joins them; the OpenAI CLIP models used as retrieval encoders; and the
-//! training-only pieces they share (dropout, the frozen-weight matmul).
+//! training-only pieces they share (dropout, the frozen-weight matmul, fused operations with
+//! one-pass backward passes: `gelu`, `layer_norm`, `softmax`); and the decoding-only packed
+//! linear layers.
 
 pub mod clip_openai;
 pub mod clip_resnet;
@@ -13,6 +15,7 @@ pub mod gpt2;
 pub mod layer_norm;
 pub mod packed_linear;
 pub mod smallcap;
+pub mod softmax;
 
 pub use clip_vision::ClipVision;
 pub use dropout::Dropout;
