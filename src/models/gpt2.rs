@@ -19,10 +19,8 @@ use candle_nn::{LayerNorm, Module, VarBuilder};
 use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
 use crate::models::frozen_matmul::frozen_matmul;
-use crate::models::gelu::gelu_new;
-use crate::models::layer_norm::layer_norm as fused_layer_norm;
+use crate::models::fused::{gelu_new, layer_norm as fused_layer_norm, softmax_last_dim};
 use crate::models::packed_linear::{PackedLinear, WeightType};
-use crate::models::softmax::softmax_last_dim;
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]

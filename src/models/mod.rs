@@ -1,8 +1,7 @@
 //! The networks: the CLIP vision encoder, GPT-2 with SmallCap cross-attention, and the
 //! SmallCap model that joins them; the OpenAI CLIP models used as retrieval encoders; and the
 //! training-only pieces they share (dropout, the frozen-weight matmul, fused operations with
-//! one-pass backward passes: `gelu`, `layer_norm`, `softmax`); and the decoding-only packed
-//! linear layers.
+//! one-pass backward passes); and the linear layers packed for decoding.
 
 pub mod clip_openai;
 pub mod clip_resnet;
@@ -10,12 +9,10 @@ pub mod clip_transformer;
 pub mod clip_vision;
 pub mod dropout;
 pub mod frozen_matmul;
-pub mod gelu;
+pub mod fused;
 pub mod gpt2;
-pub mod layer_norm;
 pub mod packed_linear;
 pub mod smallcap;
-pub mod softmax;
 
 pub use clip_vision::ClipVision;
 pub use dropout::Dropout;
