@@ -20,7 +20,7 @@ use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
 use crate::models::frozen_matmul::frozen_matmul;
 use crate::models::fused::{gelu_new, layer_norm as fused_layer_norm, softmax_last_dim};
-use crate::models::packed_linear::{PackedLinear, WeightType};
+use crate::models::packed_linear::{self, PackedLinear, WeightType};
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]
@@ -279,9 +279,11 @@ impl Gpt2 {
 
     /// Packs every frozen linear layer and the LM head for decoding on the CPU, in `ty`
     /// (see [`PackedLinear`]): the decoder can then only decode, not train. Does nothing on
-    /// other devices; layers already packed stay as they are.
+    /// other devices, nor for f32 on a CPU without AVX-512 (see
+    /// [`packed_linear::simd_available`]); layers already packed stay as they are.
     pub fn pack_for_decoding(&mut self, ty: WeightType) -> candle_core::Result<()> {
-        if !self.wte.device().is_cpu() {
+        let f32_without_simd = ty == WeightType::F32 && !packed_linear::simd_available();
+        if !self.wte.device().is_cpu() || f32_without_simd {
             return Ok(());
         }
         for block in &mut self.blocks {

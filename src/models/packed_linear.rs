@@ -181,8 +181,10 @@ impl PackedLinear {
     }
 }
 
-/// Whether the AVX-512 kernel can run here.
-fn simd_available() -> bool {
+/// Whether the AVX-512 kernel can run here. Without it, f32 weights are better left to the
+/// general GEMM (which has kernels for every x86 and ARM vector extension); half-precision
+/// weights are still packed (the portable loop), for their memory.
+pub fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
