@@ -399,7 +399,7 @@ impl FlatIpWriter {
 
     /// Appends whole rows.
     pub fn push(&mut self, rows: &[f32]) -> Result<()> {
-        if rows.len() % self.d != 0 || self.rows + rows.len() / self.d > self.ntotal {
+        if !rows.len().is_multiple_of(self.d) || self.rows + rows.len() / self.d > self.ntotal {
             return Err(Error::Invalid(format!(
                 "{} values are not whole {}-dimensional rows within the announced {} rows",
                 rows.len(),

@@ -51,7 +51,6 @@ pub fn search(
     let centroids = index.centroids();
     let cent_bytes = centroids.raw_rows(0, centroids.len());
     let qmetric = index.quantizer_metric();
-    let bytes = index.bytes();
     let row = d * 4;
     // The probed lists of each query, in probe order.
     let probes: Vec<Vec<usize>> = (0..nq)
@@ -75,20 +74,9 @@ pub fn search(
         .collect();
     if nq <= FEW_QUERIES {
         return Ok(probes
-            .par_iter()
+            .iter()
             .enumerate()
-            .map(|(qi, lists)| {
-                let q = &queries[qi * d..(qi + 1) * d];
-                let mut top = FaissHeap::new(k, true);
-                for &list in lists {
-                    let l = index.lists()[list];
-                    for j in 0..l.n {
-                        let code = &bytes[l.codes + j * row..l.codes + (j + 1) * row];
-                        top.push((list_id(bytes, l.ids, j), dot_le(q, code)));
-                    }
-                }
-                top.into_sorted()
-            })
+            .map(|(qi, lists)| scan_one(index, &queries[qi * d..(qi + 1) * d], lists, k))
             .collect());
     }
     Ok(search_by_list(index, queries, &probes, k))
@@ -97,6 +85,38 @@ pub fn search(
 /// Up to this many queries, each query scans its lists alone; beyond, lists are scanned once for
 /// all the queries that probe them.
 const FEW_QUERIES: usize = 2;
+
+/// One query: the probed lists are scored in parallel, then offered to the heap one by one in
+/// FAISS's scan order (lists in probe order, each in stored order).
+fn scan_one(index: &IvfFlatIndex, q: &[f32], lists: &[usize], k: usize) -> Vec<Hit> {
+    let bytes = index.bytes();
+    let row = index.dim() * 4;
+    let sizes: Vec<usize> = lists.iter().map(|&l| index.lists()[l].n).collect();
+    let mut scores = vec![0f32; sizes.iter().sum()];
+    let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(lists.len());
+    let mut rest = scores.as_mut_slice();
+    for (&list, &n) in lists.iter().zip(&sizes) {
+        let (part, tail) = rest.split_at_mut(n);
+        parts.push((list, part));
+        rest = tail;
+    }
+    parts.into_par_iter().for_each(|(list, out)| {
+        let l = index.lists()[list];
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = dot_le(q, &bytes[l.codes + j * row..l.codes + (j + 1) * row]);
+        }
+    });
+    let mut top = FaissHeap::new(k, true);
+    let mut at = 0;
+    for &list in lists {
+        let l = index.lists()[list];
+        for j in 0..l.n {
+            top.push((list_id(bytes, l.ids, j), scores[at + j]));
+        }
+        at += l.n;
+    }
+    top.into_sorted()
+}
 
 fn list_id(bytes: &[u8], ids: usize, j: usize) -> i64 {
     i64::from_le_bytes(

@@ -102,7 +102,7 @@ pub(crate) fn nearest_centroids(
     vectors: &VectorSet<'_>,
 ) -> Result<Vec<(u32, f32)>> {
     let d = vectors.dim();
-    if centroids.is_empty() || centroids.len() % d != 0 {
+    if centroids.is_empty() || !centroids.len().is_multiple_of(d) {
         return Err(Error::Invalid(format!(
             "{} centroid values are not a non-zero number of {d}-dimensional rows",
             centroids.len()
@@ -308,7 +308,7 @@ mod tests {
         for i in 0..400 {
             let mut v = vec![0.0f32; d];
             let c = centres[i % 4];
-            v[c / 2] = if c % 2 == 0 { 1.0 } else { -1.0 };
+            v[c / 2] = if c.is_multiple_of(2) { 1.0 } else { -1.0 };
             for e in v.iter_mut() {
                 *e += 0.05 * rng.normal();
             }

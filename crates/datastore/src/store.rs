@@ -168,7 +168,7 @@ impl StoreWriter {
 
     /// Appends f32 rows (must be L2-normalised), converting to the store's dtype.
     fn push_rows(&mut self, rows: &[f32]) -> Result<()> {
-        if rows.len() % self.dim != 0 {
+        if !rows.len().is_multiple_of(self.dim) {
             return Err(Error::Invalid(format!(
                 "{} values are not whole rows of dimension {}",
                 rows.len(),
@@ -391,7 +391,7 @@ impl Datastore {
         let op = dir.join(OFFSETS);
         let offs = mmap_file(&op)?;
         let ob = map_bytes(&offs);
-        if ob.len() % 8 != 0 || ob.len() / 8 != m.count + 1 {
+        if !ob.len().is_multiple_of(8) || ob.len() / 8 != m.count + 1 {
             return Err(Error::CountMismatch {
                 what: format!(
                     "{}: the caption offsets table has {} bytes, the manifest count is {}",
