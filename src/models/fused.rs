@@ -8,7 +8,8 @@
 //!
 //! - `gelu_new(x) = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, evaluated exactly as candle's
 //!   f32 `gelu` (decoding is unchanged to the bit); its derivative is
-//!   `0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)` with `t` the forward's tanh.
+//!   `0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)` with `t` the same tanh
+//!   (through `exp`, cheaper).
 //! - LayerNorm per row of `n`: `μ = Σx/n`, `σ² = Σ(x−μ)²/n` (biased, as PyTorch), `x̂ =
 //!   (x−μ)/√(σ²+ε)`, `y = x̂·w + b`; with `g = dy·w` and `r = 1/√(σ²+ε)`: `dx = r·(g − mean(g) −
 //!   x̂·mean(g·x̂))`, `dw = Σ_rows dy·x̂`, `db = Σ_rows dy`; sums in f64.
@@ -57,9 +58,20 @@ fn forward(v: f32) -> f32 {
     0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + COEF * v * v)))
 }
 
+/// `tanh(u) = 1 − 2/(e^{2u} + 1)`: about four times cheaper than `f32::tanh`, within 2e-7 of it
+/// in absolute terms, which is all the derivative needs.
+#[inline]
+fn tanh_by_exp(u: f32) -> f32 {
+    if u.abs() > 9.0 {
+        u.signum()
+    } else {
+        1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+    }
+}
+
 #[inline]
 fn derivative(v: f32) -> f32 {
-    let t = f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + COEF * v * v));
+    let t = tanh_by_exp(SQRT_TWO_OVER_PI * v * (1.0 + COEF * v * v));
     0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * COEF * v * v)
 }
 
@@ -371,6 +383,16 @@ mod tests {
             .map(|i| (i as f32 - 50_000.0) / 6_000.0)
             .collect();
         Tensor::from_vec(v, 100_003, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn tanh_by_exp_stays_within_2e7_of_tanh() {
+        for i in -200_000..=200_000 {
+            let u = i as f32 / 10_000.0;
+            let (a, b) = (tanh_by_exp(u), (u as f64).tanh());
+            // f32 values near ±1 are 6e-8 apart.
+            assert!((a as f64 - b).abs() < 2e-7, "tanh({u}): {a} vs {b}");
+        }
     }
 
     #[test]
