@@ -202,9 +202,12 @@ impl TrainModel {
             let part_grads = loss.backward()?;
             for (_, var) in &self.params {
                 if let Some(g) = part_grads.get(var.as_tensor()) {
+                    // A parameter's gradient still references this part's forward graph (candle
+                    // detaches only the intermediate gradients): keep only its values.
+                    let g = g.detach();
                     let sum = match grads.get(var.as_tensor()) {
                         Some(acc) => (acc + g)?,
-                        None => g.clone(),
+                        None => g,
                     };
                     grads.insert(var.as_tensor(), sum);
                 }
