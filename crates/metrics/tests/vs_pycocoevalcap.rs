@@ -236,6 +236,7 @@ fn scores_equal_pycocoevalcap_on_random_caption_sets() {
         metrics: vec![Metric::Bleu, Metric::Meteor, Metric::Rouge, Metric::Cider],
         toolkit_dir: Some(t.toolkit_dir.clone()),
         java: Some(t.java.clone()),
+        ..EvalOptions::default()
     };
     let got = evaluate(&gold_path, &pred_path, &opts).expect("evaluate");
     let _ = std::fs::remove_dir_all(&dir);
