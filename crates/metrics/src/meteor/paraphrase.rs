@@ -124,7 +124,32 @@ pub struct TableImage {
     /// Per entry: the lengths of its phrase and of its paraphrase.
     lens: Vec<[u8; 2]>,
     /// The entries' phrase then paraphrase word numbers, concatenated.
-    ids: Vec<u32>,
+    ids: Ids,
+}
+
+/// Word numbers, in 16 bits when the vocabulary allows (it does for the English table: half the
+/// memory and cache size).
+#[derive(Debug, PartialEq, Eq)]
+enum Ids {
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+impl Ids {
+    fn new(ids: Vec<u32>, n_words: usize) -> Ids {
+        if n_words <= usize::from(u16::MAX) + 1 {
+            Ids::Narrow(ids.into_iter().map(|i| i as u16).collect())
+        } else {
+            Ids::Wide(ids)
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ids::Narrow(v) => v.len(),
+            Ids::Wide(v) => v.len(),
+        }
+    }
 }
 
 /// Why the table could not be read (the caller names the file).
@@ -204,8 +229,10 @@ impl TableImage {
 
     /// The cache file's bytes for this table from a source with fingerprint `fp`.
     fn to_bytes(&self, fp: Fingerprint) -> Vec<u8> {
-        let wide = self.words.len() > usize::from(u16::MAX) + 1;
-        let width: u32 = if wide { 4 } else { 2 };
+        let width: u32 = match self.ids {
+            Ids::Narrow(_) => 2,
+            Ids::Wide(_) => 4,
+        };
         let words_len: usize = self.words.iter().map(|w| 2 + w.len()).sum();
         let mut out = Vec::with_capacity(
             HEADER_LEN + words_len + 2 * self.lens.len() + width as usize * self.ids.len(),
@@ -226,14 +253,13 @@ impl TableImage {
         for l in &self.lens {
             out.extend_from_slice(l);
         }
-        if wide {
-            for id in &self.ids {
-                out.extend_from_slice(&id.to_le_bytes());
-            }
-        } else {
-            for id in &self.ids {
-                out.extend_from_slice(&(*id as u16).to_le_bytes());
-            }
+        match &self.ids {
+            Ids::Narrow(v) => v
+                .iter()
+                .for_each(|id| out.extend_from_slice(&id.to_le_bytes())),
+            Ids::Wide(v) => v
+                .iter()
+                .for_each(|id| out.extend_from_slice(&id.to_le_bytes())),
         }
         out
     }
@@ -286,18 +312,25 @@ impl TableImage {
             return None;
         }
         let raw = r.take(n_ids * width as usize)?;
-        let ids: Vec<u32> = if width == 2 {
-            raw.chunks_exact(2)
-                .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
-                .collect()
+        let ids = if width == 2 {
+            let v: Vec<u16> = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            if v.iter().any(|&i| usize::from(i) >= n_words) {
+                return None;
+            }
+            Ids::Narrow(v)
         } else {
-            raw.chunks_exact(4)
+            let v: Vec<u32> = raw
+                .chunks_exact(4)
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
+                .collect();
+            if v.iter().any(|&i| i as usize >= n_words) {
+                return None;
+            }
+            Ids::Wide(v)
         };
-        if ids.iter().any(|&i| i as usize >= n_words) {
-            return None;
-        }
         Some(TableImage { words, lens, ids })
     }
 
@@ -324,15 +357,27 @@ impl TableImage {
                 }
             }
         }
+        match &self.ids {
+            Ids::Narrow(v) => self.select_from(v, &local, &phrases),
+            Ids::Wide(v) => self.select_from(v, &local, &phrases),
+        }
+    }
+
+    fn select_from<T: Copy + Into<u32>>(
+        &self,
+        ids: &[T],
+        local: &[u32],
+        phrases: &FxSet<u64>,
+    ) -> Paraphrases {
         let mut out = Paraphrases::default();
         let mut pos = 0usize;
         let mut buf: Vec<u32> = Vec::new();
         for l in &self.lens {
             let (a, b) = (usize::from(l[0]), usize::from(l[1]));
-            let entry = &self.ids[pos..pos + a + b];
+            let entry = &ids[pos..pos + a + b];
             pos += a + b;
             buf.clear();
-            buf.extend(entry.iter().map(|&w| local[w as usize]));
+            buf.extend(entry.iter().map(|&w| local[w.into() as usize]));
             if buf.contains(&ABSENT) {
                 continue;
             }
@@ -471,10 +516,11 @@ impl Builder {
         if self.words.iter().any(|w| w.len() > usize::from(u16::MAX)) {
             return Err("the table has a word longer than 65535 bytes".into());
         }
+        let ids = Ids::new(self.ids, self.words.len());
         Ok(TableImage {
             words: self.words,
             lens: self.lens,
-            ids: self.ids,
+            ids,
         })
     }
 }
@@ -653,6 +699,26 @@ mod tests {
         assert_eq!(out, vec![(1usize, &[2u32][..])]);
         p.paths(&s2, 0, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn wide_word_numbers_round_trip() {
+        let mut img = image();
+        let Ids::Narrow(v) = &img.ids else {
+            panic!("a small table has narrow word numbers")
+        };
+        img.ids = Ids::Wide(v.iter().map(|&i| u32::from(i)).collect());
+        let fp = Fingerprint {
+            len: 1,
+            mtime_ns: 2,
+            trailer: 3,
+        };
+        let back = TableImage::from_bytes(&img.to_bytes(fp), fp).expect("valid");
+        assert_eq!(back.ids, img.ids);
+        let mut vocab: FxMap<&str, u32> = FxMap::default();
+        vocab.insert("man", 0);
+        vocab.insert("guy", 1);
+        assert_eq!(back.select(&vocab, &[&[0, 1]]).len(), 1);
     }
 
     #[test]
