@@ -71,25 +71,32 @@ impl Resources {
             let cache_dir = cache_dir.map(Path::to_path_buf);
             move || paraphrase::load(&gz, cache_dir.as_deref())
         });
-        let archive = std::fs::read(&jar).map_err(|e| EvalError::Read {
-            path: jar.clone(),
-            source: e,
-        })?;
-        let function_words = jar_text(&jar, &archive, "function/english.words")?
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        let normalizer =
-            Normalizer::new(&jar_text(&jar, &archive, "nonbreaking/english.prefixes")?);
-        let synonyms = Synonyms::parse(
-            &jar_text(&jar, &archive, "synonym/english.exceptions")?,
-            &jar_text(&jar, &archive, "synonym/english.synsets")?,
-        )
-        .map_err(|e| corrupt(&jar, e))?;
+        let from_jar = || -> Result<_, EvalError> {
+            let archive = std::fs::read(&jar).map_err(|e| EvalError::Read {
+                path: jar.clone(),
+                source: e,
+            })?;
+            let function_words: HashSet<String> =
+                jar_text(&jar, &archive, "function/english.words")?
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+            let normalizer =
+                Normalizer::new(&jar_text(&jar, &archive, "nonbreaking/english.prefixes")?);
+            let synonyms = Synonyms::parse(
+                &jar_text(&jar, &archive, "synonym/english.exceptions")?,
+                &jar_text(&jar, &archive, "synonym/english.synsets")?,
+            )
+            .map_err(|e| corrupt(&jar, e))?;
+            Ok((function_words, normalizer, synonyms))
+        };
+        let jar_parts = from_jar();
+        // Joined even when the jar failed, so no loader outlives this call.
         let table = table_job
             .join()
-            .map_err(|_| EvalError::Meteor("the paraphrase table loader panicked".into()))?
-            .map_err(|e| corrupt(&gz, e))?;
+            .map_err(|_| EvalError::Meteor("the paraphrase table loader panicked".into()))?;
+        let (function_words, normalizer, synonyms) = jar_parts?;
+        let table = table.map_err(|e| corrupt(&gz, e))?;
         Ok(Resources {
             normalizer,
             stemmer: Stemmer::default(),
