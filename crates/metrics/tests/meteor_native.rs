@@ -274,6 +274,33 @@ const EXTRA: &[&str] = &[
     "U.S.A.",
 ];
 
+/// Phrases and their paraphrases in METEOR's table.
+const PHRASES: &[&str] = &[
+    "a couple of",
+    "two",
+    "several",
+    "a few",
+    "one or two",
+    "a lot of",
+    "much",
+    "very",
+    "close to",
+    "near",
+    "nearly",
+    "around",
+    "a man",
+    "one man",
+    "a male",
+    "a group of",
+    "one group of",
+    "in front of",
+    "against",
+    "next to",
+    "beside",
+    "on top of",
+    "above",
+];
+
 /// A caption made from real captions with words swapped, inflected, repeated, dropped and
 /// punctuated.
 fn mutate(rng: &mut Rng, base: &[String], words: &[String]) -> String {
@@ -301,6 +328,10 @@ fn mutate(rng: &mut Rng, base: &[String], words: &[String]) -> String {
     if rng.chance(0.3) {
         let i = rng.below(out.len() + 1);
         out.insert(i, rng.pick_str(EXTRA).to_owned());
+    }
+    if rng.chance(0.4) {
+        let i = rng.below(out.len() + 1);
+        out.insert(i, rng.pick_str(PHRASES).to_owned());
     }
     let sep = if rng.chance(0.05) { "  " } else { " " };
     out.join(sep)

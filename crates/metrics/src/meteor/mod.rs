@@ -176,7 +176,6 @@ impl NativeMeteor {
                     .map(|&i| info[i as usize].synsets.clone())
                     .collect(),
                 function: ids.iter().map(|&i| info[i as usize].function).collect(),
-                words: words.to_vec(),
                 id: ids,
             }
         };

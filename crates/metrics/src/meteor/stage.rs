@@ -17,11 +17,10 @@ pub const PARAPHRASE: u8 = 3;
 /// Number of modules.
 pub const MODULES: usize = 4;
 
-/// One sentence's words with what the matchers compare.
+/// What the matchers compare of one sentence's words (normalised, lowercased, split as
+/// `StringTokenizer` splits), word by word.
 #[derive(Clone, Debug, Default)]
 pub struct Sentence {
-    /// The words (normalised, lowercased, split as `StringTokenizer` splits).
-    pub words: Vec<String>,
     /// `word.hashCode()`.
     pub hash: Vec<i32>,
     /// `stem(word).hashCode()`.
@@ -37,12 +36,12 @@ pub struct Sentence {
 impl Sentence {
     /// Number of words.
     pub fn len(&self) -> usize {
-        self.words.len()
+        self.hash.len()
     }
 
     /// Whether the sentence has no words.
     pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
+        self.hash.is_empty()
     }
 }
 
