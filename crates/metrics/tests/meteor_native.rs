@@ -343,6 +343,36 @@ fn caption_set(rng: &mut Rng, n: usize) -> (Vec<Vec<String>>, Vec<String>) {
     let mut refs = Vec::with_capacity(n);
     let mut hyps = Vec::with_capacity(n);
     for _ in 0..n {
+        if rng.chance(0.05) {
+            // Long captions over a few words: many candidate matches, so the beam prunes.
+            let few: Vec<&str> = (0..2 + rng.below(5))
+                .map(|_| {
+                    rng.pick_str(&[
+                        "a",
+                        "dog",
+                        "dogs",
+                        "the",
+                        "on",
+                        "man",
+                        "men",
+                        "sofa",
+                        "couch",
+                        "next to",
+                        "a couple of",
+                        "two",
+                    ])
+                })
+                .collect();
+            let long = |rng: &mut Rng| -> String {
+                (0..10 + rng.below(40))
+                    .map(|_| *rng.pick(&few))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            refs.push((0..1 + rng.below(5)).map(|_| long(rng)).collect());
+            hyps.push(long(rng));
+            continue;
+        }
         let base = rng.pick(&captions).clone();
         let r: Vec<String> = (0..1 + rng.below(5))
             .map(|_| {
