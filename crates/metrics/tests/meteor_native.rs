@@ -1,6 +1,7 @@
 //! The native METEOR against METEOR 1.5 itself: the eval-dev fixture's METEOR values (computed by
 //! pycocoevalcap 1.2), the jar's statistics lines and scores on random caption sets that exercise
-//! every matcher, and the jar's stemmer word by word.
+//! every matcher and on adversarial strings (normalisation, case, Unicode), and the jar's stemmer
+//! word by word.
 //!
 //! The native scorer needs pycocoevalcap's data files (not Java); the comparisons with the jar
 //! need Java too. Like the other toolkit tests they fail in CI when these are missing and are
@@ -402,6 +403,100 @@ fn caption_set(rng: &mut Rng, n: usize) -> (Vec<Vec<String>>, Vec<String>) {
     (refs, hyps)
 }
 
+/// A string of characters the normaliser, lower-casing and tokenising treat specially: quotes,
+/// dashes, dots, commas, Unicode spaces and controls, combining marks, case oddities (final sigma,
+/// dotted I, ligatures), characters outside the BMP, private-use characters.
+fn adversarial(rng: &mut Rng) -> String {
+    const ASCII: &[char] = &[
+        'a', 'b', 'e', 's', 'y', ' ', ' ', '.', ',', '\'', '-', '`', '"', '|', '\t', '\u{b}',
+        '\u{c}', '0', '9', '\u{1}',
+    ];
+    const OTHER: &[char] = &[
+        'é',
+        'ß',
+        'İ',
+        'ı',
+        'Σ',
+        'σ',
+        'ς',
+        'Ω',
+        'ﬁ',
+        'Ǆ',
+        '\u{301}',
+        '\u{2018}',
+        '\u{2019}',
+        '\u{201c}',
+        '\u{201d}',
+        '\u{2013}',
+        '\u{a0}',
+        '\u{2009}',
+        '\u{3000}',
+        '\u{85}',
+        '\u{2028}',
+        '\u{fffd}',
+        '\u{1F642}',
+        '\u{10400}',
+        'Ⅻ',
+        '½',
+        '١',
+        'ा',
+        '中',
+        '\u{e000}',
+        'ꙁ',
+        'ᴀ',
+        'Ŝ',
+        'ŉ',
+    ];
+    const PIECES: &[&str] = &[
+        "DOTMULTI", "...", "mr.", "U.S.", "1,000", "a.b.c.", "''", "--",
+    ];
+    let mut s = String::new();
+    for _ in 0..rng.below(25) {
+        let pool = if rng.chance(0.5) { ASCII } else { OTHER };
+        s.push(*rng.pick(pool));
+        if rng.chance(0.3) {
+            s.push(' ');
+        }
+        if rng.chance(0.1) {
+            s.push_str(rng.pick_str(PIECES));
+        }
+    }
+    s
+}
+
+/// Asserts that the native statistics lines and scores equal the jar's; returns the largest score
+/// difference.
+fn assert_same(
+    what: &str,
+    seed: u64,
+    refs: &[Vec<String>],
+    hyps: &[String],
+    want: &smallcap_metrics::meteor::DetailedScores,
+    got: &smallcap_metrics::meteor::DetailedScores,
+) -> f64 {
+    let mut worst = (got.scores.corpus - want.scores.corpus).abs();
+    for i in 0..hyps.len() {
+        assert_eq!(
+            got.stats_lines[i], want.stats_lines[i],
+            "{what}: statistics of image {i} (seed {seed}): refs {:?}, hyp {:?}",
+            refs[i], hyps[i]
+        );
+        worst = worst.max((got.scores.per_image[i] - want.scores.per_image[i]).abs());
+    }
+    eprintln!(
+        "{what}: {} images, statistics lines identical; largest score difference {worst:e}; \
+         corpus {} (jar) vs {} (native)",
+        hyps.len(),
+        want.scores.corpus,
+        got.scores.corpus
+    );
+    assert!(
+        worst <= 1e-12,
+        "{what}: scores differ by {worst} (seed {seed})"
+    );
+    worst
+}
+
 #[test]
 fn native_meteor_equals_the_jar_on_random_caption_sets() {
     let Some(t) = common::tools("native_meteor_equals_the_jar_on_random_caption_sets") else {
@@ -452,21 +547,20 @@ fn native_meteor_equals_the_jar_on_random_caption_sets() {
         );
     }
 
-    let mut worst = (got.scores.corpus - want.scores.corpus).abs();
-    for i in 0..n {
-        assert_eq!(
-            got.stats_lines[i], want.stats_lines[i],
-            "statistics of image {i} (seed {seed}): refs {:?}, hyp {:?}",
-            refs[i], hyps[i]
-        );
-        worst = worst.max((got.scores.per_image[i] - want.scores.per_image[i]).abs());
-    }
-    eprintln!(
-        "{n} images: statistics lines identical; largest score difference {worst:e}; corpus {} \
-         (jar) vs {} (native)",
-        want.scores.corpus, got.scores.corpus
-    );
-    assert!(worst <= 1e-12, "scores differ by {worst} (seed {seed})");
+    assert_same("captions", seed, &refs, &hyps, &want, &got);
+
+    // Adversarial strings, through the same jar process.
+    let refs: Vec<Vec<String>> = (0..n)
+        .map(|_| {
+            (0..1 + rng.below(4))
+                .map(|_| adversarial(&mut rng))
+                .collect()
+        })
+        .collect();
+    let hyps: Vec<String> = (0..n).map(|_| adversarial(&mut rng)).collect();
+    let want = jar.compute_detailed(&refs, &hyps).expect("jar");
+    let got = native.compute_detailed(&refs, &hyps).expect("native");
+    assert_same("adversarial strings", seed, &refs, &hyps, &want, &got);
 }
 
 #[test]
