@@ -97,6 +97,22 @@ impl Normalizer {
 
     /// `Normalizer.normalizeLine(line, LANG_EN, keepPunctuation = true)`.
     pub fn normalize(&self, line: &str) -> String {
+        // Fast path: lowercase ASCII letters, digits and spaces (what most tokenised captions
+        // are) meet none of the rules but the white-space normalisation.
+        if line
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b' ')
+        {
+            return line
+                .split(' ')
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        self.normalize_rules(line)
+    }
+
+    fn normalize_rules(&self, line: &str) -> String {
         let mut w = format!(" {line} ");
         w = self.sep_other.replace_all(&w, " ${1} ").into_owned();
 
@@ -176,11 +192,27 @@ mod tests {
         Normalizer::new("# comment\nMr\nNo #NUMERIC_ONLY#\n\n")
     }
 
+    // Expected values: the jar's `edu.cmu.meteor.util.Normalizer english true` on the same lines.
     #[test]
     fn plain_captions_pass_through() {
         let n = norm();
         assert_eq!(n.normalize("a dog on a couch"), "a dog on a couch");
         assert_eq!(n.normalize("  two  dogs\u{a0}run "), "two dogs run");
+    }
+
+    #[test]
+    fn fast_path_equals_the_rules() {
+        let n = norm();
+        for line in [
+            "a dog on a couch",
+            "  two  dogs  ",
+            "",
+            " ",
+            "1990s 2 dogs",
+            "dotmulti x",
+        ] {
+            assert_eq!(n.normalize(line), n.normalize_rules(line), "{line:?}");
+        }
     }
 
     #[test]
