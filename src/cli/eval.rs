@@ -1,5 +1,6 @@
 //! `smallcap eval`: the COCO caption metrics of a results file against caption annotations,
-//! computed by `smallcap-metrics` exactly as pycocoevalcap does.
+//! computed by `smallcap-metrics` exactly as pycocoevalcap does (METEOR by its native port of
+//! METEOR 1.5, or by the toolkit's jar with `--meteor-jar`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,13 +25,20 @@ pub struct EvalArgs {
     /// Skip SPICE (it needs Java and the Stanford CoreNLP 3.6.0 models).
     #[arg(long)]
     no_spice: bool,
-    /// Skip METEOR (it needs Java and pycocoevalcap's jar).
+    /// Skip METEOR (it needs pycocoevalcap's METEOR data files).
     #[arg(long)]
     no_meteor: bool,
+    /// Compute METEOR with pycocoevalcap's meteor-1.5.jar (needs Java) instead of the native
+    /// port, which gives the same scores; for cross-checking.
+    #[arg(long, conflicts_with = "no_meteor")]
+    meteor_jar: bool,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let mut opts = EvalOptions::default();
+    let mut opts = EvalOptions {
+        meteor_jar: args.meteor_jar,
+        ..EvalOptions::default()
+    };
     opts.metrics.retain(|m| {
         !(args.no_spice && *m == Metric::Spice || args.no_meteor && *m == Metric::Meteor)
     });

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::coco::{self, GoldCaptions, ImageId, Prediction};
-use crate::meteor::{self, Meteor};
+use crate::meteor::{self, Meteor, MeteorScores, NativeMeteor};
 use crate::ptb_tokenizer::tokenize_captions;
 use crate::{bleu, cider, rouge, spice, toolkit, EvalError};
 
@@ -25,7 +25,7 @@ use crate::{bleu, cider, rouge, spice, toolkit, EvalError};
 pub enum Metric {
     /// BLEU-1..4.
     Bleu,
-    /// METEOR 1.5 (needs Java and pycocoevalcap's jar).
+    /// METEOR 1.5 (needs pycocoevalcap's data files; Java too with [`EvalOptions::meteor_jar`]).
     Meteor,
     /// ROUGE-L.
     Rouge,
@@ -70,6 +70,12 @@ pub struct EvalOptions {
     pub toolkit_dir: Option<PathBuf>,
     /// `java` executable; default: `$SMALLCAP_JAVA`, else `java` on `PATH`.
     pub java: Option<PathBuf>,
+    /// Compute METEOR with pycocoevalcap's jar (Java) instead of the native port (which gives
+    /// the same scores); for cross-checking.
+    pub meteor_jar: bool,
+    /// Where the native METEOR caches its paraphrase table; default:
+    /// [`meteor::default_cache_dir`].
+    pub meteor_cache_dir: Option<PathBuf>,
 }
 
 impl Default for EvalOptions {
@@ -78,6 +84,8 @@ impl Default for EvalOptions {
             metrics: Metric::ALL.to_vec(),
             toolkit_dir: None,
             java: None,
+            meteor_jar: false,
+            meteor_cache_dir: None,
         }
     }
 }
@@ -234,24 +242,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     Ok(())
 }
 
-/// A reusable evaluator: resolves the toolkit once and keeps one METEOR process alive across
-/// calls (training scores validation captions every epoch with one of these).
+/// How METEOR is computed: the native port (its data loading in the background until first
+/// needed) or the jar's process.
+enum MeteorEngine {
+    Native {
+        loading: Option<std::thread::JoinHandle<Result<NativeMeteor, EvalError>>>,
+        loaded: Option<Result<NativeMeteor, String>>,
+    },
+    Jar(Meteor),
+}
+
+impl MeteorEngine {
+    fn compute(
+        &mut self,
+        refs: &[Vec<String>],
+        hyps: &[String],
+    ) -> Result<MeteorScores, EvalError> {
+        match self {
+            MeteorEngine::Jar(m) => m.compute(refs, hyps),
+            MeteorEngine::Native { loading, loaded } => {
+                if let Some(job) = loading.take() {
+                    *loaded = Some(
+                        job.join()
+                            .unwrap_or_else(|_| Err(panicked("METEOR data loader")))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+                match loaded {
+                    Some(Ok(m)) => m.compute(refs, hyps),
+                    Some(Err(e)) => Err(EvalError::Meteor(e.clone())),
+                    None => Err(EvalError::Meteor("the METEOR data were not loaded".into())),
+                }
+            }
+        }
+    }
+}
+
+/// A reusable evaluator: resolves the toolkit once and keeps METEOR's data (or the jar's
+/// process) across calls (training scores validation captions every epoch with one of these).
 pub struct Evaluator {
     opts: EvalOptions,
     java: PathBuf,
     toolkit_dir: Option<PathBuf>,
-    meteor: Option<Meteor>,
+    meteor: Option<MeteorEngine>,
     meteor_note: Option<String>,
     spice_note: Option<String>,
 }
 
 impl Evaluator {
-    /// Resolves Java and pycocoevalcap and, if METEOR is wanted and can run, starts its process
-    /// right away so that it loads its resources while the caller reads and tokenises captions.
+    /// Resolves Java and pycocoevalcap and, if METEOR is wanted and can run, starts loading its
+    /// data (or starts the jar's process) right away, in the background, while the caller reads
+    /// and tokenises captions.
     pub fn new(opts: &EvalOptions) -> Result<Evaluator, EvalError> {
         let java = toolkit::java(opts.java.as_deref());
-        let needs_java = opts.wants(Metric::Meteor) || opts.wants(Metric::Spice);
-        let toolkit_dir = if needs_java {
+        let needs_toolkit = opts.wants(Metric::Meteor) || opts.wants(Metric::Spice);
+        let toolkit_dir = if needs_toolkit {
             toolkit::toolkit_dir(opts.toolkit_dir.as_deref())
         } else {
             None
@@ -259,10 +304,28 @@ impl Evaluator {
         let mut meteor_note = None;
         let mut meteor = None;
         if opts.wants(Metric::Meteor) {
-            meteor_note = meteor::unavailable_reason(&java, toolkit_dir.as_deref());
+            meteor_note = if opts.meteor_jar {
+                meteor::unavailable_reason(&java, toolkit_dir.as_deref())
+            } else {
+                meteor::native_unavailable_reason(toolkit_dir.as_deref())
+            };
             if meteor_note.is_none() {
                 if let Some(dir) = &toolkit_dir {
-                    meteor = Some(Meteor::start(&java, dir)?);
+                    meteor = Some(if opts.meteor_jar {
+                        MeteorEngine::Jar(Meteor::start(&java, dir)?)
+                    } else {
+                        let dir = dir.clone();
+                        let cache = opts
+                            .meteor_cache_dir
+                            .clone()
+                            .or_else(meteor::default_cache_dir);
+                        MeteorEngine::Native {
+                            loading: Some(std::thread::spawn(move || {
+                                NativeMeteor::load(&dir, cache.as_deref())
+                            })),
+                            loaded: None,
+                        }
+                    });
                 }
             }
         }

@@ -4,8 +4,10 @@
 //!   toolkit's punctuation removal, in Rust.
 //! * [`bleu`], [`rouge`], [`cider`]: BLEU-1..4, ROUGE-L and CIDEr-D, in Rust, equal to the
 //!   Python scorers.
-//! * [`meteor`]: METEOR 1.5 through the jar that pycocoevalcap ships, driven as pycocoevalcap
-//!   drives it; [`spice`]: SPICE 1.0 through its jar when its models are installed.
+//! * [`meteor`]: METEOR 1.5, natively (a Rust port of the jar's English scorer that reads the
+//!   jar's data files from pycocoevalcap's install; the default) or through the jar that
+//!   pycocoevalcap ships, driven as pycocoevalcap drives it; [`spice`]: SPICE 1.0 through its jar
+//!   when its models are installed.
 //! * [`coco`]: the COCO annotation and result JSON formats; [`eval`]: the `COCOEvalCap`-style
 //!   driver ([`evaluate`], [`evaluate_data`]) and its report.
 //! * [`toolkit`]: finding Java and the pycocoevalcap data files.

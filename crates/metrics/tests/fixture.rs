@@ -1,5 +1,5 @@
-//! The eval-dev fixture: tokens, BLEU, ROUGE-L and CIDEr (and METEOR where Java and
-//! pycocoevalcap's jar are installed) against the values pycocoevalcap 1.2 computed.
+//! The eval-dev fixture: tokens, BLEU, ROUGE-L and CIDEr (and METEOR, native and through the jar,
+//! where Java and pycocoevalcap are installed) against the values pycocoevalcap 1.2 computed.
 
 mod common;
 
@@ -17,12 +17,15 @@ fn expected() -> Value {
 }
 
 fn report(metrics: Vec<Metric>) -> smallcap_metrics::EvalReport {
-    let gold = load_gold(&fixture("gold.json")).expect("gold");
-    let preds = load_predictions(&fixture("preds.json")).expect("preds");
-    let opts = EvalOptions {
+    report_with(EvalOptions {
         metrics,
         ..EvalOptions::default()
-    };
+    })
+}
+
+fn report_with(opts: EvalOptions) -> smallcap_metrics::EvalReport {
+    let gold = load_gold(&fixture("gold.json")).expect("gold");
+    let preds = load_predictions(&fixture("preds.json")).expect("preds");
     Evaluator::new(&opts)
         .expect("evaluator")
         .evaluate_data(&gold, &preds, "gold.json", "preds.json")
@@ -114,4 +117,28 @@ fn meteor_equals_the_toolkits_to_1e_4() {
     let worst = compare(&r, &exp, &["METEOR"]);
     eprintln!("largest absolute METEOR difference: {}", worst["METEOR"]);
     assert!(worst["METEOR"] <= 1e-4, "METEOR off by {}", worst["METEOR"]);
+}
+
+#[test]
+fn meteor_through_the_jar_equals_the_toolkits_to_1e_12() {
+    if common::tools("meteor_through_the_jar_equals_the_toolkits_to_1e_12").is_none() {
+        return;
+    }
+    let exp = expected();
+    let r = report_with(EvalOptions {
+        metrics: vec![Metric::Meteor],
+        meteor_jar: true,
+        ..EvalOptions::default()
+    });
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let worst = compare(&r, &exp, &["METEOR"]);
+    eprintln!(
+        "largest absolute METEOR difference (jar): {}",
+        worst["METEOR"]
+    );
+    assert!(
+        worst["METEOR"] <= 1e-12,
+        "METEOR off by {}",
+        worst["METEOR"]
+    );
 }

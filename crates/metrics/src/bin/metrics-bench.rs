@@ -2,10 +2,11 @@
 //!
 //! Generates a deterministic COCO-style data set (default 5,000 images × 5 references plus one
 //! prediction each), writes `gold.json` and `preds.json`, then times, end to end, (1) this
-//! crate's [`evaluate`] with every metric but SPICE and (2) a Python process that runs
-//! pycocotools + pycocoevalcap the way COCOEvalCap does (without SPICE) on the same files. Also
-//! times each Rust stage alone, checks that both sides report the same scores, and prints a
-//! Markdown table.
+//! crate's [`evaluate`] with every metric but SPICE (METEOR native, its paraphrase cache in the
+//! bench directory: built by an untimed first run, whose time is reported apart), (2) the same
+//! with METEOR through the jar, and (3) a Python process that runs pycocotools + pycocoevalcap
+//! the way COCOEvalCap does (without SPICE) on the same files. Also times each Rust stage alone,
+//! checks that all report the same scores, and prints a Markdown table.
 //!
 //! ```text
 //! metrics-bench [--images N] [--refs N] [--repeat N] [--dir DIR] [--python PATH] [--no-python]
@@ -261,15 +262,31 @@ fn run() -> Result<(), String> {
     write_atomic(&pred_path, Value::Array(preds).to_string().as_bytes())
         .map_err(|e| e.to_string())?;
 
-    // Rust, end to end.
-    let opts = EvalOptions::without_spice();
+    // Rust, end to end: a first run builds the paraphrase cache, then the timed runs.
+    let cache_dir = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let opts = EvalOptions {
+        meteor_cache_dir: Some(cache_dir.clone()),
+        ..EvalOptions::without_spice()
+    };
+    let (rust_first, _) = best_of(1, || {
+        evaluate(&gold_path, &pred_path, &opts).map_err(|e| e.to_string())
+    })?;
     let (rust_total, report) = best_of(args.repeat, || {
         evaluate(&gold_path, &pred_path, &opts).map_err(|e| e.to_string())
     })?;
     if !report.notes.is_empty() {
         eprintln!("notes: {:?}", report.notes);
     }
-    // Rust, end to end, without the METEOR jar.
+    // Rust, end to end, METEOR through the jar.
+    let jar_opts = EvalOptions {
+        meteor_jar: true,
+        ..EvalOptions::without_spice()
+    };
+    let (rust_jar_total, jar_report) = best_of(args.repeat, || {
+        evaluate(&gold_path, &pred_path, &jar_opts).map_err(|e| e.to_string())
+    })?;
+    // Rust, end to end, without METEOR.
     let rust_only = EvalOptions {
         metrics: vec![Metric::Bleu, Metric::Rouge, Metric::Cider],
         ..EvalOptions::default()
@@ -298,10 +315,26 @@ fn run() -> Result<(), String> {
         cider::compute(refs, hyps).map_err(|e| e.to_string())
     })?;
     let java = toolkit::java(None);
-    let meteor_time = match toolkit::toolkit_dir(None) {
-        Some(tk) if meteor::unavailable_reason(&java, Some(&tk)).is_none() => {
+    let toolkit_dir = toolkit::toolkit_dir(None);
+    let mut native_load = None;
+    let mut native_score = None;
+    if let Some(tk) = toolkit_dir
+        .as_ref()
+        .filter(|tk| meteor::native_unavailable_reason(Some(tk)).is_none())
+    {
+        let (t, m) = best_of(args.repeat, || {
+            meteor::NativeMeteor::load(tk, Some(&cache_dir)).map_err(|e| e.to_string())
+        })?;
+        native_load = Some(t);
+        let (t, _) = best_of(args.repeat, || {
+            m.compute(refs, hyps).map_err(|e| e.to_string())
+        })?;
+        native_score = Some(t);
+    }
+    let meteor_time = match &toolkit_dir {
+        Some(tk) if meteor::unavailable_reason(&java, Some(tk)).is_none() => {
             let (t, _) = best_of(args.repeat, || {
-                let mut m = meteor::Meteor::start(&java, &tk).map_err(|e| e.to_string())?;
+                let mut m = meteor::Meteor::start(&java, tk).map_err(|e| e.to_string())?;
                 m.compute(refs, hyps).map_err(|e| e.to_string())
             })?;
             Some(t)
@@ -367,11 +400,21 @@ fn run() -> Result<(), String> {
         secs(t_bleu),
         stage(&py, "Bleu")
     );
+    let or_unavailable = |t: Option<Duration>| {
+        t.map(|t| format!("{:.3} s", secs(t)))
+            .unwrap_or_else(|| "unavailable".into())
+    };
     println!(
-        "| METEOR (jar, incl. JVM start) | {} | {} |",
-        meteor_time
-            .map(|t| format!("{:.3} s", secs(t)))
-            .unwrap_or_else(|| "unavailable".into()),
+        "| METEOR native: load data (paraphrase table from its cache) | {} | – |",
+        or_unavailable(native_load)
+    );
+    println!(
+        "| METEOR native: score | {} | – |",
+        or_unavailable(native_score)
+    );
+    println!(
+        "| METEOR through the jar (incl. JVM start) | {} | {} |",
+        or_unavailable(meteor_time),
         stage(&py, "METEOR")
     );
     println!(
@@ -386,11 +429,19 @@ fn run() -> Result<(), String> {
     );
     let py_total = py.as_ref().map(|(d, _)| secs(*d));
     println!(
-        "| **end to end** (all but SPICE) | **{:.3} s** | **{}** |",
+        "| **end to end** (all but SPICE; METEOR native) | **{:.3} s** | **{}** |",
         secs(rust_total),
         py_total
             .map(|s| format!("{s:.3} s"))
             .unwrap_or_else(|| "–".into())
+    );
+    println!(
+        "| end to end, first run (builds the paraphrase cache) | {:.3} s | – |",
+        secs(rust_first)
+    );
+    println!(
+        "| end to end, METEOR through the jar | {:.3} s | – |",
+        secs(rust_jar_total)
     );
     let py_no_meteor = py.as_ref().and_then(|(_, j)| {
         Some(j["stages"]["total_in_python"].as_f64()? - j["stages"]["METEOR"].as_f64()?)
@@ -414,6 +465,18 @@ fn run() -> Result<(), String> {
             p / secs(rust_no_meteor)
         );
     }
+    let mut worst_jar: f64 = 0.0;
+    for ((_, native), (_, jar)) in report
+        .corpus
+        .entries()
+        .iter()
+        .zip(jar_report.corpus.entries())
+    {
+        if let (Some(n), Some(j)) = (native, jar) {
+            worst_jar = worst_jar.max((n - j).abs());
+        }
+    }
+    println!("Largest corpus-score difference, METEOR native vs jar run: {worst_jar:e}");
     if let Some((_, j)) = &py {
         let mut worst: f64 = 0.0;
         for (name, ours) in report.corpus.entries() {

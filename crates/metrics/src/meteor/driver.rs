@@ -14,15 +14,11 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::{DetailedScores, MeteorScores, METEOR_JAR, PARAPHRASE_TABLE};
 use crate::ngrams::check_inputs;
 use crate::pycompat::is_py_space;
 use crate::toolkit::INSTALL_HINT;
 use crate::EvalError;
-
-/// The jar, relative to the pycocoevalcap package directory.
-pub const METEOR_JAR: &str = "meteor/meteor-1.5.jar";
-/// The paraphrase table the jar loads for English.
-pub const PARAPHRASE_TABLE: &str = "meteor/data/paraphrase-en.gz";
 
 /// A running METEOR 1.5 process.
 pub struct Meteor {
@@ -31,13 +27,6 @@ pub struct Meteor {
     stdout: BufReader<ChildStdout>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
-}
-
-/// Corpus and per-image METEOR.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MeteorScores {
-    pub corpus: f64,
-    pub per_image: Vec<f64>,
 }
 
 /// Why METEOR cannot run here, with how to fix it.
@@ -168,6 +157,15 @@ impl Meteor {
         refs: &[Vec<String>],
         hyps: &[String],
     ) -> Result<MeteorScores, EvalError> {
+        self.compute_detailed(refs, hyps).map(|d| d.scores)
+    }
+
+    /// [`Meteor::compute`] with the statistics lines the jar answered each `SCORE` line with.
+    pub fn compute_detailed(
+        &mut self,
+        refs: &[Vec<String>],
+        hyps: &[String],
+    ) -> Result<DetailedScores, EvalError> {
         check_inputs(refs, hyps)?;
         let mut stdin = self
             .stdin
@@ -195,12 +193,14 @@ impl Meteor {
             (stdin, result)
         });
         let mut eval_line = String::from("EVAL");
+        let mut stats_lines = Vec::with_capacity(hyps.len());
         let mut read_err = None;
         for _ in 0..hyps.len() {
             match self.read_line() {
                 Ok(stat) => {
                     eval_line.push_str(" ||| ");
                     eval_line.push_str(&stat);
+                    stats_lines.push(stat);
                 }
                 Err(e) => {
                     read_err = Some(e);
@@ -229,7 +229,10 @@ impl Meteor {
             .map(|_| self.read_float())
             .collect::<Result<Vec<_>, _>>()?;
         let corpus = self.read_float()?;
-        Ok(MeteorScores { corpus, per_image })
+        Ok(DetailedScores {
+            scores: MeteorScores { corpus, per_image },
+            stats_lines,
+        })
     }
 }
 
