@@ -13,13 +13,14 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
 use crate::models::frozen_matmul::frozen_matmul;
 use crate::models::fused::{gelu_new, layer_norm as fused_layer_norm, softmax_last_dim};
+use crate::models::kv_cache;
 use crate::models::packed_linear::{self, PackedLinear, WeightType};
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
@@ -192,8 +193,10 @@ enum FrozenHead {
 pub struct Sequence {
     rows: usize,
     past_len: usize,
-    /// Per layer: keys and values `[rows, n_head, past_len, head_dim]`.
+    /// Per layer: keys and values `[cached rows, n_head, past_len, head_dim]`.
     self_kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Row `i` continues cached row `pending_order[i]` (a reorder not yet applied to the cache).
+    pending_order: Option<Vec<u32>>,
     /// Per layer: keys `[1, n_head, head_dim_r, S]` (already transposed) and values `[1, n_head, S, head_dim_r]`.
     cross_kv: Vec<(Tensor, Tensor)>,
 }
@@ -207,17 +210,16 @@ impl Sequence {
         self.past_len
     }
     /// Reorders (and possibly multiplies) the rows: new row `i` continues old row `indices[i]`.
+    /// The cache itself is reordered lazily, while the next step appends to it
+    /// ([`kv_cache::append`]).
     pub fn reorder(&mut self, indices: &[u32]) -> candle_core::Result<()> {
-        let device = self
-            .cross_kv
-            .first()
-            .map(|(k, _)| k.device().clone())
-            .unwrap_or(Device::Cpu);
-        let idx = Tensor::new(indices, &device)?;
-        for kv in self.self_kv.iter_mut().flatten() {
-            kv.0 = kv.0.index_select(&idx, 0)?;
-            kv.1 = kv.1.index_select(&idx, 0)?;
+        if let Some(&bad) = indices.iter().find(|&&i| i as usize >= self.rows) {
+            candle_core::bail!("reorder: row {bad} of {} rows", self.rows);
         }
+        self.pending_order = Some(match &self.pending_order {
+            Some(p) => indices.iter().map(|&i| p[i as usize]).collect(),
+            None => indices.to_vec(),
+        });
         self.rows = indices.len();
         Ok(())
     }
@@ -319,6 +321,7 @@ impl Gpt2 {
             rows: 1,
             past_len: 0,
             self_kv: vec![None; self.blocks.len()],
+            pending_order: None,
             cross_kv,
         })
     }
@@ -387,6 +390,7 @@ impl Gpt2 {
             }
             offset += s.rows * t;
             s.past_len += t;
+            s.pending_order = None;
         }
         let h = h.index_select(&Tensor::new(last.as_slice(), device)?, 0)?;
         self.logits(&h, false)
@@ -472,29 +476,32 @@ impl SelfAttention {
                     let g = qkv.narrow(0, offset, n)?;
                     offset += n;
                     let past = s.self_kv[layer].take();
-                    let (o, k, v) = self.attend(&g, s.rows, t, past, None)?;
+                    let order = s.pending_order.as_deref();
+                    let (o, k, v) = self.attend(&g, s.rows, t, past, order, None)?;
                     outs.push(o);
                     s.self_kv[layer] = Some((k, v));
                 }
                 Tensor::cat(&outs, 0)?
             }
             Pass::Train { b, t, dropout, .. } => {
-                self.attend(&qkv, *b, *t, None, Some(&mut **dropout))?.0
+                self.attend(&qkv, *b, *t, None, None, Some(&mut **dropout))?
+                    .0
             }
         };
         self.c_proj.forward(&o)
     }
 
     /// Attention of one group of `rows × t` new positions (`qkv` `[rows·t, 3·n_embd]`) over its
-    /// cached past plus themselves, causally. Returns the merged heads `[rows·t, n_embd]` and the
-    /// keys and values to cache. `dropout` is given in training (which also selects the
-    /// differentiable softmax).
+    /// cached past (whose row `i` is `past[order[i]]`) plus themselves, causally. Returns the
+    /// merged heads `[rows·t, n_embd]` and the keys and values to cache. `dropout` is given in
+    /// training (which also selects the differentiable softmax).
     fn attend(
         &self,
         qkv: &Tensor,
         rows: usize,
         t: usize,
         past: Option<(Tensor, Tensor)>,
+        order: Option<&[u32]>,
         dropout: Option<&mut Dropout>,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let e = self.n_head * self.head_dim;
@@ -506,7 +513,10 @@ impl SelfAttention {
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let (k, v) = match past {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            Some((pk, pv)) => (
+                kv_cache::append(&pk, &k, order)?,
+                kv_cache::append(&pv, &v, order)?,
+            ),
             None => (k, v),
         };
         let total = k.dim(2)?;

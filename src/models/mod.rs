@@ -11,6 +11,7 @@ pub mod dropout;
 pub mod frozen_matmul;
 pub mod fused;
 pub mod gpt2;
+pub mod kv_cache;
 pub mod packed_linear;
 pub mod smallcap;
 
