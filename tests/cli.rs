@@ -23,6 +23,17 @@ fn model_args(c: &mut Command) -> &mut Command {
         .arg(fixture("tokenizer"))
 }
 
+/// Runs `c`, which must succeed, and parses its output lines.
+fn succeed(c: &mut Command) -> Vec<serde_json::Value> {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines(&out)
+}
+
 fn lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8(out.stdout.clone())
         .unwrap()
@@ -81,13 +92,7 @@ fn captions_every_fixture_image_as_the_reference_does() {
         for case in &with {
             c.arg(fixture(&case.image));
         }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got = lines(&out);
+        let got = succeed(&mut c);
         assert_eq!(got.len(), with.len());
         for (line, case) in got.iter().zip(&with) {
             let want = &case.expected[setting];
@@ -120,13 +125,7 @@ fn no_retrieval_prompt_and_images_folder() {
     for case in &without {
         c.arg(fixture(&case.image));
     }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (line, case) in lines(&out).iter().zip(&without) {
+    for (line, case) in succeed(&mut c).iter().zip(&without) {
         assert_eq!(
             line["caption"],
             case.expected["beam3_early"].caption.as_str(),
@@ -141,13 +140,7 @@ fn no_retrieval_prompt_and_images_folder() {
     model_args(&mut c)
         .args(["--no-retrieval", "--beams", "1", "--images"])
         .arg(fixture("images"));
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = lines(&out);
+    let got = succeed(&mut c);
     let mut names: Vec<String> = std::fs::read_dir(fixture("images"))
         .unwrap()
         .map(|e| e.unwrap().path().to_string_lossy().to_string())
@@ -204,13 +197,7 @@ fn coco_results_file_is_written() {
         .args(["--no-retrieval", "--beams", "1", "--coco-results"])
         .arg(&results)
         .arg(&img);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = &lines(&out)[0];
+    let line = &succeed(&mut c)[0];
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
     assert_eq!(
@@ -310,13 +297,7 @@ fn half_precision_decoder_weights_caption_every_image() {
         for case in &with {
             c.arg(fixture(&case.image));
         }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got = lines(&out);
+        let got = succeed(&mut c);
         assert_eq!(got.len(), with.len(), "{weights}");
         for line in &got {
             assert!(!line["generated_ids"].as_array().unwrap().is_empty());

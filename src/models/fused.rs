@@ -20,8 +20,9 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-/// The contiguous f32 values of a CPU operand of operation `op`.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+/// The contiguous f32 values of a CPU operand of operation `op` (shared by the custom CPU
+/// operations of this crate).
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{op}: expected f32 values");
     };

@@ -7,6 +7,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+use crate::models::fused::contiguous_f32;
+
 /// `past` `[old_rows, heads, len, dim]` and `new` `[rows, heads, t, dim]` → `[rows, heads, len + t,
 /// dim]` whose row `i` is `past[order[i]]` followed by `new[i]` (`order` of `rows` entries; `None`
 /// keeps the rows as they are).
@@ -47,13 +49,6 @@ struct Append {
     len: usize,
 }
 
-fn values<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("kv cache: expected contiguous f32 values"),
-    }
-}
-
 impl CustomOp2 for Append {
     fn name(&self) -> &'static str {
         "kv-cache-append"
@@ -66,7 +61,10 @@ impl CustomOp2 for Append {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (past, new) = (values(s1, l1)?, values(s2, l2)?);
+        let (past, new) = (
+            contiguous_f32(s1, l1, "kv cache")?,
+            contiguous_f32(s2, l2, "kv cache")?,
+        );
         let (rows, heads, t, dim) = l2.shape().dims4()?;
         let len = self.len;
         let (old_head, new_head, out_head) = (len * dim, t * dim, (len + t) * dim);
