@@ -76,3 +76,30 @@ fn table_and_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("preds.json"), "{err}");
 }
+
+#[test]
+fn meteor_native_and_through_the_jar_equal_pycocoevalcap() {
+    // Needs pycocoevalcap (its data files, and Java for the jar): scripts/test installs both
+    // and points SMALLCAP_PYTHON at them.
+    for extra in [&[][..], &["--meteor-jar"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_smallcap"))
+            .args(["eval", "--json", "--no-spice", "--gold"])
+            .arg(pack("gold.json"))
+            .arg("--pred")
+            .arg(pack("preds.json"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (g, w) = (
+            got["METEOR"].as_f64().unwrap_or(f64::NAN),
+            expected()["corpus"]["METEOR"].as_f64().unwrap(),
+        );
+        assert!((g - w).abs() < 1e-9, "{extra:?}: METEOR {g} vs {w}");
+    }
+}
