@@ -1,20 +1,26 @@
-//! The CLIP ViT vision tower SmallCap encodes images with (HF `CLIPVisionTransformer`).
+//! The CLIP ViT vision tower SmallCap encodes images with (HF `CLIPVisionTransformer`, transformers
+//! 4.21.1).
 //!
 //! SmallCap uses `last_hidden_state` — the output of the last encoder layer, before
 //! `post_layernorm` and without any projection — as the decoder's `encoder_hidden_states`.
-//! The transformer itself is candle-transformers' implementation of the HF model.
+//!
+//! Embeddings: the patch convolution (stride = kernel, no bias) as one product over the image's
+//! patches, the class embedding in front, plus the position embeddings; then `pre_layrnorm`. Each
+//! layer: `h + self_attn(layer_norm1(h))` (queries scaled by `head_dim^-0.5`), then
+//! `h + fc2(quick_gelu(fc1(layer_norm2(h))))`. The tower is frozen, so on CPUs with AVX-512 its
+//! linear layers are packed like the decoder's ([`PackedLinear`](super::packed_linear)): an image
+//! is only 50 rows, where a general GEMM is far from its best.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
-use candle_transformers::models::clip::text_model::Activation;
-use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
+use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::VisionConfig;
+use crate::models::gpt2::Conv1D;
+use crate::models::packed_linear::{self, WeightType};
 
 /// Stores every linear weight of the tower under `prefix` (`[out, in]`, as `nn.Linear` keeps it)
-/// as a transposed view of an `[in, out]` row-major copy. The transformer multiplies by
-/// `weight.t()`, which then is row-major: gemm streams that several times faster than a
-/// transposed operand. Values are unchanged.
+/// as a transposed view of an `[in, out]` row-major copy, so that the `[in, out]` weight the
+/// layers multiply by needs no copy. Values are unchanged.
 pub fn lay_out_linear_weights(
     tensors: &mut std::collections::HashMap<String, Tensor>,
     prefix: &str,
@@ -30,40 +36,131 @@ pub fn lay_out_linear_weights(
     Ok(())
 }
 
+/// An `nn.Linear` (`[out, in]` weight) as a [`Conv1D`] over `[in, out]`.
+fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Conv1D> {
+    let weight = vb.get((d_out, d_in), "weight")?.t()?.contiguous()?;
+    Ok(Conv1D::from_tensors(weight, vb.get(d_out, "bias")?))
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    layer_norm1: LayerNorm,
+    q_proj: Conv1D,
+    k_proj: Conv1D,
+    v_proj: Conv1D,
+    out_proj: Conv1D,
+    layer_norm2: LayerNorm,
+    fc1: Conv1D,
+    fc2: Conv1D,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClipVision {
-    inner: ClipVisionTransformer,
-    num_layers: usize,
+    /// The patch convolution as `[channels·patch·patch, hidden]`, without bias.
+    patch_embedding: Conv1D,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<Layer>,
+    cfg: VisionConfig,
 }
 
 impl ClipVision {
     /// `vb` points at the tower's root (`encoder` in a SmallCap checkpoint).
     pub fn load(vb: VarBuilder, cfg: &VisionConfig) -> candle_core::Result<Self> {
-        let c = ClipVisionConfig {
-            embed_dim: cfg.hidden_size,
-            activation: Activation::QuickGelu,
-            intermediate_size: cfg.intermediate_size,
-            num_hidden_layers: cfg.num_hidden_layers,
-            num_attention_heads: cfg.num_attention_heads,
-            projection_dim: cfg.hidden_size,
-            num_channels: cfg.num_channels,
-            image_size: cfg.image_size,
-            patch_size: cfg.patch_size,
+        let (h, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
+        let eps = cfg.layer_norm_eps;
+        let e = vb.pp("embeddings");
+        let conv = e.get((h, c, p, p), "patch_embedding.weight")?;
+        let patch_embedding = Conv1D::from_tensors(
+            conv.reshape((h, c * p * p))?.t()?.contiguous()?,
+            Tensor::zeros(h, conv.dtype(), conv.device())?,
+        );
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = vb.pp("encoder").pp("layers").pp(i);
+            let a = l.pp("self_attn");
+            layers.push(Layer {
+                layer_norm1: candle_nn::layer_norm(h, eps, l.pp("layer_norm1"))?,
+                q_proj: linear(a.pp("q_proj"), h, h)?,
+                k_proj: linear(a.pp("k_proj"), h, h)?,
+                v_proj: linear(a.pp("v_proj"), h, h)?,
+                out_proj: linear(a.pp("out_proj"), h, h)?,
+                layer_norm2: candle_nn::layer_norm(h, eps, l.pp("layer_norm2"))?,
+                fc1: linear(l.pp("mlp").pp("fc1"), h, cfg.intermediate_size)?,
+                fc2: linear(l.pp("mlp").pp("fc2"), cfg.intermediate_size, h)?,
+            });
+        }
+        let mut tower = Self {
+            patch_embedding,
+            class_embedding: e.get(h, "class_embedding")?,
+            position_embedding: e.get((cfg.num_positions(), h), "position_embedding.weight")?,
+            pre_layrnorm: candle_nn::layer_norm(h, eps, vb.pp("pre_layrnorm"))?,
+            layers,
+            cfg: cfg.clone(),
         };
-        Ok(Self {
-            inner: ClipVisionTransformer::new(vb, &c)?,
-            num_layers: cfg.num_hidden_layers,
-        })
+        if tower.class_embedding.device().is_cpu() && packed_linear::simd_available() {
+            for l in &mut tower.layers {
+                for layer in [
+                    &mut l.q_proj,
+                    &mut l.k_proj,
+                    &mut l.v_proj,
+                    &mut l.out_proj,
+                    &mut l.fc1,
+                    &mut l.fc2,
+                ] {
+                    layer.pack(WeightType::F32)?;
+                }
+            }
+            tower.patch_embedding.pack(WeightType::F32)?;
+        }
+        Ok(tower)
     }
 
     /// `pixel_values` `[B, 3, size, size]` → `last_hidden_state` `[B, tokens, hidden]`.
     pub fn forward(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
-        let mut states = self.inner.output_hidden_states(pixel_values)?;
-        states.truncate(self.num_layers);
-        match states.pop() {
-            Some(last) => Ok(last),
-            // A tower without layers outputs its pre-LN embeddings.
-            None => candle_core::bail!("the vision tower has no layers"),
+        let cfg = &self.cfg;
+        if self.layers.is_empty() {
+            candle_core::bail!("the vision tower has no layers");
         }
+        let (b, c, size, _) = pixel_values.dims4()?;
+        let (p, h) = (cfg.patch_size, cfg.hidden_size);
+        let g = size / p;
+        // Patches in row-major order, each flattened as the convolution kernel is (c, y, x).
+        let patches = pixel_values
+            .reshape((b, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * g * g, c * p * p))?;
+        let patches = self
+            .patch_embedding
+            .forward(&patches)?
+            .reshape((b, g * g, h))?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, h))?
+            .broadcast_as((b, 1, h))?;
+        let x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
+        let t = g * g + 1;
+        let mut x = self.pre_layrnorm.forward(&x)?.reshape((b * t, h))?;
+        let heads = cfg.num_attention_heads;
+        let d = h / heads;
+        let scale = (d as f64).powf(-0.5);
+        for l in &self.layers {
+            let y = l.layer_norm1.forward(&x)?;
+            let split = |t_: Tensor| -> candle_core::Result<Tensor> {
+                t_.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
+            };
+            let q = split((l.q_proj.forward(&y)? * scale)?)?;
+            let k = split(l.k_proj.forward(&y)?)?;
+            let v = split(l.v_proj.forward(&y)?)?;
+            let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+            let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
+            x = (x + l.out_proj.forward(&o)?)?;
+            let y = l.fc1.forward(&l.layer_norm2.forward(&x)?)?;
+            let y = (&y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?)?;
+            x = (x + l.fc2.forward(&y)?)?;
+        }
+        x.reshape((b, t, h))
     }
 }

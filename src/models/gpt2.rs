@@ -47,8 +47,15 @@ impl Conv1D {
         })
     }
 
-    /// Packs the weight for decoding (once; a packed layer stays as it is).
-    fn pack(&mut self, ty: WeightType) -> candle_core::Result<()> {
+    /// A layer from its weight `[in, out]` and bias `[out]`.
+    pub fn from_tensors(weight: Tensor, bias: Tensor) -> Self {
+        Self {
+            weights: Conv1DWeights::Dense { weight, bias },
+        }
+    }
+
+    /// Packs a frozen weight for small-batch products (once; a packed layer stays as it is).
+    pub fn pack(&mut self, ty: WeightType) -> candle_core::Result<()> {
         if let Conv1DWeights::Dense { weight, bias } = &self.weights {
             let packed = PackedLinear::pack(weight, Some(bias), ty)?;
             self.weights = Conv1DWeights::Packed(Arc::new(packed));
