@@ -48,6 +48,22 @@ fn batch_tensors() -> HashMap<String, Tensor> {
 }
 
 /// The CPU, or the first GPU when `SMALLCAP_TEST_CUDA` is set (scripts/gpu-train-check.sh).
+/// The reference's training batch.
+fn fixture_batch() -> Batch {
+    let b = batch_tensors();
+    Batch {
+        input_ids: b["input_ids"].to_dtype(DType::U32).unwrap(),
+        labels: b["labels"]
+            .to_dtype(DType::I64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap(),
+        encoder_hidden: b["encoder_hidden"].clone(),
+    }
+}
+
 fn device() -> Device {
     if std::env::var_os("SMALLCAP_TEST_CUDA").is_some() {
         Device::new_cuda(0).expect("SMALLCAP_TEST_CUDA is set but no CUDA device is usable")
@@ -123,18 +139,7 @@ fn three_steps(micro_batch: Option<usize>) {
             .unwrap();
     let m = model();
     assert_eq!(m.trainable_parameters(), exp.trainable_parameters);
-    let b = batch_tensors();
-    let batch = Batch {
-        input_ids: b["input_ids"].to_dtype(DType::U32).unwrap(),
-        labels: b["labels"]
-            .to_dtype(DType::I64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap(),
-        encoder_hidden: b["encoder_hidden"].clone(),
-    };
+    let batch = fixture_batch();
     let before: HashMap<String, Tensor> = m
         .params
         .iter()
@@ -227,18 +232,7 @@ fn frozen_weights_get_no_gradient_and_only_cross_attention_trains() {
     }
     // 2 layers × (q_attn, c_attn, c_proj) × (weight, bias); ln_cross_attn stays frozen.
     assert_eq!(m.params.len(), 12);
-    let b = batch_tensors();
-    let batch = Batch {
-        input_ids: b["input_ids"].to_dtype(DType::U32).unwrap(),
-        labels: b["labels"]
-            .to_dtype(DType::I64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap(),
-        encoder_hidden: b["encoder_hidden"].clone(),
-    };
+    let batch = fixture_batch();
     let grads = m
         .loss(&batch, &mut Dropout::off())
         .unwrap()

@@ -18,24 +18,6 @@ use crate::config::VisionConfig;
 use crate::models::gpt2::Conv1D;
 use crate::models::packed_linear::{self, WeightType};
 
-/// Stores every linear weight of the tower under `prefix` (`[out, in]`, as `nn.Linear` keeps it)
-/// as a transposed view of an `[in, out]` row-major copy, so that the `[in, out]` weight the
-/// layers multiply by needs no copy. Values are unchanged.
-pub fn lay_out_linear_weights(
-    tensors: &mut std::collections::HashMap<String, Tensor>,
-    prefix: &str,
-) -> candle_core::Result<()> {
-    for (name, t) in tensors.iter_mut() {
-        let linear = name.starts_with(prefix)
-            && name.ends_with(".weight")
-            && (name.contains("_proj.") || name.contains(".fc1.") || name.contains(".fc2."));
-        if linear && t.rank() == 2 {
-            *t = t.t()?.contiguous()?.t()?;
-        }
-    }
-    Ok(())
-}
-
 /// An `nn.Linear` (`[out, in]` weight) as a [`Conv1D`] over `[in, out]`.
 fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Conv1D> {
     let weight = vb.get((d_out, d_in), "weight")?.t()?.contiguous()?;

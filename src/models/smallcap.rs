@@ -42,9 +42,7 @@ impl SmallCap {
         device: &Device,
     ) -> Result<Self> {
         let path = weights.path.clone();
-        let mut tensors = weights.tensors;
-        crate::models::clip_vision::lay_out_linear_weights(&mut tensors, "encoder.")?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let vb = VarBuilder::from_tensors(weights.tensors, DType::F32, device);
         let build = || -> candle_core::Result<(ClipVision, Gpt2)> {
             Ok((
                 ClipVision::load(vb.pp("encoder"), &config.encoder)?,
