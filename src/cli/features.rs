@@ -1,8 +1,8 @@
 //! `smallcap features`: the vision tower's `last_hidden_state` of every image of a Karpathy
-//! annotation file, stored for training (see [`smallcap::train::features`]). Resumable: images
-//! whose features are already in the output folder are skipped.
+//! annotation file, stored for training (see [`smallcap::train::features`]), or imported from the
+//! reference's HDF5 feature file (`--from-hdf5`). Resumable: images whose features are already in
+//! the output folder are skipped.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -21,11 +21,16 @@ use smallcap::train::init::Pretrained;
 #[derive(Args)]
 pub struct FeaturesArgs {
     /// Folder of the images (looked up as the name after the last `_`, then `filepath/filename`, then `filename`).
-    #[arg(long)]
-    images: PathBuf,
+    #[arg(long, required_unless_present = "from_hdf5")]
+    images: Option<PathBuf>,
     /// Karpathy-split annotations (`dataset_coco.json`).
-    #[arg(long)]
-    annotations: PathBuf,
+    #[arg(long, required_unless_present = "from_hdf5")]
+    annotations: Option<PathBuf>,
+    /// Import the reference's HDF5 feature file (`features/train.hdf5` of `extract_features.py`)
+    /// instead of encoding images. Needs a build with `--features hdf5`; without one, convert with
+    /// `python -c "import h5py,sys; from safetensors.numpy import save_file; f=h5py.File(sys.argv[1]); save_file({k: f[k][()] for k in f.keys()}, sys.argv[2])" train.hdf5 OUT/train.safetensors`
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["images", "annotations", "splits"])]
+    from_hdf5: Option<PathBuf>,
     /// The CLIP checkpoint (folder or hub id; `vision_model.*` weights), or a SmallCap checkpoint (`encoder.*`).
     #[arg(long, default_value = "openai/clip-vit-base-patch32")]
     encoder: String,
@@ -117,7 +122,13 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
     if args.batch_size == 0 || args.chunk == 0 {
         bail!("--batch-size and --chunk must be at least 1");
     }
-    let ann = Annotations::from_file(&args.annotations)?;
+    if let Some(file) = &args.from_hdf5 {
+        return import_hdf5(&args, file);
+    }
+    let (Some(annotations), Some(image_dir)) = (&args.annotations, &args.images) else {
+        bail!("--images and --annotations are required unless --from-hdf5 is given");
+    };
+    let ann = Annotations::from_file(annotations)?;
     let splits: Vec<&str> = args.splits.iter().map(String::as_str).collect();
     let images: Vec<&KarpathyImage> = ann
         .images
@@ -125,7 +136,7 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
         .filter(|im| splits.is_empty() || splits.contains(&im.split.as_str()))
         .collect();
     if images.is_empty() {
-        bail!("{}: no images to encode", args.annotations.display());
+        bail!("{}: no images to encode", annotations.display());
     }
     let device = super::device()?;
     std::fs::create_dir_all(&args.out)
@@ -137,13 +148,13 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
         if done.contains(&im.key()) || !seen.insert(im.key()) {
             continue;
         }
-        let path = image_path(&args.images, im).with_context(|| {
+        let path = image_path(image_dir, im).with_context(|| {
             format!(
                 "{}: no image file for {} ({}) in {}",
-                args.annotations.display(),
+                annotations.display(),
                 im.cocoid,
                 im.filename,
-                args.images.display()
+                image_dir.display()
             )
         })?;
         todo.push((im.key(), path));
@@ -160,18 +171,7 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
     let (vision, cfg) = load_vision(&args.encoder, &device)?;
     let size = cfg.image_size;
     let mut writer = FeatureWriter::new(&args.out, args.f16)?;
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(todo.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} images  {per_sec}  {elapsed} (eta {eta})",
-            )
-            .expect("valid template"),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = super::progress_bar(todo.len(), "images");
     for chunk in todo.chunks(args.chunk) {
         let mut items = Vec::with_capacity(chunk.len());
         for batch in chunk.chunks(args.batch_size) {
@@ -192,11 +192,54 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
         writer.write_chunk(&items)?;
     }
     bar.finish_and_clear();
+    report(todo.len(), &args.out, already)
+}
+
+fn report(written: usize, out: &Path, already: usize) -> anyhow::Result<ExitCode> {
     eprintln!(
-        "wrote features of {} images to {} ({} were already there)",
-        todo.len(),
-        args.out.display(),
-        already
+        "wrote features of {written} images to {} ({already} were already there)",
+        out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Copies the datasets of the reference's HDF5 file that the output folder lacks into it.
+#[cfg(feature = "hdf5")]
+fn import_hdf5(args: &FeaturesArgs, file: &Path) -> anyhow::Result<ExitCode> {
+    let h5 = smallcap::train::hdf5::Hdf5Features::open(file)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
+    let done = FeatureStore::open(&args.out)?;
+    let todo: Vec<&String> = h5.ids().iter().filter(|id| !done.contains(id)).collect();
+    let already = h5.ids().len() - todo.len();
+    drop(done);
+    if todo.is_empty() {
+        eprintln!(
+            "all {already} images already have features in {}",
+            args.out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut writer = FeatureWriter::new(&args.out, args.f16)?;
+    let bar = super::progress_bar(todo.len(), "images");
+    for chunk in todo.chunks(args.chunk) {
+        let items = chunk
+            .iter()
+            .map(|id| Ok(((*id).clone(), h5.read(id, &Device::Cpu)?)))
+            .collect::<smallcap::Result<Vec<_>>>()?;
+        writer.write_chunk(&items)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    report(todo.len(), &args.out, already)
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn import_hdf5(_: &FeaturesArgs, file: &Path) -> anyhow::Result<ExitCode> {
+    bail!(
+        "{}: this smallcap was built without HDF5 support; rebuild it with `--features hdf5` \
+         (needs libhdf5, e.g. Debian's libhdf5-dev) or convert the file with the Python line \
+         in `smallcap features --help`",
+        file.display()
+    )
 }

@@ -127,7 +127,7 @@ pub fn progress_bar(len: usize, unit: &str) -> indicatif::ProgressBar {
         let bar = indicatif::ProgressBar::new(len as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(&format!(
-                "{{bar:40}} {{pos}}/{{len}} {unit}  {{elapsed}} (eta {{eta}})"
+                "{{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  {{elapsed}} (eta {{eta}})"
             ))
             .expect("valid template"),
         );

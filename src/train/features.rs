@@ -4,7 +4,8 @@
 //! `[tokens, hidden]` in f32 or f16. Any number of files; the writer adds one file per chunk of
 //! images, each written atomically, so an interrupted extraction resumes where it stopped.
 //!
-//! Converting the reference's HDF5 files (no HDF5 library is linked here):
+//! The reference's HDF5 files are imported by `smallcap features --from-hdf5` (built with the
+//! `hdf5` feature; see `src/train/hdf5.rs`). Without it, one line of Python converts them:
 //! `python -c "import h5py,sys; from safetensors.numpy import save_file; f=h5py.File(sys.argv[1]); save_file({k: f[k][()] for k in f.keys()}, sys.argv[2])" train.hdf5 features/train.safetensors`
 
 use std::collections::HashMap;

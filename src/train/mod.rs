@@ -4,6 +4,8 @@
 
 pub mod dataset;
 pub mod features;
+#[cfg(feature = "hdf5")]
+pub mod hdf5;
 pub mod init;
 pub mod model;
 pub mod optimizer;
