@@ -10,8 +10,11 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
+/// A file of the fixture pack. `SMALLCAP_REPO` points a test binary run away from its build
+/// (the GPU bundle of scripts/cuda-build.sh) at a copy of the repository.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("SMALLCAP_REPO")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("tests/fixtures/smallcap-tiny")
         .join(rel)
 }
