@@ -1,7 +1,8 @@
 //! The networks: the CLIP vision encoder, GPT-2 with SmallCap cross-attention, and the
 //! SmallCap model that joins them; the OpenAI CLIP models used as retrieval encoders; and the
 //! training-only pieces they share (dropout, the frozen-weight matmul, fused operations with
-//! one-pass backward passes); and the linear layers packed for decoding.
+//! one-pass backward passes, and the vectorised `exp` and `tanh` they use); and the linear layers
+//! packed for decoding.
 
 pub mod clip_openai;
 pub mod clip_resnet;
@@ -14,6 +15,7 @@ pub mod gpt2;
 pub mod kv_cache;
 pub mod packed_linear;
 pub mod smallcap;
+pub mod vector_math;
 
 pub use clip_vision::ClipVision;
 pub use dropout::Dropout;
