@@ -38,7 +38,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
     let e_r = p * (r * r) + r + 1.0;
     // n ∈ [-126, 127], so n + 127 is the biased exponent of 2^n. Adding 2^23 puts that integer
     // in the low mantissa bits (a float-to-int conversion the compiler would not vectorise).
