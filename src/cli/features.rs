@@ -29,7 +29,7 @@ pub struct FeaturesArgs {
     /// Import the reference's HDF5 feature file (`features/train.hdf5` of `extract_features.py`)
     /// instead of encoding images. Needs a build with `--features hdf5`; without one, convert with
     /// `python -c "import h5py,sys; from safetensors.numpy import save_file; f=h5py.File(sys.argv[1]); save_file({k: f[k][()] for k in f.keys()}, sys.argv[2])" train.hdf5 OUT/train.safetensors`
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["images", "annotations", "splits"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["images", "annotations", "splits", "encoder", "batch_size"])]
     from_hdf5: Option<PathBuf>,
     /// The CLIP checkpoint (folder or hub id; `vision_model.*` weights), or a SmallCap checkpoint (`encoder.*`).
     #[arg(long, default_value = "openai/clip-vit-base-patch32")]
@@ -162,11 +162,7 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
     let already = done.len();
     drop(done);
     if todo.is_empty() {
-        eprintln!(
-            "all {already} images already have features in {}",
-            args.out.display()
-        );
-        return Ok(ExitCode::SUCCESS);
+        return report(0, &args.out, already);
     }
     let (vision, cfg) = load_vision(&args.encoder, &device)?;
     let size = cfg.image_size;
@@ -195,11 +191,19 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
     report(todo.len(), &args.out, already)
 }
 
+/// Says what a run added to the output folder.
 fn report(written: usize, out: &Path, already: usize) -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "wrote features of {written} images to {} ({already} were already there)",
-        out.display()
-    );
+    if written == 0 {
+        eprintln!(
+            "all {already} images already have features in {}",
+            out.display()
+        );
+    } else {
+        eprintln!(
+            "wrote features of {written} images to {} ({already} were already there)",
+            out.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -214,11 +218,7 @@ fn import_hdf5(args: &FeaturesArgs, file: &Path) -> anyhow::Result<ExitCode> {
     let already = h5.ids().len() - todo.len();
     drop(done);
     if todo.is_empty() {
-        eprintln!(
-            "all {already} images already have features in {}",
-            args.out.display()
-        );
-        return Ok(ExitCode::SUCCESS);
+        return report(0, &args.out, already);
     }
     let mut writer = FeatureWriter::new(&args.out, args.f16)?;
     let bar = super::progress_bar(todo.len(), "images");
