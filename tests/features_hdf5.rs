@@ -113,16 +113,12 @@ fn the_reference_hdf5_file_imports_bit_for_bit_and_resumes() {
     store.check(["1", "2", "3", "4"], 50, 64).unwrap();
     for i in 0..4 {
         let got = store.get(&(i + 1).to_string(), &Device::Cpu).unwrap();
-        let want = states.i(i).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(diff, 0.0, "image {}: imported features differ", i + 1);
+        assert_eq!(
+            got.to_vec2::<f32>().unwrap(),
+            states.i(i).unwrap().to_vec2::<f32>().unwrap(),
+            "image {}: imported features differ",
+            i + 1
+        );
     }
     let o = smallcap(&["features", "--from-hdf5", s(&all), "--out", s(&out)]);
     assert!(
