@@ -18,7 +18,7 @@ use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
-use crate::models::frozen_matmul::frozen_matmul;
+use crate::models::frozen_matmul::{frozen_linear, frozen_matmul};
 use crate::models::fused::{gelu_new, layer_norm as fused_layer_norm, softmax_last_dim};
 use crate::models::kv_cache;
 use crate::models::packed_linear::{self, PackedLinear, WeightType};
@@ -65,10 +65,10 @@ impl Conv1D {
 }
 
 impl Module for Conv1D {
-    /// `xs` is `[N, in]`. A frozen weight gets no gradient (see [`frozen_matmul`]).
+    /// `xs` is `[N, in]`. A frozen weight gets no gradient (see [`frozen_linear`]).
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match &self.weights {
-            Conv1DWeights::Dense { weight, bias } => frozen_matmul(xs, weight)?.broadcast_add(bias),
+            Conv1DWeights::Dense { weight, bias } => frozen_linear(xs, weight, bias),
             Conv1DWeights::Packed(packed) => packed.forward(xs),
         }
     }
