@@ -1,5 +1,5 @@
 //! Fused training operations with one-pass backward passes, on the CPU in f32: GPT-2's
-//! activation `gelu_new`, LayerNorm and softmax over the last dimension. candle either has no
+//! activation `gelu_new`, LayerNorm and the attention softmax. candle either has no
 //! backward for its fused versions (LayerNorm, `softmax_last_dim`) or builds the derivative from
 //! about a dozen full-size tensor operations (`gelu`, the composed `softmax`); in training those
 //! tensors were among the larger costs after the matrix products. Each operation here is one
@@ -13,8 +13,9 @@
 //! - LayerNorm per row of `n`: `μ = Σx/n`, `σ² = Σ(x−μ)²/n` (biased, as PyTorch), `x̂ =
 //!   (x−μ)/√(σ²+ε)`, `y = x̂·w + b`; with `g = dy·w` and `r = 1/√(σ²+ε)`: `dx = r·(g − mean(g) −
 //!   x̂·mean(g·x̂))`, `dw = Σ_rows dy·x̂`, `db = Σ_rows dy`; sums in f64.
-//! - Softmax per row: `y = exp(x − max x) / Σ exp(x − max x)` (the vectorised `exp`), `dx =
-//!   y·(dy − Σ dy·y)`.
+//! - The attention softmax per row, with the scale `s = 1/√d` and GPT-2's causal mask folded in:
+//!   `y = exp(s·x − max s·x) / Σ exp(s·x − max s·x)` over the positions the row sees (the
+//!   vectorised `exp`; 0 elsewhere), `dx = y·(dy − Σ dy·y)·s`.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
@@ -264,13 +265,37 @@ impl CustomOp3 for LayerNorm {
 
 // ---- softmax ----
 
-/// Softmax over the last dimension, differentiable.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+/// The attention softmax, differentiable: `softmax(scale·x + mask)` over the last dimension,
+/// where with `causal_past = Some(p)` the mask hides, in row `i` of each `[t, p + t]` block of
+/// scores, the positions after `p + i` (−∞, as GPT-2's causal mask). Values and gradients equal
+/// those of `x * scale`, the mask added and softmax, composed; fused, training skips those two
+/// full-size operations and their gradient copies.
+pub fn attention_softmax(x: &Tensor, scale: f64, causal_past: Option<usize>) -> Result<Tensor> {
+    // `x * scale` in f32, as candle's `x / √d` (an affine with `1 / √d`) computes it.
+    let scale = scale as f32;
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(Softmax)
-    } else {
-        candle_nn::ops::softmax(x, D::Minus1)
+        return x.contiguous()?.apply_op1(Softmax { scale, causal_past });
     }
+    let x = x.affine(scale as f64, 0.0)?;
+    let x = match causal_past {
+        Some(past) => {
+            let (t, total) = (x.dim(D::Minus2)?, x.dim(D::Minus1)?);
+            let mask: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..total).map(move |j| {
+                        if j <= past + i {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            x.broadcast_add(&Tensor::from_vec(mask, (t, total), x.device())?)?
+        }
+        None => x,
+    };
+    candle_nn::ops::softmax(&x, D::Minus1)
 }
 
 /// Rows per parallel task.
@@ -278,24 +303,53 @@ fn rows_per_task(len: usize, n: usize) -> usize {
     (len / n).div_ceil(rayon::current_num_threads() * 8).max(1)
 }
 
-struct Softmax;
+struct Softmax {
+    scale: f32,
+    causal_past: Option<usize>,
+}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
-        "softmax-last-dim"
+        "attention-softmax"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "softmax")?;
         let n = row_len(l);
+        let dims = l.dims();
+        let t = if dims.len() >= 2 {
+            dims[dims.len() - 2]
+        } else {
+            1
+        };
+        if let Some(past) = self.causal_past {
+            if past + t != n {
+                candle_core::bail!(
+                    "causal softmax: {t} new positions after {past} for rows of {n}"
+                );
+            }
+        }
+        if self.scale <= 0.0 {
+            candle_core::bail!("attention softmax: scale {} is not positive", self.scale);
+        }
         let mut out = vec![0f32; x.len()];
-        let chunk = rows_per_task(x.len(), n) * n;
-        out.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
-                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    vector_math::map(x, o, |v| vector_math::exp(v - max));
+        let rows = rows_per_task(x.len(), n);
+        out.par_chunks_mut(rows * n)
+            .zip(x.par_chunks(rows * n))
+            .enumerate()
+            .for_each(|(task, (o, x))| {
+                for (r, (o, x)) in o.chunks_mut(n).zip(x.chunks(n)).enumerate() {
+                    // Positions this row sees: all, or the causal prefix.
+                    let seen = match self.causal_past {
+                        Some(past) => past + (task * rows + r) % t + 1,
+                        None => n,
+                    };
+                    // The hidden positions keep their 0. A positive scale keeps the maximum
+                    // where it was, so `scale·max x` is exactly the maximum of the scaled row.
+                    let (o, x) = (&mut o[..seen], &x[..seen]);
+                    let scale = self.scale;
+                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
+                    vector_math::map(x, o, |v| vector_math::exp(v * scale - max));
                     let sum: f32 = o.iter().sum();
                     for o in o.iter_mut() {
                         *o /= sum;
@@ -306,18 +360,21 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
-        ))
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &SoftmaxGrad { scale: self.scale },
+        )?))
     }
 }
 
-/// `y·(dy − Σ dy·y)` per row, from the forward result `y` and the gradient `dy`.
-struct SoftmaxGrad;
+/// `y·(dy − Σ dy·y)·scale` per row, from the forward result `y` and the gradient `dy`.
+struct SoftmaxGrad {
+    scale: f32,
+}
 
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
-        "softmax-last-dim-grad"
+        "attention-softmax-grad"
     }
 
     fn cpu_fwd(
@@ -347,7 +404,7 @@ impl CustomOp2 for SoftmaxGrad {
                 for (o, (y, g)) in o.chunks_mut(n).zip(y.chunks(n).zip(g.chunks(n))) {
                     let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
                     for ((o, &yv), &gv) in o.iter_mut().zip(y).zip(g) {
-                        *o = yv * (gv - dot);
+                        *o = yv * (gv - dot) * self.scale;
                     }
                 }
             });
@@ -469,34 +526,55 @@ mod tests {
 
     /// Values and gradients against candle's composed softmax and its autograd.
     #[test]
-    fn fused_equals_the_composed_softmax_forward_and_backward() {
+    fn fused_equals_the_composed_attention_softmax_forward_and_backward() {
         let dev = Device::Cpu;
-        let v: Vec<f32> = (0..3 * 5 * 17)
+        // 3 × 5 heads of 4 new positions after 13 cached ones: rows of 17 scores.
+        let v: Vec<f32> = (0..3 * 5 * 4 * 17)
             .map(|i| ((i * 7919) % 113) as f32 / 9.0 - 6.0)
             .collect();
-        let x = Var::from_vec(v, (3, 5, 17), &dev).unwrap();
+        let x = Var::from_vec(v, (3, 5, 4, 17), &dev).unwrap();
         let probe = x.as_tensor().cos().unwrap();
-        let run = |fused: bool| {
-            let y = if fused {
-                softmax_last_dim(x.as_tensor()).unwrap()
-            } else {
-                candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap()
+        let mask: Vec<f32> = (0..4)
+            .flat_map(|i| (0..17).map(move |j| if j <= 13 + i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (4, 17), &dev).unwrap();
+        // Scores divided by √d, as the attention layers write it, for d = 1, 64 and 3.
+        for (sqrt_d, causal) in [(1.0, None), (8.0, None), (3f64.sqrt(), Some(13))] {
+            let run = |fused: bool| {
+                let y = if fused {
+                    attention_softmax(x.as_tensor(), 1.0 / sqrt_d, causal).unwrap()
+                } else {
+                    let s = (x.as_tensor() / sqrt_d).unwrap();
+                    let s = match causal {
+                        Some(_) => s.broadcast_add(&mask).unwrap(),
+                        None => s,
+                    };
+                    candle_nn::ops::softmax(&s, D::Minus1).unwrap()
+                };
+                let g = (&y * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let dx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+                (
+                    y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    dx.to_vec1::<f32>().unwrap(),
+                )
             };
-            let g = (&y * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let dx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap();
-            (
-                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                dx.to_vec1::<f32>().unwrap(),
-            )
-        };
-        let ((y1, g1), (y2, g2)) = (run(true), run(false));
-        for (a, b) in y1.iter().zip(&y2).chain(g1.iter().zip(&g2)) {
-            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+            let ((y1, g1), (y2, g2)) = (run(true), run(false));
+            for (a, b) in y1.iter().zip(&y2).chain(g1.iter().zip(&g2)) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "√d {sqrt_d}, {causal:?}: {a} vs {b}"
+                );
+            }
+            if causal.is_some() {
+                // Hidden positions are exactly 0, and get no gradient.
+                assert_eq!(y1[17 - 3..17], [0.0; 3]);
+                assert_eq!(g1[17 - 3..17], [0.0; 3]);
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use candle_nn::{LayerNorm, Module, VarBuilder};
 use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
 use crate::models::frozen_matmul::{frozen_linear, frozen_matmul};
-use crate::models::fused::{gelu_new, layer_norm as fused_layer_norm, softmax_last_dim};
+use crate::models::fused::{attention_softmax, gelu_new, layer_norm as fused_layer_norm};
 use crate::models::kv_cache;
 use crate::models::packed_linear::{self, PackedLinear, WeightType};
 
@@ -527,7 +527,15 @@ impl SelfAttention {
             None => (k, v),
         };
         let total = k.dim(2)?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = q.matmul(&k.t()?)?;
+        let sqrt_d = (self.head_dim as f64).sqrt();
+        if let Some(d) = dropout {
+            // Training: the scale and the causal mask inside the fused softmax.
+            let probs = d.apply(attention_softmax(&scores, 1.0 / sqrt_d, Some(total - t))?)?;
+            let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows * t, e))?;
+            return Ok((o, k, v));
+        }
+        let scores = (scores / sqrt_d)?;
         let scores = if t > 1 {
             let past = total - t;
             let mask: Vec<f32> = (0..t)
@@ -546,10 +554,7 @@ impl SelfAttention {
         } else {
             scores
         };
-        let probs = match dropout {
-            None => candle_nn::ops::softmax_last_dim(&scores)?,
-            Some(d) => d.apply(softmax_last_dim(&scores)?)?,
-        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows * t, e))?;
         Ok((o, k, v))
     }
@@ -615,10 +620,11 @@ impl CrossAttention {
         dropout: Option<&mut Dropout>,
     ) -> candle_core::Result<Tensor> {
         let qh = q.transpose(1, 2)?.contiguous()?;
-        let scores = (qh.matmul(k)? / (self.head_dim as f64).sqrt())?;
+        let scores = qh.matmul(k)?;
+        let sqrt_d = (self.head_dim as f64).sqrt();
         let probs = match dropout {
-            None => candle_nn::ops::softmax_last_dim(&scores)?,
-            Some(d) => d.apply(softmax_last_dim(&scores)?)?,
+            None => candle_nn::ops::softmax_last_dim(&(scores / sqrt_d)?)?,
+            Some(d) => d.apply(attention_softmax(&scores, 1.0 / sqrt_d, None)?)?,
         };
         probs.matmul(v)?.transpose(1, 2)
     }
