@@ -280,22 +280,34 @@ pub fn attention_softmax(x: &Tensor, scale: f64, causal_past: Option<usize>) -> 
     let x = match causal_past {
         Some(past) => {
             let (t, total) = (x.dim(D::Minus2)?, x.dim(D::Minus1)?);
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..total).map(move |j| {
-                        if j <= past + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            x.broadcast_add(&Tensor::from_vec(mask, (t, total), x.device())?)?
+            if past + t != total {
+                candle_core::bail!(
+                    "causal softmax: {t} new positions after {past} for rows of {total}"
+                );
+            }
+            x.broadcast_add(&causal_mask(t, past, x.device())?.to_dtype(x.dtype())?)?
         }
         None => x,
     };
     candle_nn::ops::softmax(&x, D::Minus1)
+}
+
+/// GPT-2's causal mask for `t` new positions after `past` cached ones: `[t, past + t]`, 0 where
+/// row `i` may look (positions up to `past + i`) and −∞ after.
+pub fn causal_mask(t: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let total = past + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, total), device)
 }
 
 /// Rows per parallel task.
@@ -534,10 +546,7 @@ mod tests {
             .collect();
         let x = Var::from_vec(v, (3, 5, 4, 17), &dev).unwrap();
         let probe = x.as_tensor().cos().unwrap();
-        let mask: Vec<f32> = (0..4)
-            .flat_map(|i| (0..17).map(move |j| if j <= 13 + i { 0.0 } else { f32::NEG_INFINITY }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (4, 17), &dev).unwrap();
+        let mask = causal_mask(4, 13, &dev).unwrap();
         // Scores divided by √d, as the attention layers write it, for d = 1, 64 and 3.
         for (sqrt_d, causal) in [(1.0, None), (8.0, None), (3f64.sqrt(), Some(13))] {
             let run = |fused: bool| {
@@ -576,5 +585,32 @@ mod tests {
                 assert_eq!(g1[17 - 3..17], [0.0; 3]);
             }
         }
+    }
+
+    /// Other devices and dtypes take the composed path (the `cuda` build's): checked here with f64
+    /// on the CPU against the fused f32 operation.
+    #[test]
+    fn the_composed_fallback_equals_the_fused_attention_softmax() {
+        let dev = Device::Cpu;
+        let v: Vec<f32> = (0..2 * 3 * 17)
+            .map(|i| ((i * 31) % 23) as f32 / 4.0 - 3.0)
+            .collect();
+        let x = Tensor::from_vec(v, (2, 3, 17), &dev).unwrap();
+        for causal in [None, Some(14)] {
+            let fused = attention_softmax(&x, 0.125, causal).unwrap();
+            let composed = attention_softmax(&x.to_dtype(DType::F64).unwrap(), 0.125, causal)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let (a, b) = (
+                fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                composed.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (a, b) in a.iter().zip(&b) {
+                assert!((a - b).abs() <= 1e-6, "{causal:?}: {a} vs {b}");
+            }
+        }
+        assert!(attention_softmax(&x.to_dtype(DType::F64).unwrap(), 0.125, Some(3)).is_err());
+        assert!(attention_softmax(&x, 0.125, Some(3)).is_err());
     }
 }

@@ -19,7 +19,9 @@ use candle_nn::{LayerNorm, Module, VarBuilder};
 use crate::config::DecoderConfig;
 use crate::models::dropout::Dropout;
 use crate::models::frozen_matmul::{frozen_linear, frozen_matmul};
-use crate::models::fused::{attention_softmax, gelu_new, layer_norm as fused_layer_norm};
+use crate::models::fused::{
+    attention_softmax, causal_mask, gelu_new, layer_norm as fused_layer_norm,
+};
 use crate::models::kv_cache;
 use crate::models::packed_linear::{self, PackedLinear, WeightType};
 
@@ -537,20 +539,7 @@ impl SelfAttention {
         }
         let scores = (scores / sqrt_d)?;
         let scores = if t > 1 {
-            let past = total - t;
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..total).map(move |j| {
-                        if j <= past + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (t, total), qkv.device())?;
-            scores.broadcast_add(&mask)?
+            scores.broadcast_add(&causal_mask(t, total - t, qkv.device())?)?
         } else {
             scores
         };
