@@ -56,8 +56,13 @@ impl CustomOp2 for FrozenMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&w.t()?)?), None))
+        Ok((Some(input_gradient(w, grad)?), None))
     }
+}
+
+/// The only gradient of `x · W (+ b)` with a frozen `W`: `grad · Wᵀ`.
+fn input_gradient(w: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    grad.matmul(&w.t()?)
 }
 
 /// `x · w` for `x` `[m, k]` and `w` `[k, n]`. A `w` that is or derives from a trainable `Var`
@@ -90,17 +95,16 @@ impl CustomOp3 for FrozenLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (bmnk, shape) = dims(l1, l2)?;
-        let mut out = s1.matmul(s2, bmnk, l1, l2)?;
+        let (mut out, shape) = FrozenMatmul.cpu_fwd(s1, l1, s2, l2)?;
         let bias = crate::models::fused::contiguous_f32(s3, l3, "frozen_linear")?;
         let CpuStorage::F32(values) = &mut out else {
             candle_core::bail!("frozen_linear: expected f32 values");
         };
-        if bias.len() != bmnk.2 {
+        let outputs = shape.dims()[1];
+        if bias.len() != outputs {
             candle_core::bail!(
-                "frozen_linear: bias of {} for {} outputs",
-                bias.len(),
-                bmnk.2
+                "frozen_linear: bias of {} for {outputs} outputs",
+                bias.len()
             );
         }
         for row in values.chunks_mut(bias.len()) {
@@ -119,7 +123,7 @@ impl CustomOp3 for FrozenLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&w.t()?)?), None, None))
+        Ok((Some(input_gradient(w, grad)?), None, None))
     }
 }
 

@@ -36,6 +36,19 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Res
     }
 }
 
+/// The values and the incoming gradients of a backward operation `op`, checked to match in length.
+fn values_and_gradients<'a>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    op: &str,
+) -> Result<(&'a [f32], &'a [f32])> {
+    let (v, g) = (contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?);
+    if v.len() != g.len() {
+        candle_core::bail!("{op} backward: {} values, {} gradients", v.len(), g.len());
+    }
+    Ok((v, g))
+}
+
 /// The length of the last dimension.
 fn row_len(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
@@ -106,17 +119,7 @@ impl CustomOp2 for GeluNewGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (
-            contiguous_f32(s1, l1, "gelu_new")?,
-            contiguous_f32(s2, l2, "gelu_new")?,
-        );
-        if x.len() != g.len() {
-            candle_core::bail!(
-                "gelu_new backward: {} values, {} gradients",
-                x.len(),
-                g.len()
-            );
-        }
+        let (x, g) = values_and_gradients((s1, l1), (s2, l2), "gelu_new")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
@@ -396,18 +399,8 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (y, g) = (
-            contiguous_f32(s1, l1, "softmax")?,
-            contiguous_f32(s2, l2, "softmax")?,
-        );
+        let (y, g) = values_and_gradients((s1, l1), (s2, l2), "softmax")?;
         let n = row_len(l1);
-        if y.len() != g.len() {
-            candle_core::bail!(
-                "softmax backward: {} values, {} gradients",
-                y.len(),
-                g.len()
-            );
-        }
         let mut out = vec![0f32; y.len()];
         let chunk = rows_per_task(y.len(), n) * n;
         out.par_chunks_mut(chunk)
