@@ -531,19 +531,19 @@ impl SelfAttention {
         let total = k.dim(2)?;
         let scores = q.matmul(&k.t()?)?;
         let sqrt_d = (self.head_dim as f64).sqrt();
-        if let Some(d) = dropout {
+        let probs = match dropout {
             // Training: the scale and the causal mask inside the fused softmax.
-            let probs = d.apply(attention_softmax(&scores, 1.0 / sqrt_d, Some(total - t))?)?;
-            let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows * t, e))?;
-            return Ok((o, k, v));
-        }
-        let scores = (scores / sqrt_d)?;
-        let scores = if t > 1 {
-            scores.broadcast_add(&causal_mask(t, total - t, qkv.device())?)?
-        } else {
-            scores
+            Some(d) => d.apply(attention_softmax(&scores, 1.0 / sqrt_d, Some(total - t))?)?,
+            None => {
+                let scores = (scores / sqrt_d)?;
+                let scores = if t > 1 {
+                    scores.broadcast_add(&causal_mask(t, total - t, qkv.device())?)?
+                } else {
+                    scores
+                };
+                candle_nn::ops::softmax_last_dim(&scores)?
+            }
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows * t, e))?;
         Ok((o, k, v))
     }
