@@ -296,7 +296,12 @@ fn read_safetensors(
     let bad = |e: &dyn std::fmt::Display| {
         Error::checkpoint(path, format!("not a valid safetensors file: {e}"))
     };
-    // SAFETY: the file is mapped read-only; safetensors validates the header against its length.
+    // SAFETY: the map is read-only and lives only for this function (`load` copies each tensor
+    // out of it). Memory-mapping is sound as long as the file is not truncated or rewritten
+    // while mapped: nothing in this process writes the file while reading it (our checkpoints
+    // are written under a `.partial` name and renamed into place, never modified in place), and
+    // as every reader of memory-mapped files we rely on no other process doing so. safetensors
+    // checks the header against the file length, so every tensor view lies inside the map.
     let st =
         unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(&e))?;
     let mut out = HashMap::new();

@@ -11,11 +11,8 @@ pub struct Rng {
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        // SplitMix64 of the seed, so that nearby seeds give unrelated streams.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        // The first SplitMix64 output of the seed, so that nearby seeds give unrelated streams.
+        let z = smallcap_util::rng::SplitMix64(seed).next_u64();
         Self {
             state: z.max(1),
             spare: None,
@@ -68,6 +65,13 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_is_the_first_splitmix64_output_of_the_seed() {
+        // SplitMix64's reference outputs (seed 0 and 1234567).
+        assert_eq!(Rng::new(0).state, 0xE220_A839_7B1D_CDAF);
+        assert_eq!(Rng::new(1_234_567).state, 6_457_827_717_110_365_317);
+    }
 
     #[test]
     fn streams_are_reproducible_and_distinct() {

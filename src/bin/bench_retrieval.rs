@@ -8,10 +8,6 @@
 //!
 //! `cargo run --release --bin bench_retrieval -- [--runs 3] [--n 565497] [--image IMG]`
 
-#[path = "support/measure.rs"]
-mod measure;
-use measure::median;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,6 +19,8 @@ use smallcap::models::clip_openai::{ClipDims, OpenAiClip, VisionLayers, Weights}
 use smallcap_datastore::faiss::FlatIpWriter;
 use smallcap_datastore::store::{normalize_l2, StoreOptions};
 use smallcap_datastore::{Datastore, Dtype};
+use smallcap_util::rng::SplitMix64;
+use smallcap_util::stats::median;
 
 #[derive(Parser)]
 struct Args {
@@ -46,16 +44,8 @@ struct Args {
 }
 
 /// SplitMix64 uniform in [-1, 1).
-struct Rng(u64);
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+fn uniform_pm1(rng: &mut SplitMix64) -> f32 {
+    rng.next_f32() * 2.0 - 1.0
 }
 
 /// A store of `n` random unit vectors of dimension `dim` at `dir/random_{n}x{dim}` (made once).
@@ -68,12 +58,14 @@ fn random_store(dir: &Path, n: usize, dim: usize) -> anyhow::Result<Datastore> {
     let index = dir.join(format!("random_{n}x{dim}.faiss.tmp"));
     let caps = dir.join(format!("random_{n}.captions.json.tmp"));
     let mut w = FlatIpWriter::create(&index, dim, n)?;
-    let mut rng = Rng(dim as u64);
+    let mut rng = SplitMix64(dim as u64);
     let mut rows = vec![0f32; 4096 * dim];
     let mut left = n;
     while left > 0 {
         let m = left.min(4096);
-        rows[..m * dim].iter_mut().for_each(|x| *x = rng.next_f32());
+        rows[..m * dim]
+            .iter_mut()
+            .for_each(|x| *x = uniform_pm1(&mut rng));
         normalize_l2(&mut rows[..m * dim], dim);
         w.push(&rows[..m * dim])?;
         left -= m;

@@ -270,8 +270,11 @@ fn panel_product<E: Element>(
         let o = &mut out[r0 * PANEL..(r0 + rows) * PANEL];
         #[cfg(target_arch = "x86_64")]
         if simd {
-            // SAFETY: AVX-512F was detected; the slices hold `rows × k`, `k × PANEL` and
-            // `rows × PANEL` values.
+            // SAFETY: `simd` is true only where `simd_available()` detected AVX-512F (`forward`
+            // passes its result; the tests check it before passing `true`). The slices have
+            // what `tile_avx512::<E, R>` reads and writes: `x` is `rows × k` and `o` is
+            // `rows × PANEL` (cut just above), `panel` is `k × PANEL` and `bias` `PANEL` values
+            // (cut so by `multiply_with`), and `R == rows` (`rows <= TILE_ROWS == 6`).
             unsafe {
                 match rows {
                     1 => tile_avx512::<E, 1>(x, k, panel, bias, o),
@@ -316,7 +319,8 @@ fn tile_portable<E: Element>(
 /// `R` rows by one panel with `R × 4` accumulators in AVX-512 registers.
 ///
 /// # Safety
-/// AVX-512F must be available; `x` holds `R × k` values, `panel` `k × PANEL`, `out` `R × PANEL`.
+/// AVX-512F must be available; `x` holds `R × k` values, `panel` `k × PANEL`, `bias` `PANEL`,
+/// `out` `R × PANEL` (every access below is an unaligned load or store within those extents).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512<E: Element, const R: usize>(

@@ -83,6 +83,10 @@ pub fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     }
     #[cfg(target_arch = "x86_64")]
     {
+        /// `body` compiled for AVX-512.
+        ///
+        /// # Safety
+        /// The CPU must have the features it is compiled for.
         #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
         unsafe fn wide(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
             body(x, out, f)
@@ -90,7 +94,9 @@ pub fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512dq")
         {
-            // SAFETY: the CPU has the features `wide` is compiled for.
+            // SAFETY: the CPU has the features `wide` is compiled for: AVX-512F and DQ are
+            // detected just above, and AVX2 and FMA come with every AVX-512F CPU (rustc's
+            // `avx512f` feature implies them too). `wide` itself does only safe slice work.
             return unsafe { wide(x, out, f) };
         }
     }
@@ -108,6 +114,10 @@ pub fn map2(x: &[f32], y: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 +
     }
     #[cfg(target_arch = "x86_64")]
     {
+        /// `body` compiled for AVX-512.
+        ///
+        /// # Safety
+        /// The CPU must have the features it is compiled for.
         #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
         unsafe fn wide(x: &[f32], y: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
             body(x, y, out, f)
@@ -115,7 +125,9 @@ pub fn map2(x: &[f32], y: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 +
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512dq")
         {
-            // SAFETY: the CPU has the features `wide` is compiled for.
+            // SAFETY: the CPU has the features `wide` is compiled for: AVX-512F and DQ are
+            // detected just above, and AVX2 and FMA come with every AVX-512F CPU (rustc's
+            // `avx512f` feature implies them too). `wide` itself does only safe slice work.
             return unsafe { wide(x, y, out, f) };
         }
     }

@@ -50,7 +50,12 @@ impl FeatureStore {
         let st = if files.is_empty() {
             None
         } else {
-            // SAFETY: mapped read-only; safetensors checks each header against the file length.
+            // SAFETY: the maps are read-only. Memory-mapping is sound as long as the files are
+            // not truncated or rewritten while mapped: our writer (`write_chunk`) only ever
+            // creates a new file under a `.partial` name and renames it into place, it never
+            // modifies an existing one, and as every reader of memory-mapped files we rely on
+            // no other process doing so. safetensors checks each header against the file length,
+            // so every tensor view lies inside its map.
             let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
                 Error::Input(format!(
                     "{}: a features file is not valid safetensors: {e}",

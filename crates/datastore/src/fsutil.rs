@@ -27,28 +27,15 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes a file atomically: `<path>.partial` is written, flushed, synced and renamed over `path`.
-/// On error the temporary file is removed and `path` is untouched.
+/// Writes a file atomically with the content `fill` writes ([`smallcap_util::fs::write_atomic_with`]:
+/// a temporary file in the same folder is written, flushed, synced and renamed over `path`). On
+/// error the temporary file is removed and `path` is untouched; I/O errors name the file they
+/// happened on.
 pub(crate) fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<()> {
-    let tmp = with_suffix(path, ".partial");
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        fill(&mut w)?;
-        w.flush().map_err(|e| Error::io(&tmp, e))?;
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    smallcap_util::fs::write_atomic_with(path, fill, |p, e| Error::io(p, e))
 }
 
 /// Removes a stale `<dir>.partial` folder (left by an interrupted build) and creates it anew.

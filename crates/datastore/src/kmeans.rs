@@ -19,34 +19,9 @@ use crate::error::{Error, Result};
 use crate::search::{block_scores, VectorSet};
 use rayon::prelude::*;
 
-/// SplitMix64 (Steele, Lea & Flood 2014): a small, fast, seedable pseudo-random generator.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Uniform in `0..n` (`n > 0`; Lemire's multiply-shift, bias below 2^-32 for n < 2^32).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f32 {
-        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    }
-}
+/// The generator of the sampling, the initialisation and the splitting of empty clusters (shared
+/// with the rest of the project; re-exported so that `kmeans::SplitMix64` keeps working).
+pub use smallcap_util::rng::SplitMix64;
 
 /// Parameters of [`train`].
 #[derive(Clone, Debug, PartialEq)]

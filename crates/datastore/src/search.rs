@@ -342,9 +342,15 @@ pub(crate) fn block_scores(
     dim: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(queries.len() == nq * dim && rows.len() == n * dim && out.len() == nq * n);
-    // SAFETY: all pointers cover the extents described by the dimensions and strides below:
-    // dst is nq×n row-major, lhs is nq×dim row-major, rhs is rows^T (dim×n, column stride dim).
+    // Checked in release builds too (three comparisons per GEMM): the `unsafe` call relies on it.
+    assert!(
+        queries.len() == nq * dim && rows.len() == n * dim && out.len() == nq * n,
+        "block_scores: slice lengths do not match the dimensions"
+    );
+    // SAFETY: by the assertion above all pointers cover the extents described by the
+    // dimensions and strides below: dst is nq×n row-major (`out`, written only, by this thread),
+    // lhs is nq×dim row-major (`queries`), rhs is rows^T (dim×n, column stride dim, `rows`); the
+    // output does not overlap the inputs (`&mut` against `&` borrows).
     unsafe {
         gemm::gemm(
             nq,

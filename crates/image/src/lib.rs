@@ -10,6 +10,10 @@
 //! - [`resize_bicubic`]: Pillow's `Image.resize((w, h), Image.BICUBIC)`, bit-exact.
 //! - [`clip_feature_extractor`]: the generation encoder's pixel values (224 px).
 //! - [`clip_transform`]: the retrieval encoder's pixel values (448 px for RN50x64).
+//!
+//! The only unsafe code is the libjpeg binding in `decode::jpeg`; every unsafe block there says
+//! why it is sound (`// SAFETY:`, checked by clippy's `undocumented_unsafe_blocks`).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod decode;
 mod error;

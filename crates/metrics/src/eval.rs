@@ -213,33 +213,13 @@ impl EvalReport {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// reader never sees a partial file and a failure leaves no file behind.
+/// reader never sees a partial file and a failure leaves no file behind
+/// ([`smallcap_util::fs::write_atomic`]); errors are [`EvalError::Write`] naming `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".to_owned());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let err = |source| EvalError::Write {
+    smallcap_util::fs::write_atomic(path, bytes).map_err(|source| EvalError::Write {
         path: path.to_owned(),
         source,
-    };
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(())
+    })
 }
 
 /// How METEOR is computed: the native port (its data loading in the background until first

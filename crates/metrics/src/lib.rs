@@ -11,6 +11,7 @@
 //! * [`coco`]: the COCO annotation and result JSON formats; [`eval`]: the `COCOEvalCap`-style
 //!   driver ([`evaluate`], [`evaluate_data`]) and its report.
 //! * [`toolkit`]: finding Java and the pycocoevalcap data files.
+#![forbid(unsafe_code)]
 
 pub mod bleu;
 pub mod cider;

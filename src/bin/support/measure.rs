@@ -15,9 +15,3 @@ pub fn peak_rss_mib() -> f64 {
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
 }
-
-/// The upper median of the samples.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}

@@ -20,26 +20,15 @@
 use smallcap_datastore::faiss::{FlatIndex, FlatIpWriter};
 use smallcap_datastore::store::{normalize_l2, StoreOptions};
 use smallcap_datastore::{top_k, Datastore, Dtype};
+use smallcap_util::rng::SplitMix64;
+use smallcap_util::stats::median;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// SplitMix64: deterministic pseudo-random numbers.
-struct Rng(u64);
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// Uniform in `[-1, 1)` from SplitMix64 (deterministic).
+fn uniform_pm1(rng: &mut SplitMix64) -> f32 {
+    rng.next_f32() * 2.0 - 1.0
 }
 
 fn time_ms<R>(reps: usize, mut f: impl FnMut() -> R) -> (f64, R) {
@@ -110,13 +99,13 @@ fn run(work: &Path, n: usize, dim: usize, py: &str) -> smallcap_datastore::Resul
     let index = work.join("index");
     let t = Instant::now();
     let mut w = FlatIpWriter::create(&index, dim, n)?;
-    let mut rng = Rng(42);
+    let mut rng = SplitMix64(42);
     let mut queries = Vec::new();
     let step = 4096;
     let mut done = 0;
     while done < n {
         let rows = step.min(n - done);
-        let mut buf: Vec<f32> = (0..rows * dim).map(|_| rng.next_f32()).collect();
+        let mut buf: Vec<f32> = (0..rows * dim).map(|_| uniform_pm1(&mut rng)).collect();
         normalize_l2(&mut buf, dim);
         // queries: 64 stored rows (spread over the store) plus noise, normalised
         for r in 0..rows {
@@ -125,7 +114,7 @@ fn run(work: &Path, n: usize, dim: usize, py: &str) -> smallcap_datastore::Resul
                 queries.extend(
                     buf[r * dim..(r + 1) * dim]
                         .iter()
-                        .map(|x| x + 0.02 * rng.next_f32()),
+                        .map(|x| x + 0.02 * uniform_pm1(&mut rng)),
                 );
             }
         }
@@ -322,7 +311,6 @@ fn ann_main(args: &[String]) {
 
 fn run_ann(work: &Path, a: &AnnArgs) -> smallcap_datastore::Result<()> {
     use smallcap_datastore::ivf::IvfParams;
-    use smallcap_datastore::kmeans::SplitMix64;
     let (n, dim) = (a.n, a.dim);
     let t = Instant::now();
     let mut rng = SplitMix64(2024);

@@ -67,14 +67,30 @@ fn sof(bytes: &[u8], ctx: Ctx<'_>) -> Result<(u16, u16, u8, u8), ImageError> {
 /// Payload of the unwind raised from libjpeg's callbacks.
 struct JpegFailure(String);
 
-/// libjpeg's `format_message` writes into the 80-byte buffer it is given; the binding's type says
-/// `&[u8; 80]`, so call it through a pointer-typed alias of the same C ABI.
+/// The size of the buffer libjpeg's `format_message` writes into: libjpeg-turbo's
+/// `JMSG_LENGTH_MAX` (jpeglib.h), the size it passes to `snprintf`. (The binding's type of the
+/// callback says `&[u8; 80]`, the value of old libjpeg versions.)
+const JMSG_LENGTH_MAX: usize = 200;
+
+/// libjpeg's `format_message` writes into the buffer it is given; the binding's type says
+/// `&[u8; 80]` (a shared reference, which must not be written through), so it is called through
+/// this pointer-typed alias instead. The two function-pointer types differ only in that
+/// parameter, one thin data pointer either way in the C ABI, and the function behind both is C's
+/// `void (*)(j_common_ptr, char *)`, so transmuting one into the other is sound.
 type FormatMessage = unsafe extern "C-unwind" fn(&mut ffi::jpeg_common_struct, *mut u8);
 
+/// The text of libjpeg's current message (`err->msg_code` and its parameters).
+///
+/// # Safety
+/// `cinfo.err` must be null or point to a live `jpeg_error_mgr` whose `format_message` is null
+/// or libjpeg's own (as set by `jpeg_std_error`), which writes at most [`JMSG_LENGTH_MAX`] bytes.
 unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
-    let mut buf = [0u8; 80 + 1];
+    let mut buf = [0u8; JMSG_LENGTH_MAX];
     let err = cinfo.err;
     if !err.is_null() {
+        // SAFETY: `err` is non-null and, by this function's contract, points to a live error
+        // manager; its `format_message` may be called as a `FormatMessage` (see there); `buf`
+        // has the `JMSG_LENGTH_MAX` bytes that libjpeg's `snprintf` may write, NUL included.
         if let Some(f) = (*err).format_message {
             let f: FormatMessage = std::mem::transmute(f);
             f(cinfo, buf.as_mut_ptr());
@@ -85,13 +101,28 @@ unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
         .unwrap_or_else(|_| "unknown libjpeg error".to_string())
 }
 
+/// libjpeg's fatal-error callback: it must not return, so it unwinds with a [`JpegFailure`] to
+/// the `catch_unwind` in [`decode`] (through the C frames, compiled with `-fexceptions`, which
+/// the `C-unwind` ABI allows).
+///
+/// # Safety
+/// Only for libjpeg to call, on the decompressor that [`decode`] set up (its `err` is our error
+/// manager, filled by `jpeg_std_error`), inside that `catch_unwind`.
 unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
+    // SAFETY: `cinfo.err` is the live, `jpeg_std_error`-initialised manager of `decode`.
     let msg = message(cinfo);
     resume_unwind(Box::new(JpegFailure(msg)));
 }
 
+/// libjpeg's warning / trace callback: ignores traces and warnings, except that "Premature end of
+/// JPEG file" unwinds as [`error_exit`] does.
+///
+/// # Safety
+/// As [`error_exit`]: only for libjpeg to call on the decompressor of [`decode`], inside its
+/// `catch_unwind`.
 unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: c_int) {
     if level < 0 {
+        // SAFETY: `cinfo.err` is the live, `jpeg_std_error`-initialised manager of `decode`.
         let msg = message(cinfo);
         if msg.starts_with("Premature end of JPEG file") {
             resume_unwind(Box::new(JpegFailure(
@@ -102,6 +133,10 @@ unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, le
     }
 }
 
+/// libjpeg's message printer: prints nothing.
+///
+/// # Safety
+/// None needed (it does nothing); `unsafe` only because the binding's callback type is.
 unsafe extern "C-unwind" fn output_message(_cinfo: &mut ffi::jpeg_common_struct) {}
 
 /// Owns the libjpeg decompressor so that it is destroyed on every exit path.
@@ -113,6 +148,11 @@ struct Decompressor {
 impl Drop for Decompressor {
     fn drop(&mut self) {
         // Destroying after an error is what libjpeg documents; it only frees memory.
+        // SAFETY: a `Decompressor` is only built after `jpeg_create_decompress` succeeded, so
+        // `cinfo` is a created decompressor (in any state, even after an unwind out of libjpeg),
+        // destroyed exactly once, here; its `err` points into `_err`, which is dropped only
+        // after this. An unwind from libjpeg's error callbacks is caught here, so none escapes
+        // `drop`.
         let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
             ffi::jpeg_destroy_decompress(&mut self.cinfo);
         }));
@@ -135,6 +175,23 @@ pub(super) fn decode(bytes: &[u8], ctx: Ctx<'_>) -> Result<SourceImage, ImageErr
     };
     let len = c_ulong::try_from(bytes.len()).map_err(|_| ctx.decode_err("file too large"))?;
 
+    // SAFETY: the libjpeg calls below follow its documented sequence (std_error, create,
+    // mem_src, read_header, start_decompress, read_scanlines), each on the created decompressor:
+    // - the all-zero `jpeg_error_mgr` and `jpeg_decompress_struct` are valid values (null
+    //   pointers and callbacks, zero numbers, and 0 is a variant of each binding enum:
+    //   JCS_UNKNOWN, JDCT_ISLOW, JDITHER_NONE); libjpeg initialises them;
+    // - both structs are boxed, so the `cinfo.common.err` pointer and libjpeg's internal
+    //   pointers stay valid when they move into `d`, which owns them until the end of this
+    //   closure (also when it unwinds) and then destroys the decompressor before the error
+    //   manager is freed;
+    // - `jpeg_mem_src` keeps a pointer to `bytes`, which outlives `d`, and only reads
+    //   `len` = `bytes.len()` bytes of it;
+    // - each `jpeg_read_scanlines` writes one row of `output_width × output_components`
+    //   bytes (checked after `jpeg_start_decompress` to be `stride`) at row
+    //   `output_scanline < output_height = h`, so within `out` (`stride × h` bytes);
+    // - libjpeg's fatal errors unwind (`error_exit`) through its C frames, built with
+    //   `-fexceptions` and declared `C-unwind`, and are caught right here; nothing of the
+    //   half-finished decoder is used after that except its destruction.
     let result = catch_unwind(AssertUnwindSafe(|| unsafe {
         let mut err: Box<ffi::jpeg_error_mgr> = Box::new(MaybeUninit::zeroed().assume_init());
         ffi::jpeg_std_error(&mut err);

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::java;
@@ -545,33 +545,11 @@ pub fn load(gz: &Path, cache_dir: Option<&Path>) -> Result<TableImage, TableErro
     }
     let img = TableImage::from_gz(gz)?;
     if let Some(c) = &cache {
-        let _ = write_atomic(c, &img.to_bytes(fp));
+        // The cache folder is made if missing; a cache that cannot be written is skipped.
+        let _ = std::fs::create_dir_all(c.parent().unwrap_or(Path::new(".")))
+            .and_then(|()| smallcap_util::fs::write_atomic(c, &img.to_bytes(fp)));
     }
     Ok(img)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Unique per process and call, so concurrent writers never share a temporary file.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The selected entries as the jar's trie: phrase word numbers lead from the root to nodes,

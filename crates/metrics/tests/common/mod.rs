@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use smallcap_metrics::toolkit;
+use smallcap_util::rng::SplitMix64;
 
 /// Path of a file in the eval-dev fixture pack.
 pub fn fixture(name: &str) -> PathBuf {
@@ -65,16 +66,17 @@ pub fn tools(test: &str) -> Option<Tools> {
     None
 }
 
-/// SplitMix64: a small deterministic generator for test data.
+/// Deterministic test data from [`SplitMix64`]: the field is the generator's state (`Rng(seed)`).
+/// `below` is a plain modulo, not the generator's multiply-shift, so that every seed gives the
+/// same test data as before.
 pub struct Rng(pub u64);
 
 impl Rng {
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let mut g = SplitMix64(self.0);
+        let x = g.next_u64();
+        self.0 = g.0;
+        x
     }
 
     pub fn below(&mut self, n: usize) -> usize {
