@@ -28,9 +28,20 @@ pub enum Error {
     Interrupted(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// One failure shared by every item of a batch (e.g. a retrieval that served several images).
+    #[error(transparent)]
+    Shared(std::sync::Arc<Error>),
 }
 
 impl Error {
+    /// The error itself, looking through [`Error::Shared`].
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Shared(e) => e.root(),
+            other => other,
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),

@@ -139,7 +139,7 @@ fn the_page_uploads_an_image_and_shows_the_caption_of_smallcap_caption() {
         return;
     }
     let s = stores();
-    let server = start(ServerConfig::default(), Some(s.backend.clone()));
+    let server = start(ServerConfig::default(), Some(s.retriever()));
     let case = image_cases()[2].clone();
     let image = fixture(&case.image);
 

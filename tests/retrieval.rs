@@ -117,24 +117,19 @@ fn images_give_faiss_top_k_on_the_reference_index() {
     let store =
         CaptionStore::open_faiss(&rfix("datastore_index"), &rfix("datastore_captions.json"))
             .unwrap();
-    let retriever = Retriever::new(enc, store).unwrap();
+    let retriever = Retriever::single(enc, store).unwrap();
     assert_eq!(c.image_cases.len(), 11);
     for case in &c.image_cases {
         let name = image_name(case);
         let img = smallcap_image::load(&fixture(&case.image)).unwrap();
         // Our preprocessing + encoder, against the reference's query embedding.
-        let q = retriever
-            .encoder()
-            .encode_images(std::slice::from_ref(&img))
-            .unwrap();
+        let q = retriever.encoder().encode_images(&[&img]).unwrap();
         let want = t[&format!("{name}.query_embedding")]
             .to_vec1::<f32>()
             .unwrap();
         let e = rel(&q, &want);
         assert!(e < 1e-4, "{name}: relative error {e}");
-        let got = retriever
-            .retrieve_images(std::slice::from_ref(&img), c.k)
-            .unwrap();
+        let got = retriever.retrieve_images(None, &[&img], c.k).unwrap();
         assert_eq!(got[0].ids, case.top_ids, "{name}");
         for (s, w) in got[0].scores.iter().zip(&case.top_scores) {
             assert!((s - w).abs() < 1e-4, "{name}: score {s} vs faiss {w}");
@@ -163,15 +158,15 @@ fn caption_embeddings_and_text_queries_match_the_reference() {
     let store =
         CaptionStore::open_faiss(&rfix("datastore_index"), &rfix("datastore_captions.json"))
             .unwrap();
-    let retriever = Retriever::new(enc, store).unwrap();
-    for case in &c.text_cases {
-        assert_eq!(
-            retriever.encoder().tokenize(&[&case.text]).unwrap()[0],
-            case.token_ids,
-            "{}",
-            case.text
-        );
-        let got = retriever.retrieve_texts(&[&case.text], c.k).unwrap();
+    let tokens: Vec<Vec<u32>> = c
+        .text_cases
+        .iter()
+        .map(|case| enc.tokenize(&[&case.text]).unwrap().remove(0))
+        .collect();
+    let retriever = Retriever::single(enc, store).unwrap();
+    for (case, tokens) in c.text_cases.iter().zip(tokens) {
+        assert_eq!(tokens, case.token_ids, "{}", case.text);
+        let got = retriever.retrieve_texts(None, &[&case.text], c.k).unwrap();
         assert_eq!(got[0].ids, case.top_ids, "{}", case.text);
     }
 }

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use common::fixture_server::*;
 use common::http::{self, Part};
+use common::serve_cli::spawn_serve;
 use common::*;
 use smallcap::captioner::{Captioner, Retrieval};
-use smallcap::server::{Models, Server, ServerConfig};
+use smallcap::pipeline::Pipeline;
+use smallcap::server::{Server, ServerConfig};
 
 /// The fixture cases with retrieved captions, one per image.
 fn retrieval_cases() -> Vec<Case> {
@@ -328,7 +330,7 @@ fn batch_endpoint_and_concurrent_clients_share_forward_passes() {
 #[test]
 fn datastore_retrieval_equals_faiss_and_switches_per_request() {
     let s = stores();
-    let server = start(ServerConfig::default(), Some(s.backend.clone()));
+    let server = start(ServerConfig::default(), Some(s.retriever()));
     let r = http::get(&url(&server, "/v1/datastores"));
     let v = r.json();
     assert_eq!(
@@ -499,7 +501,7 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_serving() {
         max_body_bytes: 4 << 20,
         ..ServerConfig::default()
     };
-    let server = start(config, Some(s.backend.clone()));
+    let server = start(config, Some(s.retriever()));
     let cap = url(&server, "/v1/captions");
     let jpg = image_bytes("images/synth_0_640x480_RGB.jpg");
     let post_img = |q: &str, bytes: &[u8]| http::post(&format!("{cap}{q}"), "image/jpeg", bytes);
@@ -809,7 +811,7 @@ fn a_full_queue_answers_503_with_retry_after_then_recovers() {
         batch_wait: Duration::ZERO,
         ..ServerConfig::default()
     };
-    let server = start(config, Some(s.backend.clone()));
+    let server = start(config, Some(s.retriever()));
     let addr = server.addr();
     let case = image_cases()[0].clone();
     // The worker takes the first request and is held in retrieval; two more fill the queue.
@@ -856,7 +858,7 @@ fn a_request_past_its_timeout_gets_504_and_the_worker_skips_it() {
         max_batch: 1,
         ..ServerConfig::default()
     };
-    let server = start(config, Some(s.backend.clone()));
+    let server = start(config, Some(s.retriever()));
     let addr = server.addr();
     s.gate.close();
     let img = image_bytes(&image_cases()[0].image);
@@ -889,7 +891,7 @@ fn a_request_past_its_timeout_gets_504_and_the_worker_skips_it() {
 #[test]
 fn shutdown_finishes_accepted_requests_then_refuses_connections() {
     let s = stores();
-    let server = start(ServerConfig::default(), Some(s.backend.clone()));
+    let server = start(ServerConfig::default(), Some(s.retriever()));
     let addr = server.addr();
     let case = image_cases()[1].clone();
     s.gate.close();
@@ -926,10 +928,7 @@ fn not_ready_until_the_models_are_loaded() {
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let server = Server::start(listener, ServerConfig::default(), move || {
         go_rx.recv().unwrap();
-        Ok(Models {
-            captioner: captioner(),
-            retrieval: None,
-        })
+        Ok(Pipeline::new(captioner(), None))
     })
     .unwrap();
     let r = http::get(&url(&server, "/healthz"));
@@ -954,64 +953,12 @@ fn a_model_that_cannot_load_is_reported() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let server = Server::start(listener, ServerConfig::default(), || {
         let captioner = Captioner::from_specs("/no/such/model/dir", None, &Device::Cpu)?;
-        Ok(Models {
-            captioner,
-            retrieval: None,
-        })
+        Ok(Pipeline::new(captioner, None))
     })
     .unwrap();
     let e = server.wait_ready().unwrap_err().to_string();
     assert!(e.contains("/no/such/model/dir"), "{e}");
     server.shutdown().unwrap();
-}
-
-/// Kills a `smallcap serve` child if a test fails before stopping it.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `smallcap serve ARGS --addr 127.0.0.1:0` and waits until it is ready; returns the child,
-/// its address and the rest of its stderr lines.
-fn spawn_serve(
-    args: &[std::ffi::OsString],
-) -> (
-    Kill,
-    String,
-    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
-) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("SMALLCAP_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .arg("serve")
-        .args(args)
-        .args(["--addr", "127.0.0.1:0"])
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let child = Kill(child);
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            addr = rest.split_whitespace().next().map(str::to_string);
-        }
-        if line.ends_with("ready") {
-            break;
-        }
-    }
-    (
-        child,
-        addr.expect("the command says where it listens"),
-        lines,
-    )
 }
 
 #[test]
@@ -1086,15 +1033,33 @@ fn serve_command_retrieves_live_with_the_real_retrieval_encoder() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("retrieval/manifest.json"), "{err}");
 
-    // A real one, with the fixture's OpenAI CLIP as the retrieval encoder: image queries get the
-    // reference's FAISS top 8.
+    // A real one, with the fixture's OpenAI CLIP as the retrieval encoder (the store records it:
+    // the stores of the test double record a stand-in, which the server refuses for this
+    // encoder): image queries get the reference's FAISS top 8.
+    let imported = s.dir().join("imported");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
+        .args(["datastore", "import", "--index"])
+        .arg(fixture("retrieval/datastore_index"))
+        .arg("--captions")
+        .arg(fixture("retrieval/datastore_captions.json"))
+        .arg("--encoder")
+        .arg(fixture("retrieval/clip_resnet.pt"))
+        .arg("--out")
+        .arg(&imported)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let args: Vec<std::ffi::OsString> = vec![
         "--model".into(),
         fixture("model").into(),
         "--tokenizer".into(),
         fixture("tokenizer").into(),
         "--datastore".into(),
-        format!("coco={}", s.dir().join("coco").display()).into(),
+        format!("coco={}", imported.display()).into(),
         "--retrieval-encoder".into(),
         fixture("retrieval/clip_resnet.pt").into(),
     ];

@@ -10,6 +10,10 @@
 //! well but the shape poorly; the retrieved captions (the right ones: captions of other images of
 //! the same colour and shape) carry both.
 
+#[path = "../src/bin/support/random_checkpoint.rs"]
+#[allow(dead_code)]
+mod random_checkpoint;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,7 +52,7 @@ fn tiny_config() -> Value {
 fn pretrained(dir: &Path) -> (PathBuf, PathBuf) {
     let cfg = tiny_config();
     let sc = dir.join("random-smallcap");
-    smallcap::train::init::write_random_checkpoint(&sc, &cfg, 7).unwrap();
+    random_checkpoint::write_random_checkpoint(&sc, &cfg, 7).unwrap();
     let all = candle_core::safetensors::load(sc.join("model.safetensors"), &Device::Cpu).unwrap();
     let (clip, gpt2) = (dir.join("clip"), dir.join("gpt2"));
     for (d, prefix, to, config) in [

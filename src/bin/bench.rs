@@ -8,7 +8,10 @@
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{median, peak_rss_mib};
+#[path = "support/random_checkpoint.rs"]
+mod random_checkpoint;
+use measure::peak_rss_mib;
+use smallcap_util::stats::median;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,9 +103,9 @@ fn main() -> anyhow::Result<()> {
             (dir.join("model"), Some(map))
         }
         None => {
-            smallcap::train::init::write_random_checkpoint(
+            random_checkpoint::write_random_checkpoint(
                 &args.model_dir,
-                &smallcap::train::init::full_size_config(),
+                &random_checkpoint::full_size_config(),
                 1234,
             )
             .context("writing the random checkpoint")?;

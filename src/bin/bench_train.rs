@@ -8,6 +8,8 @@
 
 #[path = "support/measure.rs"]
 mod measure;
+#[path = "support/random_checkpoint.rs"]
+mod random_checkpoint;
 use measure::peak_rss_mib;
 
 use std::path::PathBuf;
@@ -17,11 +19,11 @@ use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 
+use random_checkpoint::{full_size_config, write_random_checkpoint};
 use smallcap::checkpoint::StateDict;
 use smallcap::models::Dropout;
 use smallcap::rng::Rng;
 use smallcap::train::dataset::{max_length, prep_strings};
-use smallcap::train::init::{full_size_config, write_random_checkpoint};
 use smallcap::train::{clip_grad_norm, AdamW, AdamWConfig, Batch, TrainModel, Trainable};
 use smallcap::{Gpt2Tokenizer, SmallCapConfig};
 

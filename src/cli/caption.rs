@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::bail;
-use candle_core::{Device, Tensor};
 use clap::Args;
 
-use smallcap::captioner::{Captioner, Prepared, Retrieval};
+use smallcap::captioner::Captioner;
 use smallcap::models::packed_linear::WeightType;
-use smallcap::retrieval::Retriever;
+use smallcap::pipeline::{ImageInput, Pipeline, PromptSource};
+use smallcap::retrieval::{NamedSpec, Retriever};
 use smallcap::retrieved::{image_id, RetrievedCaptions};
 use smallcap::GenerationConfig;
 
@@ -35,9 +35,10 @@ pub struct CaptionArgs {
     /// Retrieved captions: a JSON object mapping an image's file name, stem or id to captions.
     #[arg(long, conflicts_with_all = ["captions", "no_retrieval", "datastore"])]
     retrieved: Option<PathBuf>,
-    /// Retrieve each image's prompt captions live from this datastore: a folder, or a
+    /// Retrieve each image's prompt captions live from this datastore: a folder, a FAISS index
+    /// file (its captions beside it as <index>_captions.json, or INDEX,captions=FILE), or a
     /// `postgres://…?table=NAME` URL of one pushed with `smallcap datastore push`.
-    #[arg(long, value_name = "DIR|URL", conflicts_with_all = ["captions", "no_retrieval"])]
+    #[arg(long, value_name = "SPEC", conflicts_with_all = ["captions", "no_retrieval"])]
     datastore: Option<String>,
     /// The retrieval encoder for --datastore (default: the one the datastore records): an
     /// OpenAI CLIP file such as RN50x64.pt, or a HF CLIPModel folder / hub id.
@@ -75,29 +76,9 @@ pub struct CaptionArgs {
     /// Also write COCO results `[{"image_id", "caption"}]` to this file.
     #[arg(long)]
     coco_results: Option<PathBuf>,
-}
-
-/// `--share-vision-tower` is only right when the retrieval encoder's vision tower is the
-/// captioner's: on the same pixels, the query from the captioner's states must equal the
-/// retrieval encoder's own image embedding.
-fn check_shared_tower(r: &Retriever, pixels: &Tensor, states: &Tensor) -> anyhow::Result<()> {
-    let shared = r
-        .encoder()
-        .encode_from_vision_states(&states.unsqueeze(0)?)?;
-    let own = r.encoder().encode_image_tensor(&pixels.unsqueeze(0)?)?;
-    let diff = shared
-        .iter()
-        .zip(&own)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    // Both are unit vectors from the same tower and pixels: they differ only by rounding.
-    if shared.len() != own.len() || diff > 1e-4 {
-        bail!(
-            "--share-vision-tower: the retrieval encoder {} does not have the captioning encoder's vision tower (its image embedding differs by {diff:.3e}); drop the option or use the captioning encoder's CLIP",
-            r.encoder().identity()
-        );
-    }
-    Ok(())
+    /// Where the networks run: cpu, or cuda[:N] in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: String,
 }
 
 /// One line of output, in the documented key order.
@@ -134,21 +115,21 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
             args.captions.len()
         );
     }
-    let device = Device::Cpu;
+    let device = super::device(&args.device)?;
     let retriever = match &args.datastore {
         Some(spec) => Some(Retriever::open(
-            spec,
+            &[NamedSpec::parse(spec)?],
             args.retrieval_encoder.as_deref(),
             &device,
         )?),
         None => None,
     };
     if let Some(r) = &retriever {
-        if args.k > r.store().len() {
+        let len = r.store(None)?.len();
+        if args.k > len {
             bail!(
-                "--k {} is larger than the datastore ({} captions)",
-                args.k,
-                r.store().len()
+                "--k {} is larger than the datastore ({len} captions)",
+                args.k
             );
         }
     }
@@ -158,8 +139,12 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
         &device,
         args.decoder_weights,
     )?;
-    if retrieved.is_none() && retriever.is_none() && args.captions.is_empty() && !args.no_retrieval
-    {
+    let has_retriever = retriever.is_some();
+    let mut pipeline = Pipeline::new(captioner, retriever);
+    if args.share_vision_tower {
+        pipeline = pipeline.share_vision_tower()?;
+    }
+    if retrieved.is_none() && !has_retriever && args.captions.is_empty() && !args.no_retrieval {
         bail!("give the prompt captions: --datastore DIR, --retrieved FILE, --captions TEXT (repeatable), or --no-retrieval");
     }
     let generation = GenerationConfig {
@@ -167,74 +152,54 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
         early_stopping: args.early_stopping,
         length_penalty: args.length_penalty,
         max_new_tokens: args.max_new_tokens,
-        ..captioner.default_generation()
+        ..pipeline.default_generation()
+    };
+    // Each image's prompt source; a retrieved-captions file that lacks an image fails that image.
+    let prompt_of = |path: &Path| -> smallcap::Result<PromptSource> {
+        Ok(if args.no_retrieval {
+            PromptSource::NoRetrieval
+        } else if has_retriever {
+            PromptSource::Datastore(None)
+        } else if let Some(r) = &retrieved {
+            PromptSource::Captions(r.lookup(path)?.to_vec())
+        } else {
+            PromptSource::Captions(args.captions.clone())
+        })
     };
 
     let progress = super::progress_bar(images.len(), "images");
-
-    let tower_checked = std::sync::atomic::AtomicBool::new(false);
-    let prepare = |path: &Path| -> anyhow::Result<Prepared> {
-        let image = smallcap_image::load(path)?;
-        if let (Some(r), true) = (&retriever, args.share_vision_tower) {
-            let pixels = captioner.pixel_values(&image.to_rgb())?;
-            let states = captioner.encode(&pixels)?;
-            if !tower_checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                check_shared_tower(r, &pixels, &states)?;
-            }
-            let found = r.retrieve_from_vision_states(&states.unsqueeze(0)?, args.k)?;
-            let captions = found.into_iter().next().map(|f| f.captions);
-            let mut prepared = captioner.prepare(
-                pixels,
-                Retrieval::Captions(captions.unwrap_or_default()),
-                args.k,
-            )?;
-            prepared.encoder_hidden_states = Some(states);
-            return Ok(prepared);
-        }
-        let retrieval = if args.no_retrieval {
-            Retrieval::None
-        } else if let Some(r) = &retriever {
-            let found = r.retrieve_images(std::slice::from_ref(&image), args.k)?;
-            Retrieval::Captions(
-                found
-                    .into_iter()
-                    .next()
-                    .map(|f| f.captions)
-                    .unwrap_or_default(),
-            )
-        } else if let Some(r) = &retrieved {
-            Retrieval::Captions(r.lookup(path)?.to_vec())
-        } else {
-            Retrieval::Captions(args.captions.clone())
-        };
-        let pixels = captioner.pixel_values(&image.to_rgb())?;
-        Ok(captioner.prepare(pixels, retrieval, args.k)?)
-    };
-
     let mut failures = 0usize;
     let mut coco = Vec::new();
     let stdout = std::io::stdout();
+    let report = |path: &Path, e: &dyn std::fmt::Display| {
+        progress.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
+    };
     for chunk in images.chunks(args.batch_size) {
-        let mut ready = Vec::new();
-        let mut slots = Vec::new();
+        let mut items = Vec::new();
+        let mut paths = Vec::new();
         for path in chunk {
-            match prepare(path) {
-                Ok(p) => {
-                    slots.push(Some(ready.len()));
-                    ready.push(p);
+            match prompt_of(path) {
+                Ok(prompt) => {
+                    items.push((ImageInput::Path(path.clone()), prompt, args.k));
+                    paths.push(path);
                 }
                 Err(e) => {
-                    progress.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
+                    report(path, &e);
                     failures += 1;
-                    slots.push(None);
                 }
             }
         }
-        let results = captioner.caption(&ready, &generation)?;
+        let results = pipeline.caption_each(items, &generation)?;
         let mut out = stdout.lock();
-        for (path, slot) in chunk.iter().zip(slots) {
-            let Some(i) = slot else { continue };
-            let r = &results[i];
+        for (path, r) in paths.into_iter().zip(results) {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    report(path, &e);
+                    failures += 1;
+                    continue;
+                }
+            };
             let line = OutputLine {
                 image: &path.to_string_lossy(),
                 caption: &r.caption,
@@ -248,12 +213,10 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
                         coco.push(serde_json::json!({"image_id": id, "caption": r.caption}))
                     }
                     None => {
-                        progress.suspend(|| {
-                            eprintln!(
-                                "error: {}: no integer image id in the file name for --coco-results",
-                                path.display()
-                            )
-                        });
+                        report(
+                            path,
+                            &"no integer image id in the file name for --coco-results",
+                        );
                         failures += 1;
                     }
                 }

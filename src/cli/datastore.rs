@@ -87,6 +87,9 @@ struct BuildArgs {
     /// Store the embeddings as f16 (half the size; scores change in the 4th decimal).
     #[arg(long)]
     f16: bool,
+    /// Where the encoder runs: cpu, or cuda[:N] in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: String,
     /// Stop after this many batches (simulates an interrupted build).
     #[arg(long, hide = true)]
     stop_after_batches: Option<usize>,
@@ -104,6 +107,9 @@ struct AddArgs {
     encoder: Option<String>,
     #[command(flatten)]
     filter: FilterArgs,
+    /// Where the encoder runs: cpu, or cuda[:N] in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: String,
     /// Stop after this many batches (simulates an interrupted add).
     #[arg(long, hide = true)]
     stop_after_batches: Option<usize>,
@@ -185,7 +191,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
                 bail!("--max-gpt2-tokens must be at least 1 (the reference uses {MAX_CAPTION_TOKENS})");
             }
             let caps = load_captions(&a.captions, &a.filter)?;
-            let encoder = RetrievalEncoder::load(&a.encoder, &device)?;
+            let encoder = RetrievalEncoder::load(&a.encoder, &super::device(&a.device)?)?;
             let bar = super::progress_bar(caps.len(), "captions");
             let opts = BuildOptions {
                 batch_size: a.filter.batch_size,
@@ -218,7 +224,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
                     })?
                     .to_string(),
             };
-            let encoder = RetrievalEncoder::load(&spec, &device)?;
+            let encoder = RetrievalEncoder::load(&spec, &super::device(&a.device)?)?;
             let caps = load_captions(&a.captions, &a.filter)?;
             let bar = super::progress_bar(caps.len(), "captions");
             let opts = BuildOptions {

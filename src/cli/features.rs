@@ -49,6 +49,9 @@ pub struct FeaturesArgs {
     /// Only these splits (repeatable; default: every image).
     #[arg(long = "split")]
     splits: Vec<String>,
+    /// Where the encoder runs: cpu, cuda[:N] (a `cuda` build), or auto (the first GPU if any).
+    #[arg(long, default_value = "auto", value_name = "cpu|cuda[:N]|auto")]
+    device: String,
 }
 
 /// The image file of an annotation entry.
@@ -138,7 +141,7 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<ExitCode> {
     if images.is_empty() {
         bail!("{}: no images to encode", annotations.display());
     }
-    let device = super::device()?;
+    let device = super::device(&args.device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
     let done = FeatureStore::open(&args.out)?;

@@ -72,31 +72,20 @@ pub fn main() -> ExitCode {
 }
 
 /// The device to run on: the first CUDA GPU in a `cuda` build when one is present, else the CPU.
-pub fn device() -> anyhow::Result<candle_core::Device> {
+pub fn device_or_cpu() -> anyhow::Result<candle_core::Device> {
     Ok(candle_core::Device::cuda_if_available(0)?)
 }
 
+/// `--device cpu|cuda[:N]`.
+pub fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
+    Ok(smallcap::device::parse(spec)?)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a
-/// failure never leaves a partial file behind.
+/// failure never leaves a partial file behind ([`smallcap_util::fs::write_atomic`]).
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!("cannot write {}: {e}", path.display())
-    })
+    smallcap_util::fs::write_atomic(path, bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::Args;
 
-use smallcap::retrieval::{CaptionStore, RetrievalEncoder, Retriever, SelfExclusion};
+use smallcap::retrieval::{DatastoreSpec, NamedSpec, Retriever, SelfExclusion};
 use smallcap::retrieved::image_id;
 
 #[derive(Args)]
@@ -21,15 +20,16 @@ pub struct RetrieveArgs {
     /// one the datastore records).
     #[arg(long)]
     encoder: Option<String>,
-    /// A datastore folder, or a `postgres://…?table=NAME` URL of one pushed to pgvector.
+    /// A datastore: a folder, a FAISS index file (its captions beside it as
+    /// <index>_captions.json, or INDEX,captions=FILE), or a `postgres://…?table=NAME` URL.
     #[arg(
         long,
-        value_name = "DIR|URL",
+        value_name = "SPEC",
         conflicts_with = "index",
         required_unless_present = "index"
     )]
     datastore: Option<String>,
-    /// A FAISS index file (with --captions).
+    /// A FAISS index file (with --captions; the same as --datastore INDEX,captions=FILE).
     #[arg(long, requires = "captions")]
     index: Option<PathBuf>,
     /// The FAISS index's captions (JSON list or id-keyed object).
@@ -57,6 +57,9 @@ pub struct RetrieveArgs {
     /// dataset_coco.json, matched by the integer in the image's file name).
     #[arg(long, value_name = "ANNOTATIONS")]
     exclude_self: Option<PathBuf>,
+    /// Where the encoder runs: cpu, or cuda[:N] in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: String,
 }
 
 fn out_key(path: &Path) -> String {
@@ -70,7 +73,7 @@ fn out_key(path: &Path) -> String {
 }
 
 pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
-    let device = Device::Cpu;
+    let device = super::device(&args.device)?;
     if args.k == 0 {
         bail!("--k must be at least 1");
     }
@@ -81,23 +84,23 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
     if images.is_empty() && args.text.is_empty() {
         bail!("no queries: give --image IMG..., --images DIR or --text STR...");
     }
-    let retriever = match (&args.datastore, &args.index, &args.captions) {
-        (Some(spec), _, _) => Retriever::open(spec, args.encoder.as_deref(), &device)?,
-        (None, Some(index), Some(captions)) => {
-            let spec = args
-                .encoder
-                .as_deref()
-                .context("--index needs --encoder (a FAISS file records none)")?;
-            let store = CaptionStore::open_faiss(index, captions)?;
-            Retriever::new(RetrievalEncoder::load(spec, &device)?, store)?
-        }
-        _ => bail!("give --datastore DIR, or --index FILE with --captions FILE"),
+    let spec = match (&args.datastore, &args.index, &args.captions) {
+        (Some(spec), _, _) => NamedSpec::parse(spec)?,
+        (None, Some(index), Some(captions)) => NamedSpec {
+            name: "datastore".into(),
+            spec: DatastoreSpec::Faiss {
+                index: index.clone(),
+                captions: captions.clone(),
+            },
+        },
+        _ => bail!("give --datastore SPEC, or --index FILE with --captions FILE"),
     };
-    if args.k > retriever.store().len() {
+    let retriever = Retriever::open(&[spec], args.encoder.as_deref(), &device)?;
+    let store_len = retriever.store(None)?.len();
+    if args.k > store_len {
         bail!(
-            "--k {} is larger than the store ({} captions)",
-            args.k,
-            retriever.store().len()
+            "--k {} is larger than the store ({store_len} captions)",
+            args.k
         );
     }
     let exclusion = match &args.exclude_self {
@@ -108,7 +111,7 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
     if !args.text.is_empty() {
         for chunk in args.text.chunks(args.batch_size.max(1)) {
             let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let found = retriever.retrieve_texts(&texts, args.k)?;
+            let found = retriever.retrieve_texts(None, &texts, args.k)?;
             let mut out = stdout.lock();
             for (t, r) in texts.iter().zip(found) {
                 let line = serde_json::json!({"query": t, "ids": r.ids, "scores": r.scores, "captions": r.captions});
@@ -134,7 +137,7 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
                         })?,
                         None => 0,
                     };
-                    Ok((retriever.encoder().preprocess(&img), id))
+                    Ok((img, id))
                 });
             match loaded {
                 Ok((px, id)) => {
@@ -148,9 +151,14 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        let q = retriever.encoder().encode_pixels(&pixels)?;
-        let found =
-            retriever.search(&q, args.k, exclusion.as_ref().map(|e| (e, ids.as_slice())))?;
+        let queries: Vec<&smallcap_image::SourceImage> = pixels.iter().collect();
+        let q = retriever.encoder().encode_images(&queries)?;
+        let found = retriever.search(
+            None,
+            &q,
+            args.k,
+            exclusion.as_ref().map(|e| (e, ids.as_slice())),
+        )?;
         let mut out = stdout.lock();
         for (path, r) in ok.into_iter().zip(found) {
             let line = serde_json::json!({"query": path.to_string_lossy(), "ids": r.ids, "scores": r.scores, "captions": r.captions});

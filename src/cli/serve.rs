@@ -1,21 +1,16 @@
 //! `smallcap serve`: the HTTP API and web page (see [`smallcap::server`]) on one address.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::Args;
-
-use std::sync::Arc;
 
 use smallcap::captioner::Captioner;
 use smallcap::models::packed_linear::WeightType;
-use smallcap::retrieval::RetrievalEncoder;
-use smallcap::server::datastores::{DatastoreSet, RetrievalBackend};
-use smallcap::server::{Models, Server, ServerConfig};
-use smallcap_datastore::Datastore;
+use smallcap::pipeline::Pipeline;
+use smallcap::retrieval::{NamedSpec, Retriever};
+use smallcap::server::{Server, ServerConfig};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -30,14 +25,20 @@ pub struct ServeArgs {
     /// bf16 (half the memory read per decoding step; captions may differ slightly).
     #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
     decoder_weights: WeightType,
-    /// A datastore to retrieve from, `[NAME=]DIR` (repeatable; the first is the default; the
-    /// name defaults to the folder's name).
-    #[arg(long = "datastore", value_name = "[NAME=]DIR")]
+    /// A datastore to retrieve from, `[NAME=]SPEC` (repeatable; the first is the default): a
+    /// folder, a FAISS index file (its captions beside it as <index>_captions.json, or
+    /// INDEX,captions=FILE) or a `postgres://…?table=NAME` URL. The name defaults to the folder's,
+    /// the index file's or the table's name.
+    #[arg(long = "datastore", value_name = "[NAME=]SPEC")]
     datastores: Vec<String>,
     /// The retrieval encoder that embeds queries for the datastores: an OpenAI CLIP file (e.g.
-    /// RN50x64.pt) or a HF CLIPModel folder / hub id (default: the one the first datastore records).
+    /// RN50x64.pt) or a HF CLIPModel folder / hub id (default: the one the first datastore
+    /// records). Every datastore must have been built with it.
     #[arg(long)]
     retrieval_encoder: Option<String>,
+    /// Where the networks run: cpu, or cuda[:N] in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: String,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
@@ -64,35 +65,6 @@ pub struct ServeArgs {
     timeout: f64,
 }
 
-/// Opens each `[NAME=]DIR` (the name defaults to the folder's name), checking that names are
-/// unique.
-fn open_datastores(specs: &[String]) -> anyhow::Result<Vec<(String, Datastore)>> {
-    let mut out: Vec<(String, Datastore)> = Vec::new();
-    for spec in specs {
-        let (name, dir) = match spec.split_once('=') {
-            Some((name, dir)) if !name.is_empty() && !name.contains('/') => {
-                (name.to_string(), PathBuf::from(dir))
-            }
-            _ => {
-                let dir = PathBuf::from(spec);
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .with_context(|| {
-                        format!("--datastore {spec}: no folder name; give NAME={spec}")
-                    })?;
-                (name, dir)
-            }
-        };
-        if out.iter().any(|(n, _)| *n == name) {
-            bail!("two datastores are named \"{name}\"; name them with --datastore NAME=DIR");
-        }
-        let store = Datastore::open(&dir).with_context(|| format!("--datastore {spec}"))?;
-        out.push((name, store));
-    }
-    Ok(out)
-}
-
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.max_batch == 0 || args.queue == 0 || args.max_images_per_request == 0 {
         bail!("--max-batch, --queue and --max-images-per-request must be at least 1");
@@ -100,24 +72,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
     }
-    let stores = open_datastores(&args.datastores)?;
-    if stores.is_empty() && args.retrieval_encoder.is_some() {
+    // Specs are checked before the server starts, so that a bad one fails the command at once.
+    let specs = args
+        .datastores
+        .iter()
+        .map(|s| NamedSpec::parse(s).with_context(|| format!("--datastore {s}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, s) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|o| o.name == s.name) {
+            bail!(
+                "two datastores are named \"{}\"; name them with --datastore NAME=SPEC",
+                s.name
+            );
+        }
+    }
+    if specs.is_empty() && args.retrieval_encoder.is_some() {
         bail!("--retrieval-encoder needs at least one --datastore");
     }
-    let encoder_spec = match (&args.retrieval_encoder, stores.first()) {
-        (Some(spec), _) => Some(spec.clone()),
-        (None, Some((name, store))) => Some(
-            RetrievalEncoder::spec_of_identity(&store.manifest().encoder)
-                .with_context(|| {
-                    format!(
-                        "datastore \"{name}\" records the encoder {:?}, which is not loadable; give --retrieval-encoder",
-                        store.manifest().encoder
-                    )
-                })?
-                .to_string(),
-        ),
-        (None, None) => None,
-    };
+    let device = super::device(&args.device)?;
     let config = ServerConfig {
         max_batch: args.max_batch,
         batch_wait: Duration::from_millis(args.batch_wait_ms),
@@ -132,25 +104,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = std::net::TcpListener::bind(&args.addr)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let (model, tokenizer) = (args.model.clone(), args.tokenizer.clone());
-    let weights = args.decoder_weights;
+    let (weights, encoder) = (args.decoder_weights, args.retrieval_encoder.clone());
     let server = Server::start(listener, config, move || {
-        let captioner = Captioner::from_specs_with_weights(
-            &model,
-            tokenizer.as_deref(),
-            &Device::Cpu,
-            weights,
-        )?;
-        let retrieval: Option<Arc<dyn RetrievalBackend>> = match encoder_spec {
-            Some(spec) => {
-                let encoder = RetrievalEncoder::load(&spec, &Device::Cpu)?;
-                Some(Arc::new(DatastoreSet::new(Arc::new(encoder), stores)?))
-            }
-            None => None,
+        let retriever = if specs.is_empty() {
+            None
+        } else {
+            Some(Retriever::open(&specs, encoder.as_deref(), &device)?)
         };
-        Ok(Models {
-            captioner,
-            retrieval,
-        })
+        let captioner =
+            Captioner::from_specs_with_weights(&model, tokenizer.as_deref(), &device, weights)?;
+        Ok(Pipeline::new(captioner, retriever))
     })?;
     eprintln!(
         "smallcap serve: listening on http://{} (loading the model)",

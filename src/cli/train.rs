@@ -101,7 +101,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let device = super::device()?;
+    let device = super::device_or_cpu()?;
     let ann = Annotations::from_file(&args.annotations)?;
     let samples = ann.samples(TRAIN_SPLITS)?;
     let retrieved = match &args.retrieved {

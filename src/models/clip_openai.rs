@@ -9,8 +9,7 @@
 //! holding the `CLIP(...)` constructor arguments. Every other value there must agree with the
 //! state dict.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::LayerNorm;
@@ -18,64 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use super::clip_resnet::{ModifiedResNet, ResNetDims};
 use super::clip_transformer::{layer_norm, ClipTransformer};
+pub use super::clip_weights::Weights;
 use crate::error::{Error, Result};
 
 /// Name of the optional constructor-arguments file next to an OpenAI CLIP weight file.
 pub const DIMS_FILE: &str = "clip_dims.json";
-
-/// A state dict with shape-checked access; errors name the file and the tensor.
-pub struct Weights {
-    path: PathBuf,
-    map: HashMap<String, Tensor>,
-}
-
-impl Weights {
-    pub fn new(path: &Path, map: HashMap<String, Tensor>) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            map,
-        }
-    }
-
-    /// The file the tensors came from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The shape of tensor `name`, if present.
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.map.get(name).map(|t| t.dims())
-    }
-
-    fn need_shape(&self, name: &str) -> Result<&[usize]> {
-        self.shape(name)
-            .ok_or_else(|| Error::checkpoint(&self.path, format!("missing tensor {name}")))
-    }
-
-    /// Tensor `name`, which must have `shape`.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.map.get(name).ok_or_else(|| {
-            Error::checkpoint(
-                &self.path,
-                format!("missing tensor {name} (expected shape {shape:?})"),
-            )
-        })?;
-        if t.dims() != shape {
-            return Err(Error::checkpoint(
-                &self.path,
-                format!(
-                    "tensor {name} has shape {:?}, but the model's sizes imply {shape:?}",
-                    t.dims()
-                ),
-            ));
-        }
-        Ok(t.clone())
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &str> {
-        self.map.keys().map(String::as_str)
-    }
-}
 
 /// `vision_layers`: four stage depths (ResNet) or a layer count (ViT).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

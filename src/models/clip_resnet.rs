@@ -12,8 +12,8 @@
 use candle_core::{Module, Tensor};
 use candle_nn::Linear;
 
-use super::clip_openai::Weights;
 use super::clip_transformer::{attention, linear};
+use super::clip_weights::Weights;
 use crate::error::Result;
 
 const BN_EPS: f64 = 1e-5;

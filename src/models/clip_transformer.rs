@@ -6,7 +6,7 @@
 use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 
-use super::clip_openai::Weights;
+use super::clip_weights::Weights;
 use crate::error::Result;
 
 /// OpenAI's `LayerNorm` (eps 1e-5) from `<prefix>.weight` / `<prefix>.bias` of width `w`.

@@ -8,6 +8,7 @@ pub mod clip_openai;
 pub mod clip_resnet;
 pub mod clip_transformer;
 pub mod clip_vision;
+pub mod clip_weights;
 pub mod dropout;
 pub mod frozen_matmul;
 pub mod fused;

@@ -204,7 +204,8 @@ fn encode_resumably(
             ..want.clone()
         };
         let json = serde_json::to_vec_pretty(&p).expect("progress serialises");
-        write_atomic(&progress_path, &json)?;
+        smallcap_util::fs::write_atomic(&progress_path, &json)
+            .map_err(|e| Error::io(&progress_path, e))?;
         progress(
             ((b + 1) * opts.batch_size).min(captions.len()),
             captions.len(),
@@ -225,7 +226,9 @@ fn with_rows<T>(
     f: impl FnOnce(&VectorSet<'_>) -> Result<T>,
 ) -> Result<T> {
     let file = fs::File::open(emb_path).map_err(|e| Error::io(emb_path, e))?;
-    // SAFETY: the file is private to this work folder and not modified while mapped.
+    // SAFETY: the map is read-only and lives only while `f` runs. `embeddings.f32` is finished
+    // (the encoding loop that appends to it has ended) and lives in the private work folder, so
+    // nothing truncates or rewrites it while it is mapped.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(emb_path, e))?;
     let set = VectorSet::from_le_bytes(&map, dim, Dtype::F32)?;
     f(&set)
@@ -299,7 +302,11 @@ pub fn add_to_datastore(
         )));
     }
     let dir = store.dir().to_path_buf();
-    super::check_recorded_encoder(encoder, store.manifest(), &dir.display().to_string())?;
+    super::retriever::check_recorded_encoder(
+        encoder.description(),
+        store.manifest(),
+        &dir.display().to_string(),
+    )?;
     let work = add_work_dir(&dir);
     let mut want = new_progress(encoder, captions, opts);
     if let Some(base) = recorded_base(&work, &want) {
@@ -348,11 +355,4 @@ fn store_ends_with(store: &Datastore, captions: &[CaptionRecord]) -> Result<bool
         }
     }
     Ok(true)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)
-        .and_then(|_| fs::rename(&tmp, path))
-        .map_err(|e| Error::io(path, e))
 }

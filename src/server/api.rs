@@ -15,11 +15,12 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant as TokioInstant;
 
-use super::batcher::{CaptionImage, CaptionOut, Job, PromptSource, Reply, Work, WorkTimings};
-use super::datastores::ImageQuery;
+use super::batcher::{CaptionOut, Job, Reply, Work, WorkTimings};
 use super::error::ApiError;
-use super::{AppState, LogTimings, Models, RequestId};
+use super::{AppState, LogTimings, RequestId};
+use crate::pipeline::{DecodedImage, Pipeline, PromptSource};
 use crate::GenerationConfig;
+use smallcap_image::SourceImage;
 
 const INDEX_HTML: &str = include_str!("index.html");
 const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -65,7 +66,7 @@ pub async fn datastores(State(state): Shared) -> Response {
     Json(json!({
         "datastores": stores,
         "default": stores.first().map(|d| d.name.clone()),
-        "k": models.captioner.model().config.k,
+        "k": models.captioner().model().config.k,
         "limits": {
             "max_k": state.config.max_k,
             "max_beams": state.config.max_beams,
@@ -339,7 +340,7 @@ fn parse_json_retrieve(v: &Value) -> Result<Params, ApiError> {
     Ok(p)
 }
 
-fn models(state: &AppState) -> Result<&Arc<Models>, ApiError> {
+fn models(state: &AppState) -> Result<&Arc<Pipeline>, ApiError> {
     state.models.get().ok_or_else(not_ready)
 }
 
@@ -357,7 +358,7 @@ fn check_range(name: &str, v: usize, max: usize) -> Result<usize, ApiError> {
 /// that it can answer.
 fn choose_datastore(
     state: &AppState,
-    models: &Models,
+    models: &Pipeline,
     name: Option<&str>,
     k: Option<usize>,
 ) -> Result<(String, usize), ApiError> {
@@ -381,7 +382,7 @@ fn choose_datastore(
             )
         })?,
     };
-    let k = k.unwrap_or(models.captioner.model().config.k);
+    let k = k.unwrap_or(models.captioner().model().config.k);
     let max = state.config.max_k.min(store.size);
     check_range("k", k, max)?;
     Ok((store.name.clone(), k))
@@ -390,11 +391,11 @@ fn choose_datastore(
 /// The prompt source, k and decoding settings of a caption request.
 fn plan(
     state: &AppState,
-    models: &Models,
+    models: &Pipeline,
     p: &Params,
 ) -> Result<(PromptSource, usize, GenerationConfig), ApiError> {
     let cfg = &state.config;
-    let mut generation = models.captioner.default_generation();
+    let mut generation = models.captioner().default_generation();
     if let Some(b) = p.beams {
         generation.num_beams = check_range("beams", b, cfg.max_beams)?;
     }
@@ -427,22 +428,22 @@ fn plan(
             ));
         }
         let k =
-            p.k.unwrap_or_else(|| models.captioner.model().config.k.min(p.captions.len()));
+            p.k.unwrap_or_else(|| models.captioner().model().config.k.min(p.captions.len()));
         check_range("k", k, cfg.max_k.min(p.captions.len()))?;
         return Ok((PromptSource::Captions(p.captions.clone()), k, generation));
     }
     let (name, k) = choose_datastore(state, models, p.datastore.as_deref(), p.k)?;
-    Ok((PromptSource::Datastore(name), k, generation))
+    Ok((PromptSource::Datastore(Some(name)), k, generation))
 }
 
 /// An uploaded image: its captioning pixels and its retrieval query, as asked for.
-type Decoded = (Option<candle_core::Tensor>, Option<ImageQuery>);
+type Decoded = (Option<candle_core::Tensor>, Option<Arc<SourceImage>>);
 
 /// Decodes and preprocesses the images on the blocking pool (at most one per core at a time):
 /// the pixel limit is checked from the header before any pixel is decoded.
 async fn decode_images(
     state: &Arc<AppState>,
-    models: &Arc<Models>,
+    models: &Arc<Pipeline>,
     images: Vec<(String, Bytes)>,
     for_captioning: bool,
     for_retrieval: bool,
@@ -472,17 +473,14 @@ async fn decode_images(
                 let pixel_values = if for_captioning {
                     Some(
                         models
-                            .captioner
+                            .captioner()
                             .pixel_values(&src.to_rgb())
                             .map_err(|e| ApiError::from_library(&e))?,
                     )
                 } else {
                     None
                 };
-                let query = for_retrieval.then(|| ImageQuery {
-                    bytes: Arc::from(&bytes[..]),
-                    image: Arc::new(src),
-                });
+                let query = for_retrieval.then(|| Arc::new(src));
                 Ok((pixel_values, query))
             })
             .collect()
@@ -620,16 +618,16 @@ async fn caption_inner(
         .into_iter()
         .map(|(pixel_values, query)| {
             pixel_values
-                .map(|pixel_values| CaptionImage {
+                .map(|pixel_values| DecodedImage {
                     pixel_values,
-                    query,
+                    source: query,
                 })
                 .ok_or_else(|| ApiError::internal("an image was not preprocessed"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let decode_ms = ms_since(t);
     let datastore = match &source {
-        PromptSource::Datastore(d) => Some(d.clone()),
+        PromptSource::Datastore(d) => d.clone(),
         _ => None,
     };
     let (reply, timings) = submit(

@@ -1,56 +1,42 @@
 //! Dynamic batching: requests from many clients wait in a bounded queue; one worker thread (off
-//! the async runtime) takes up to `max_batch` images' worth of jobs, waiting at most
-//! `batch_wait` for more after the first, retrieves their captions per datastore in one call,
-//! and captions all images that share decoding settings in one `Captioner::caption` call (one
-//! encoder pass, every decoding step shared). Each job is answered through its own channel.
-//! Jobs whose client has gone (timed out or disconnected) are skipped.
+//! the async runtime) takes jobs until the next would take the batch past `max_batch` images
+//! (a job with more runs alone), waiting at most `batch_wait` for more after the first, and hands
+//! the caption jobs to [`Pipeline::prepare`] together (live retrieval batched per datastore),
+//! then captions all images that share decoding settings in one forward pass (one encoder pass,
+//! every decoding step shared). Each job is answered through its own channel. Jobs whose client
+//! has gone (timed out or disconnected) are skipped.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use candle_core::Tensor;
+use smallcap_image::SourceImage;
 use tokio::sync::{mpsc, oneshot};
 
-use super::datastores::{ImageQuery, Retrieved};
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::Models;
-use crate::captioner::{Prepared, Retrieval};
+use crate::captioner::Prepared;
+use crate::pipeline::{DecodedImage, Pipeline, PipelineItem, PromptSource};
+use crate::retrieval::{Retrieved, Retriever};
 use crate::GenerationConfig;
 
-/// Where a caption job's prompt captions come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PromptSource {
-    /// The prompt without captions.
-    NoRetrieval,
-    /// Captions the client gave.
-    Captions(Vec<String>),
-    /// Retrieved from this datastore.
-    Datastore(String),
-}
-
-/// One image of a caption job.
-pub struct CaptionImage {
-    /// `[3, size, size]` for the captioning encoder.
-    pub pixel_values: Tensor,
-    /// Present when the captions are retrieved.
-    pub query: Option<ImageQuery>,
-}
-
+/// What a job asks for.
 pub enum Work {
+    /// Caption these images, each with the job's prompt source and k.
     Caption {
-        images: Vec<CaptionImage>,
+        images: Vec<DecodedImage>,
         source: PromptSource,
         k: usize,
         generation: GenerationConfig,
     },
+    /// The k nearest captions of each image in `datastore`.
     RetrieveImages {
         datastore: String,
-        queries: Vec<ImageQuery>,
+        queries: Vec<Arc<SourceImage>>,
         k: usize,
     },
+    /// The k nearest captions of each text in `datastore`.
     RetrieveTexts {
         datastore: String,
         texts: Vec<String>,
@@ -98,7 +84,7 @@ pub enum Reply {
 pub struct Job {
     pub work: Work,
     pub enqueued: Instant,
-    pub reply: oneshot::Sender<Result<(Reply, WorkTimings), ApiError>>,
+    pub reply: ReplyTo,
 }
 
 /// How batches are formed.
@@ -113,36 +99,17 @@ pub struct BatchPolicy {
 /// The worker loop: returns when every sender is gone and the queue is drained.
 pub fn run(
     mut rx: mpsc::Receiver<Job>,
-    models: Arc<Models>,
+    models: Arc<Pipeline>,
     policy: BatchPolicy,
     metrics: Arc<Metrics>,
     rt: tokio::runtime::Handle,
 ) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut n = first.work.images();
-        let mut jobs = vec![first];
-        let deadline = Instant::now() + policy.batch_wait;
-        while n < policy.max_batch {
-            let next = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        None
-                    } else {
-                        let wait = deadline - now;
-                        rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-                            .ok()
-                            .flatten()
-                    }
-                }
-            };
-            let Some(job) = next else { break };
-            n += job.work.images();
-            jobs.push(job);
-        }
-        jobs.retain(|j| !j.reply.is_closed());
+    // A job that did not fit in the last batch starts the next one.
+    let mut held: Option<Job> = None;
+    while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
+        let (jobs, next) = gather(first, &mut rx, policy, &rt);
+        held = next;
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
         if jobs.is_empty() {
             continue;
         }
@@ -154,26 +121,73 @@ pub fn run(
     }
 }
 
+/// A batch starting with `first`: more jobs while their images fit in `max_batch` and the
+/// `batch_wait` deadline has not passed. The job that would overshoot is given back to start the
+/// next batch.
+fn gather(
+    first: Job,
+    rx: &mut mpsc::Receiver<Job>,
+    policy: BatchPolicy,
+    rt: &tokio::runtime::Handle,
+) -> (Vec<Job>, Option<Job>) {
+    let mut n = first.work.images();
+    let mut jobs = vec![first];
+    let deadline = Instant::now() + policy.batch_wait;
+    while n < policy.max_batch {
+        let next = match rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    None
+                } else {
+                    let wait = deadline - now;
+                    rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                        .ok()
+                        .flatten()
+                }
+            }
+        };
+        let Some(job) = next else { break };
+        if n + job.work.images() > policy.max_batch {
+            return (jobs, Some(job));
+        }
+        n += job.work.images();
+        jobs.push(job);
+    }
+    (jobs, None)
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// A caption job being assembled.
+type ReplyTo = oneshot::Sender<Result<(Reply, WorkTimings), ApiError>>;
+
+/// A caption job whose prompts are ready.
 struct Pending {
-    reply: oneshot::Sender<Result<(Reply, WorkTimings), ApiError>>,
+    reply: ReplyTo,
     timings: WorkTimings,
     generation: GenerationConfig,
     prepared: Vec<Prepared>,
     retrieved: Vec<Option<Retrieved>>,
 }
 
-fn process(jobs: Vec<Job>, models: &Models, metrics: &Metrics) {
+/// A caption job waiting for its prompts.
+struct CaptionJob {
+    reply: ReplyTo,
+    timings: WorkTimings,
+    images: usize,
+    /// Whether its captions are retrieved.
+    retrieves: bool,
+    generation: GenerationConfig,
+}
+
+fn process(jobs: Vec<Job>, models: &Pipeline, metrics: &Metrics) {
     let start = Instant::now();
-    let captioner = &models.captioner;
-    let mut pending: Vec<Pending> = Vec::new();
-    // Caption jobs that retrieve, grouped by (datastore, k): one retrieval call per group.
-    let mut groups: Vec<((String, usize), Vec<usize>)> = Vec::new();
     let mut caption_jobs = Vec::new();
+    let mut items = Vec::new();
     for job in jobs {
         let timings = WorkTimings {
             queue: ms(start.duration_since(job.enqueued)),
@@ -184,152 +198,105 @@ fn process(jobs: Vec<Job>, models: &Models, metrics: &Metrics) {
                 datastore,
                 queries,
                 k,
-            } => {
-                let t = Instant::now();
-                let refs: Vec<&ImageQuery> = queries.iter().collect();
-                let r = retrieval(models).and_then(|b| {
-                    b.retrieve_images(&datastore, &refs, k)
-                        .map_err(|e| ApiError::from_library(&e))
-                });
-                let timings = WorkTimings {
-                    retrieve: ms(t.elapsed()),
-                    ..timings
-                };
-                let _ = job.reply.send(r.map(|r| (Reply::Retrieved(r), timings)));
-            }
+            } => answer_retrieval(job.reply, timings, || {
+                let refs: Vec<&SourceImage> = queries.iter().map(Arc::as_ref).collect();
+                retriever(models)?
+                    .retrieve_images(Some(&datastore), &refs, k)
+                    .map_err(|e| ApiError::from_library(&e))
+            }),
             Work::RetrieveTexts {
                 datastore,
                 texts,
                 k,
-            } => {
-                let t = Instant::now();
+            } => answer_retrieval(job.reply, timings, || {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let r = retrieval(models).and_then(|b| {
-                    b.retrieve_texts(&datastore, &refs, k)
-                        .map_err(|e| ApiError::from_library(&e))
-                });
-                let timings = WorkTimings {
-                    retrieve: ms(t.elapsed()),
-                    ..timings
-                };
-                let _ = job.reply.send(r.map(|r| (Reply::Retrieved(r), timings)));
-            }
+                retriever(models)?
+                    .retrieve_texts(Some(&datastore), &refs, k)
+                    .map_err(|e| ApiError::from_library(&e))
+            }),
             Work::Caption {
                 images,
                 source,
                 k,
                 generation,
             } => {
-                if let PromptSource::Datastore(name) = &source {
-                    let key = (name.clone(), k);
-                    let i = caption_jobs.len();
-                    match groups.iter_mut().find(|(g, _)| *g == key) {
-                        Some((_, members)) => members.push(i),
-                        None => groups.push((key, vec![i])),
-                    }
-                }
-                caption_jobs.push((job.reply, timings, images, source, k, generation));
-            }
-        }
-    }
-
-    // Retrieval for the caption jobs.
-    let mut retrieved: Vec<Option<Result<Vec<Retrieved>, ApiError>>> =
-        (0..caption_jobs.len()).map(|_| None).collect();
-    let mut retrieve_ms = vec![0.0; caption_jobs.len()];
-    for ((datastore, k), members) in &groups {
-        let t = Instant::now();
-        let queries: Vec<&ImageQuery> = members
-            .iter()
-            .flat_map(|&i| caption_jobs[i].2.iter())
-            .filter_map(|img| img.query.as_ref())
-            .collect();
-        let r = retrieval(models).and_then(|b| {
-            b.retrieve_images(datastore, &queries, *k)
-                .map_err(|e| ApiError::from_library(&e))
-        });
-        let took = ms(t.elapsed());
-        match r {
-            Ok(mut all) if all.len() == queries.len() => {
-                for &i in members.iter().rev() {
-                    let n = caption_jobs[i].2.len();
-                    let tail = all.split_off(all.len() - n);
-                    retrieved[i] = Some(Ok(tail));
-                    retrieve_ms[i] = took;
-                }
-            }
-            Ok(all) => {
-                let e = ApiError::internal(format!(
-                    "the retrieval backend answered {} results for {} queries",
-                    all.len(),
-                    queries.len()
-                ));
-                members
-                    .iter()
-                    .for_each(|&i| retrieved[i] = Some(Err(e.clone())));
-            }
-            Err(e) => members
-                .iter()
-                .for_each(|&i| retrieved[i] = Some(Err(e.clone()))),
-        }
-    }
-
-    // Prompts.
-    for (i, (reply, mut timings, images, source, k, generation)) in
-        caption_jobs.into_iter().enumerate()
-    {
-        timings.retrieve = retrieve_ms[i];
-        let per_image: Result<Vec<(Retrieval, Option<Retrieved>)>, ApiError> = match &source {
-            PromptSource::NoRetrieval => {
-                Ok(images.iter().map(|_| (Retrieval::None, None)).collect())
-            }
-            PromptSource::Captions(c) => Ok(images
-                .iter()
-                .map(|_| (Retrieval::Captions(c.clone()), None))
-                .collect()),
-            PromptSource::Datastore(_) => match retrieved[i].take() {
-                Some(Ok(rs)) => Ok(rs
-                    .into_iter()
-                    .map(|r| (Retrieval::Captions(r.captions.clone()), Some(r)))
-                    .collect()),
-                Some(Err(e)) => Err(e),
-                None => Err(ApiError::internal("retrieval did not run")),
-            },
-        };
-        let prepared = per_image.and_then(|list| {
-            images
-                .into_iter()
-                .zip(list)
-                .map(|(img, (retrieval, r))| {
-                    let kk = match &retrieval {
-                        Retrieval::Captions(c) => k.min(c.len()),
-                        Retrieval::None => k,
-                    };
-                    captioner
-                        .prepare(img.pixel_values, retrieval, kk)
-                        .map(|p| (p, r))
-                        .map_err(|e| ApiError::from_library(&e))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        });
-        match prepared {
-            Ok(items) => {
-                let (prepared, retrieved) = items.into_iter().unzip();
-                pending.push(Pending {
-                    reply,
+                caption_jobs.push(CaptionJob {
+                    reply: job.reply,
                     timings,
+                    images: images.len(),
+                    retrieves: matches!(source, PromptSource::Datastore(_)),
                     generation,
+                });
+                items.extend(images.into_iter().map(|image| PipelineItem {
+                    image,
+                    prompt: source.clone(),
+                    k,
+                }));
+            }
+        }
+    }
+    let pending = prepare(models, caption_jobs, items);
+    caption(models, metrics, pending);
+}
+
+/// Runs a retrieval job and answers it.
+fn answer_retrieval(
+    reply: ReplyTo,
+    timings: WorkTimings,
+    f: impl FnOnce() -> Result<Vec<Retrieved>, ApiError>,
+) {
+    let t = Instant::now();
+    let r = f();
+    let timings = WorkTimings {
+        retrieve: ms(t.elapsed()),
+        ..timings
+    };
+    let _ = reply.send(r.map(|r| (Reply::Retrieved(r), timings)));
+}
+
+/// The prompts of every caption job's images in one [`Pipeline::prepare`] call; a job with a
+/// failed image is answered with that image's error.
+fn prepare(models: &Pipeline, jobs: Vec<CaptionJob>, items: Vec<PipelineItem>) -> Vec<Pending> {
+    let retrieving = items
+        .iter()
+        .any(|i| matches!(i.prompt, PromptSource::Datastore(_)));
+    if retrieving && models.retriever().is_none() {
+        for job in jobs {
+            let _ = job.reply.send(Err(no_datastore()));
+        }
+        return Vec::new();
+    }
+    let t = Instant::now();
+    let mut results = models.prepare(items).into_iter();
+    let retrieve_ms = if retrieving { ms(t.elapsed()) } else { 0.0 };
+    let mut pending = Vec::new();
+    for job in jobs {
+        let mine: Result<Vec<_>, _> = results.by_ref().take(job.images).collect();
+        match mine {
+            Ok(list) => {
+                let (prepared, retrieved) = list.into_iter().unzip();
+                let mut timings = job.timings;
+                if job.retrieves {
+                    timings.retrieve = retrieve_ms;
+                }
+                pending.push(Pending {
+                    reply: job.reply,
+                    timings,
+                    generation: job.generation,
                     prepared,
                     retrieved,
                 });
             }
             Err(e) => {
-                let _ = reply.send(Err(e));
+                let _ = job.reply.send(Err(ApiError::from_library(&e)));
             }
         }
     }
+    pending
+}
 
-    // One forward pass per set of decoding settings.
+/// One forward pass per set of decoding settings.
+fn caption(models: &Pipeline, metrics: &Metrics, mut pending: Vec<Pending>) {
     while !pending.is_empty() {
         let generation = pending[0].generation.clone();
         let (same, rest): (Vec<Pending>, Vec<Pending>) = pending
@@ -341,7 +308,7 @@ fn process(jobs: Vec<Job>, models: &Models, metrics: &Metrics) {
             .flat_map(|p| p.prepared.iter().cloned())
             .collect();
         let t = Instant::now();
-        let result = captioner.caption(&items, &generation);
+        let result = models.caption_prepared(&items, &generation);
         let took = ms(t.elapsed());
         metrics.record_batch(items.len());
         match result {
@@ -375,12 +342,14 @@ fn process(jobs: Vec<Job>, models: &Models, metrics: &Metrics) {
     }
 }
 
-fn retrieval(models: &Models) -> Result<&dyn super::datastores::RetrievalBackend, ApiError> {
-    models.retrieval.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "no_datastore",
-            "no datastore is loaded",
-        )
-    })
+fn no_datastore() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "no_datastore",
+        "no datastore is loaded",
+    )
+}
+
+fn retriever(models: &Pipeline) -> Result<&Retriever, ApiError> {
+    models.retriever().ok_or_else(no_datastore)
 }

@@ -66,7 +66,7 @@ impl ApiError {
     /// A library error from preparing or captioning: bad input is the client's (400), anything
     /// else is ours (500).
     pub fn from_library(e: &crate::Error) -> Self {
-        match e {
+        match e.root() {
             crate::Error::Input(m) => Self::bad_request("invalid_request", m.clone()),
             crate::Error::Image(ie) => Self::image(ie),
             other => Self::internal(other.to_string()),

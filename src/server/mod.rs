@@ -1,6 +1,6 @@
 //! `smallcap serve`'s HTTP server: the captioning API (`/v1/captions`, `/v1/captions/batch`,
 //! `/v1/retrieve`, `/v1/datastores`), health and readiness probes, Prometheus metrics, the OpenAPI
-//! description and the web page, over one shared [`Captioner`](crate::captioner::Captioner)
+//! description and the web page, over one shared [`Pipeline`](crate::pipeline::Pipeline)
 //! whose forward passes are shared by concurrent requests (see [`batcher`]).
 //!
 //! This module owns the router, the shared state, the per-request middleware (request id, one
@@ -10,12 +10,11 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use smallcap::server::{Models, Server, ServerConfig};
+//! use smallcap::server::{Server, ServerConfig};
+//! use smallcap::{Pipeline, PipelineOptions};
 //! let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
 //! let server = Server::start(listener, ServerConfig::default(), || {
-//!     let captioner = smallcap::captioner::Captioner::from_specs(
-//!         "Yova/SmallCap7M", None, &candle_core::Device::Cpu)?;
-//!     Ok(Models { captioner, retrieval: None })
+//!     Ok(Pipeline::load(&PipelineOptions::new("Yova/SmallCap7M"))?)
 //! })?;
 //! server.wait_ready()?;
 //! server.join()?;
@@ -24,7 +23,6 @@
 
 mod api;
 pub mod batcher;
-pub mod datastores;
 pub mod error;
 pub mod metrics;
 
@@ -40,21 +38,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::captioner::Captioner;
+use crate::pipeline::Pipeline;
+use crate::retrieval::DatastoreInfo;
 pub use batcher::BatchPolicy;
-pub use datastores::{
-    DatastoreInfo, DatastoreSet, ImageQuery, QueryEncoder, RetrievalBackend, Retrieved,
-};
 use error::ErrorCode;
 use metrics::{Gauges, Metrics};
-
-/// What the server serves with.
-pub struct Models {
-    pub captioner: Captioner,
-    /// The datastores to retrieve from; `None` serves only requests with `no_retrieval` or
-    /// caller-given `captions`.
-    pub retrieval: Option<Arc<dyn RetrievalBackend>>,
-}
 
 /// Limits and batching.
 #[derive(Debug, Clone)]
@@ -104,7 +92,9 @@ impl Default for ServerConfig {
 /// What the handlers share.
 pub(crate) struct AppState {
     config: ServerConfig,
-    models: OnceLock<Arc<Models>>,
+    /// The pipeline, once loaded. Without datastores it serves only requests with
+    /// `no_retrieval` or caller-given `captions`.
+    models: OnceLock<Arc<Pipeline>>,
     /// The datastores, the default first (set with `models`).
     datastores: OnceLock<Vec<DatastoreInfo>>,
     queue: mpsc::Sender<batcher::Job>,
@@ -232,7 +222,7 @@ impl Server {
     pub fn start(
         listener: std::net::TcpListener,
         config: ServerConfig,
-        load: impl FnOnce() -> anyhow::Result<Models> + Send + 'static,
+        load: impl FnOnce() -> anyhow::Result<Pipeline> + Send + 'static,
     ) -> std::io::Result<Server> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -272,8 +262,7 @@ impl Server {
                         }
                     };
                     let stores = models
-                        .retrieval
-                        .as_ref()
+                        .retriever()
                         .map(|r| r.datastores())
                         .unwrap_or_default();
                     let _ = state.datastores.set(stores);

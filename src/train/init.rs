@@ -2,18 +2,15 @@
 //! CLIP vision tower of a CLIP checkpoint (`vision_model.*` → `encoder.*`), GPT-2 (`h.*`, `wte`,
 //! … → `decoder.transformer.*`, with the LM head tied to `wte`), and new cross-attention layers
 //! initialised as GPT-2's `_init_weights` does: Conv1D weights N(0, initializer_range),
-//! `c_proj.weight` N(0, initializer_range/√(2·n_layer)), biases 0, LayerNorms 1 and 0. Also the
-//! random full-size checkpoints the benchmarks use.
+//! `c_proj.weight` N(0, initializer_range/√(2·n_layer)), biases 0, LayerNorms 1 and 0.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use crate::checkpoint::{
-    expected_tensors, read_tensors, ExpectedTensor, LM_HEAD, PYTORCH_FILE, SAFETENSORS_FILE,
-};
+use crate::checkpoint::{expected_tensors, read_tensors, ExpectedTensor, LM_HEAD};
 use crate::config::SmallCapConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -191,62 +188,4 @@ pub fn from_pretrained(
     let wte = tensors["decoder.transformer.wte.weight"].clone();
     tensors.insert(LM_HEAD.to_string(), wte);
     Ok((json, config, tensors))
-}
-
-/// config.json of SmallCap7M's sizes (what the reference's `perf_reference.py --make` writes).
-pub fn full_size_config() -> Value {
-    json!({
-        "architectures": ["SmallCap"], "model_type": "smallcap", "is_encoder_decoder": true,
-        "eos_token_id": 13, "pad_token_id": 0, "k": 4, "rag": true, "max_length": 25,
-        "retrieval_encoder": "RN50x64", "tie_word_embeddings": false, "vocab_size": 50257,
-        "encoder": {"model_type": "clip", "vision_config": {
-            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-            "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
-            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}},
-        "decoder": {"model_type": "this_gpt2", "vocab_size": 50257, "n_positions": 1024,
-            "n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": null,
-            "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
-            "add_cross_attention": true, "cross_attention_reduce_factor": 4}
-    })
-}
-
-/// Writes a checkpoint folder (`config.json` + `model.safetensors`) of random weights for the
-/// config `config_json`, as `perf_reference.py` makes them: N(0, 0.02)·3 for matrices and the
-/// class embedding, LayerNorms at ones/zeros, biases zero. Deterministic for a seed; kept when
-/// the folder already holds one.
-pub fn write_random_checkpoint(dir: &Path, config_json: &Value, seed: u64) -> Result<()> {
-    if dir.join(SAFETENSORS_FILE).is_file() || dir.join(PYTORCH_FILE).is_file() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let cfg = SmallCapConfig::from_json(&config_json.to_string())?;
-    let dev = Device::Cpu;
-    let mut rng = Rng::new(seed);
-    let mut tensors = HashMap::new();
-    let mut all = expected_tensors(&cfg);
-    all.push(ExpectedTensor {
-        name: LM_HEAD.into(),
-        shape: vec![cfg.decoder.vocab_size, cfg.decoder.n_embd],
-    });
-    for t in all {
-        let is_ln =
-            t.name.contains("ln") || t.name.contains("layer_norm") || t.name.contains("layrnorm");
-        let value = if t.shape.len() >= 2 || t.name.ends_with("class_embedding") {
-            let n: usize = t.shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| 0.06 * rng.normal()).collect();
-            Tensor::from_vec(data, t.shape.as_slice(), &dev)?
-        } else if is_ln && t.name.ends_with("weight") {
-            Tensor::ones(t.shape.as_slice(), DType::F32, &dev)?
-        } else {
-            Tensor::zeros(t.shape.as_slice(), DType::F32, &dev)?
-        };
-        tensors.insert(t.name, value);
-    }
-    let tmp = dir.join(format!("{SAFETENSORS_FILE}.partial"));
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    let cfg_text =
-        serde_json::to_string_pretty(config_json).map_err(|e| Error::Input(e.to_string()))?;
-    std::fs::write(dir.join("config.json"), cfg_text).map_err(|e| Error::io(dir, e))?;
-    std::fs::rename(&tmp, dir.join(SAFETENSORS_FILE)).map_err(|e| Error::io(dir, e))?;
-    Ok(())
 }

@@ -14,17 +14,21 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use candle_core::Device;
 use smallcap::captioner::Captioner;
-use smallcap::server::{
-    DatastoreSet, ImageQuery, Models, QueryEncoder, RetrievalBackend, Server, ServerConfig,
-};
+use smallcap::pipeline::Pipeline;
+use smallcap::retrieval::{CaptionStore, QueryEncoder, Retriever};
+use smallcap::server::{Server, ServerConfig};
 use smallcap_datastore::store::StoreOptions;
 use smallcap_datastore::{Datastore, Dtype, VectorSet};
+use smallcap_image::SourceImage;
 
 use super::fixture;
 
-pub fn bytes_key(b: &[u8]) -> u64 {
+/// A decoded image's key: a hash of its RGB pixels and size.
+pub fn image_key(img: &SourceImage) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    b.hash(&mut h);
+    let rgb = img.to_rgb();
+    rgb.dimensions().hash(&mut h);
+    rgb.as_raw().hash(&mut h);
     h.finish()
 }
 
@@ -68,11 +72,14 @@ impl QueryEncoder for FixtureEncoder {
     fn dim(&self) -> usize {
         32
     }
-    fn encode_images(&self, images: &[&ImageQuery]) -> smallcap::Result<Vec<f32>> {
+    fn description(&self) -> String {
+        ENCODER.into()
+    }
+    fn encode_images(&self, images: &[&SourceImage]) -> smallcap::Result<Vec<f32>> {
         self.gate.pass();
         let mut out = Vec::new();
         for q in images {
-            let e = self.images.get(&bytes_key(&q.bytes)).ok_or_else(|| {
+            let e = self.images.get(&image_key(q)).ok_or_else(|| {
                 smallcap::Error::Input("the test encoder knows only the fixture images".into())
             })?;
             out.extend_from_slice(e);
@@ -128,11 +135,14 @@ pub fn caption_embeddings() -> Vec<f32> {
         .unwrap()
 }
 
+/// The encoder the test stores record.
+const ENCODER: &str = "openai-clip:tiny-random";
+
 /// The fixture store ("coco": the reference's FAISS index) and a second store ("rows100": rows
 /// 100..200 of it) for the per-request datastore switch.
 pub struct Stores {
     _dir: tempfile::TempDir,
-    pub backend: Arc<DatastoreSet>,
+    encoder: Arc<FixtureEncoder>,
     pub gate: Arc<Gate>,
 }
 
@@ -141,15 +151,26 @@ impl Stores {
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
     }
+
+    /// The two stores, opened with the test encoder.
+    pub fn retriever(&self) -> Retriever {
+        let open = |name: &str| {
+            (
+                name.to_string(),
+                CaptionStore::Datastore(Datastore::open(self.dir().join(name)).unwrap()),
+            )
+        };
+        Retriever::new(self.encoder.clone(), vec![open("coco"), open("rows100")]).unwrap()
+    }
 }
 
 pub fn stores() -> Stores {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
-        encoder: "openai-clip:tiny-random".into(),
+        encoder: ENCODER.into(),
         dtype: Dtype::F32,
     };
-    let full = Datastore::from_faiss(
+    Datastore::from_faiss(
         fixture("retrieval/datastore_index"),
         fixture("retrieval/datastore_captions.json"),
         dir.path().join("coco"),
@@ -163,7 +184,7 @@ pub fn stores() -> Stores {
         .iter()
         .map(|c| smallcap_datastore::CaptionRecord::new(c.clone()))
         .collect();
-    let sub = Datastore::create(
+    Datastore::create(
         dir.path().join("rows100"),
         &opts,
         &VectorSet::from_f32(sub_rows, 32).unwrap(),
@@ -177,7 +198,7 @@ pub fn stores() -> Stores {
     .unwrap();
     let mut images = HashMap::new();
     for c in image_cases() {
-        let bytes = std::fs::read(fixture(&c.image)).unwrap();
+        let img = smallcap_image::load(&fixture(&c.image)).unwrap();
         let name = std::path::Path::new(&c.image)
             .file_name()
             .unwrap()
@@ -186,7 +207,7 @@ pub fn stores() -> Stores {
         let e: Vec<f32> = tensors[&format!("{name}.query_embedding")]
             .to_vec1()
             .unwrap();
-        images.insert(bytes_key(&bytes), e);
+        images.insert(image_key(&img), e);
     }
     let texts = caps
         .iter()
@@ -199,16 +220,9 @@ pub fn stores() -> Stores {
         texts,
         gate: gate.clone(),
     });
-    let backend = Arc::new(
-        DatastoreSet::new(
-            encoder,
-            vec![("coco".into(), full), ("rows100".into(), sub)],
-        )
-        .unwrap(),
-    );
     Stores {
         _dir: dir,
-        backend,
+        encoder,
         gate,
     }
 }
@@ -222,13 +236,10 @@ pub fn captioner() -> Captioner {
     .unwrap()
 }
 
-pub fn start(config: ServerConfig, retrieval: Option<Arc<dyn RetrievalBackend>>) -> Server {
+pub fn start(config: ServerConfig, retriever: Option<Retriever>) -> Server {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let server = Server::start(listener, config, move || {
-        Ok(Models {
-            captioner: captioner(),
-            retrieval,
-        })
+        Ok(Pipeline::new(captioner(), retriever))
     })
     .unwrap();
     server.wait_ready().unwrap();

@@ -6,12 +6,17 @@
 //! * [`store`]: our own folder format (manifest + aligned embeddings + captions), conversion to and
 //!   from FAISS, atomic append.
 //! * [`pgvector`] (feature `pgvector`, on by default): the datastore on a PostgreSQL + pgvector
-//!   server (`push`, exact and HNSW search); [`pg_local`]: a throwaway local server for tests.
+//!   server (`push`, exact and HNSW search); `pg_local` (feature `test-support`): a throwaway local server for tests.
 //! * [`search`]: exact inner-product top-k (batched GEMM, multi-threaded), identical ids to
 //!   FAISS `IndexFlatIP`.
 //! * [`captions`]: caption-file readers (text, JSON list/dict, COCO annotations, Karpathy).
 //! * [`clip_tokenizer`]: OpenAI CLIP's BPE tokenizer (`clip.tokenize`).
 //! * [`text_clean`]: the ftfy / HTML clean-up that CLIP applies before tokenizing.
+//!
+//! Unsafe code is confined to memory-mapping (`fsutil`) and the search kernels ([`search`]:
+//! viewing stored bytes as floats, the GEMM call, AVX-512); every unsafe block says why it is
+//! sound (`// SAFETY:`, checked by clippy's `undocumented_unsafe_blocks`).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod captions;
 pub mod clip_tokenizer;
@@ -21,6 +26,7 @@ mod fsutil;
 pub mod ivf;
 pub mod kmeans;
 #[cfg(feature = "pgvector")]
+#[cfg(feature = "test-support")]
 pub mod pg_local;
 #[cfg(feature = "pgvector")]
 pub mod pgvector;

@@ -1,0 +1,487 @@
+//! The captioning pipeline, the way every front end captions: image → (live retrieval) → prompt →
+//! caption. A [`Pipeline`] holds the [`Captioner`] (SmallCap: CLIP vision tower + GPT-2) and,
+//! optionally, a [`Retriever`] (the retrieval encoder and any number of named datastores), all
+//! loaded once. `smallcap caption` and the server's batch worker are thin layers over it.
+//!
+//! Each image gets its prompt captions from a [`PromptSource`]: live retrieval from a datastore,
+//! captions given by the caller, or none (`This image shows `). Retrieval encodes the images of a
+//! batch together, one call per (datastore, k); the captioner then encodes and decodes the whole
+//! batch at once. Results do not depend on how images are batched.
+//!
+//! `Pipeline` is `Send + Sync`: load it once and share it.
+//!
+//! ```
+//! # fn main() -> smallcap::Result<()> {
+//! use smallcap::{GenerationConfig, ImageInput, Pipeline, PipelineOptions, PromptSource};
+//! let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smallcap-tiny");
+//! let pipeline = Pipeline::load(&PipelineOptions {
+//!     tokenizer: Some(format!("{fixture}/tokenizer")),
+//!     datastores: vec![format!("{fixture}/retrieval/datastore_index,captions={fixture}/retrieval/datastore_captions.json")],
+//!     retrieval_encoder: Some(format!("{fixture}/retrieval/clip_resnet.pt")),
+//!     ..PipelineOptions::new(format!("{fixture}/model"))
+//! })?;
+//! let image = ImageInput::Path(format!("{fixture}/images/chelsea.png").into());
+//! let generation = GenerationConfig { early_stopping: true, ..pipeline.default_generation() };
+//! let out = pipeline.caption(vec![image], &PromptSource::Datastore(None), 4, &generation)?;
+//! let first = out[0].as_ref().expect("captioned");
+//! assert_eq!(first.retrieved_captions.len(), 4);
+//! println!("{}", first.caption);
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use smallcap_image::SourceImage;
+
+use crate::captioner::{Caption, Captioner, Prepared, Retrieval};
+use crate::error::{Error, Result};
+use crate::generation::GenerationConfig;
+use crate::models::packed_linear::WeightType;
+use crate::retrieval::{NamedSpec, Retrieved, Retriever};
+
+/// An image to caption.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    /// An image file.
+    Path(PathBuf),
+    /// An encoded image in memory (`name` is used in errors).
+    Bytes {
+        /// A name for messages (a file name, an upload's field).
+        name: String,
+        /// The file's bytes (JPEG, PNG, WebP, GIF, BMP, TIFF).
+        bytes: Arc<[u8]>,
+    },
+    /// An image already decoded.
+    Image(Arc<SourceImage>),
+}
+
+/// Where an image's prompt captions come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptSource {
+    /// The prompt without captions, `This image shows `.
+    NoRetrieval,
+    /// These captions, best first (the first k are used).
+    Captions(Vec<String>),
+    /// Live retrieval from the named datastore (the default one for `None`).
+    Datastore(Option<String>),
+}
+
+/// An image decoded for the pipeline: the captioner's pixels, and the decoded image itself when
+/// it is to be a retrieval query.
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    /// `[3, size, size]`, as CLIPFeatureExtractor outputs.
+    pub pixel_values: Tensor,
+    /// The decoded image in its Pillow mode (what the retrieval encoder preprocesses).
+    pub source: Option<Arc<SourceImage>>,
+}
+
+/// One image's result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PipelineCaption {
+    /// The caption, post-processed as the reference's `postprocess_preds`.
+    pub caption: String,
+    /// The new tokens as the reference's `generate` returns them (eos included when emitted).
+    pub generated_ids: Vec<u32>,
+    /// The prompt's token ids.
+    pub prompt_ids: Vec<u32>,
+    /// The captions in the prompt.
+    pub retrieved_captions: Vec<String>,
+    /// Ids and scores, when the captions were retrieved from a datastore.
+    pub retrieved: Option<Retrieved>,
+}
+
+/// What [`Pipeline::load`] loads.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// A SmallCap checkpoint folder or hub id.
+    pub model: String,
+    /// The GPT-2 tokenizer folder or hub id (default: the model folder's, else the hub's `gpt2`).
+    pub tokenizer: Option<String>,
+    /// How the decoder's weights are held while decoding.
+    pub decoder_weights: WeightType,
+    /// Datastores to retrieve from, `[NAME=]SPEC` (see [`crate::retrieval::spec`]); the first is
+    /// the default.
+    pub datastores: Vec<String>,
+    /// The retrieval encoder (default: the one the first datastore records).
+    pub retrieval_encoder: Option<String>,
+    /// Retrieve with the captioner's own vision tower (see [`Pipeline::share_vision_tower`]).
+    pub share_vision_tower: bool,
+    /// Where the networks run.
+    pub device: Device,
+}
+
+impl PipelineOptions {
+    /// A model with the defaults: its own tokenizer, f32 weights, no datastore, the CPU.
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            tokenizer: None,
+            decoder_weights: WeightType::F32,
+            datastores: Vec::new(),
+            retrieval_encoder: None,
+            share_vision_tower: false,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// One image of a batch: its pixels, prompt source and k.
+#[derive(Debug, Clone)]
+pub struct PipelineItem {
+    /// The decoded image.
+    pub image: DecodedImage,
+    /// Where its prompt captions come from.
+    pub prompt: PromptSource,
+    /// The number of captions in its prompt (and retrieved).
+    pub k: usize,
+}
+
+/// An image's neighbours, and with a shared vision tower its encoder states.
+type Found = (Retrieved, Option<Tensor>);
+
+/// Images retrieve together when they share a datastore and a k.
+type GroupKey<'a> = (Option<&'a str>, usize);
+
+/// The captioner and the retriever, loaded once (see the module documentation).
+pub struct Pipeline {
+    captioner: Captioner,
+    retriever: Option<Retriever>,
+    share_vision_tower: bool,
+    tower_checked: AtomicBool,
+}
+
+impl Pipeline {
+    /// Joins a loaded captioner and, optionally, a retriever.
+    pub fn new(captioner: Captioner, retriever: Option<Retriever>) -> Self {
+        Self {
+            captioner,
+            retriever,
+            share_vision_tower: false,
+            tower_checked: AtomicBool::new(false),
+        }
+    }
+
+    /// Loads the checkpoint, tokenizer, retrieval encoder and datastores.
+    pub fn load(opts: &PipelineOptions) -> Result<Self> {
+        if opts.datastores.is_empty() && opts.retrieval_encoder.is_some() {
+            return Err(Error::Input(
+                "a retrieval encoder needs at least one datastore".into(),
+            ));
+        }
+        let retriever = if opts.datastores.is_empty() {
+            None
+        } else {
+            let specs = opts
+                .datastores
+                .iter()
+                .map(|s| NamedSpec::parse(s))
+                .collect::<Result<Vec<_>>>()?;
+            Some(Retriever::open(
+                &specs,
+                opts.retrieval_encoder.as_deref(),
+                &opts.device,
+            )?)
+        };
+        let captioner = Captioner::from_specs_with_weights(
+            &opts.model,
+            opts.tokenizer.as_deref(),
+            &opts.device,
+            opts.decoder_weights,
+        )?;
+        let pipeline = Self::new(captioner, retriever);
+        if opts.share_vision_tower {
+            pipeline.share_vision_tower()
+        } else {
+            Ok(pipeline)
+        }
+    }
+
+    /// Retrieves with the captioning encoder's own vision tower: the query is the retrieval
+    /// encoder's projection of the captioner's encoder states, so each image is encoded once.
+    /// Needs a Hugging Face CLIPModel retrieval encoder with the same tower (SmallCap's is
+    /// `openai/clip-vit-base-patch32`), checked on the first image retrieved.
+    pub fn share_vision_tower(mut self) -> Result<Self> {
+        let Some(r) = &self.retriever else {
+            return Err(Error::Input(
+                "sharing the vision tower needs a datastore".into(),
+            ));
+        };
+        if r.encoder().as_clip().is_none() {
+            return Err(Error::Input(format!(
+                "sharing the vision tower needs a CLIP retrieval encoder, not {}",
+                r.encoder().description()
+            )));
+        }
+        self.share_vision_tower = true;
+        Ok(self)
+    }
+
+    /// The captioner.
+    pub fn captioner(&self) -> &Captioner {
+        &self.captioner
+    }
+
+    /// The retriever, when datastores are loaded.
+    pub fn retriever(&self) -> Option<&Retriever> {
+        self.retriever.as_ref()
+    }
+
+    /// infer.py's decoding settings with this checkpoint's eos and pad tokens.
+    pub fn default_generation(&self) -> GenerationConfig {
+        self.captioner.default_generation()
+    }
+
+    /// Decodes an image for captioning; with `for_retrieval`, the decoded image is kept as the
+    /// retrieval query.
+    pub fn decode(&self, input: &ImageInput, for_retrieval: bool) -> Result<DecodedImage> {
+        let source = match input {
+            ImageInput::Path(p) => Arc::new(smallcap_image::load(p)?),
+            ImageInput::Bytes { name, bytes } => Arc::new(smallcap_image::decode(bytes, name)?),
+            ImageInput::Image(img) => img.clone(),
+        };
+        self.decoded(source, for_retrieval)
+    }
+
+    /// [`Pipeline::decode`] of an image already decoded.
+    pub fn decoded(&self, source: Arc<SourceImage>, for_retrieval: bool) -> Result<DecodedImage> {
+        let pixel_values = self.captioner.pixel_values(&source.to_rgb())?;
+        Ok(DecodedImage {
+            pixel_values,
+            source: for_retrieval.then_some(source),
+        })
+    }
+
+    fn retriever_or_err(&self) -> Result<&Retriever> {
+        self.retriever
+            .as_ref()
+            .ok_or_else(|| Error::Input("no datastore is loaded".into()))
+    }
+
+    /// Prompts for a batch: live retrieval for the images that need it (one call per
+    /// (datastore, k), the images encoded together), then each image's prompt ids. Each image
+    /// gets its own result; a failed retrieval fails the images that shared it.
+    pub fn prepare(&self, items: Vec<PipelineItem>) -> Vec<Result<(Prepared, Option<Retrieved>)>> {
+        let mut found: Vec<Option<Result<Found>>> = (0..items.len()).map(|_| None).collect();
+        // Images that retrieve, grouped by (datastore, k), in order of first appearance.
+        let mut groups: Vec<(GroupKey, Vec<usize>)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let PromptSource::Datastore(name) = &item.prompt {
+                let key = (name.as_deref(), item.k);
+                match groups.iter_mut().find(|(g, _)| *g == key) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((key, vec![i])),
+                }
+            }
+        }
+        for ((datastore, k), members) in &groups {
+            match self.retrieve_group(&items, members, *datastore, *k) {
+                Ok(results) => {
+                    for (&i, r) in members.iter().zip(results) {
+                        found[i] = Some(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for &i in members {
+                        found[i] = Some(Err(Error::Shared(e.clone())));
+                    }
+                }
+            }
+        }
+        items
+            .into_iter()
+            .zip(found)
+            .map(|(item, found)| {
+                let (retrieval, retrieved, states) = match (item.prompt, found) {
+                    (PromptSource::NoRetrieval, _) => (Retrieval::None, None, None),
+                    (PromptSource::Captions(c), _) => (Retrieval::Captions(c), None, None),
+                    (PromptSource::Datastore(_), Some(Ok((r, states)))) => {
+                        (Retrieval::Captions(r.captions.clone()), Some(r), states)
+                    }
+                    (PromptSource::Datastore(_), Some(Err(e))) => return Err(e),
+                    (PromptSource::Datastore(_), None) => {
+                        return Err(Error::Input("retrieval did not run".into()))
+                    }
+                };
+                let mut prepared =
+                    self.captioner
+                        .prepare(item.image.pixel_values, retrieval, item.k)?;
+                prepared.encoder_hidden_states = states;
+                Ok((prepared, retrieved))
+            })
+            .collect()
+    }
+
+    /// Retrieval for the images `members` of `items`: their neighbours, and with a shared vision
+    /// tower their encoder states.
+    fn retrieve_group(
+        &self,
+        items: &[PipelineItem],
+        members: &[usize],
+        datastore: Option<&str>,
+        k: usize,
+    ) -> Result<Vec<Found>> {
+        let r = self.retriever_or_err()?;
+        let store_len = r.store(datastore)?.len();
+        if k > store_len {
+            return Err(Error::Input(format!(
+                "k = {k} is larger than the datastore ({store_len} captions)"
+            )));
+        }
+        if self.share_vision_tower {
+            let pixels: Vec<&Tensor> = members
+                .iter()
+                .map(|&i| &items[i].image.pixel_values)
+                .collect();
+            let states = self.captioner.model().encode(&Tensor::stack(&pixels, 0)?)?;
+            if !self.tower_checked.load(Ordering::Relaxed) {
+                self.check_shared_tower(r, pixels[0], &states.get(0)?)?;
+                self.tower_checked.store(true, Ordering::Relaxed);
+            }
+            let found = r.retrieve_from_vision_states(datastore, &states, k)?;
+            return found
+                .into_iter()
+                .enumerate()
+                .map(|(j, f)| Ok((f, Some(states.get(j)?))))
+                .collect();
+        }
+        let queries = members
+            .iter()
+            .map(|&i| {
+                items[i].image.source.as_deref().ok_or_else(|| {
+                    Error::Input("an image to retrieve for was decoded without its query".into())
+                })
+            })
+            .collect::<Result<Vec<&SourceImage>>>()?;
+        let found = r.retrieve_images(datastore, &queries, k)?;
+        if found.len() != members.len() {
+            return Err(Error::Input(format!(
+                "retrieval answered {} results for {} images",
+                found.len(),
+                members.len()
+            )));
+        }
+        Ok(found.into_iter().map(|f| (f, None)).collect())
+    }
+
+    /// Sharing the tower is only right when the retrieval encoder's vision tower is the
+    /// captioner's: on the same pixels, the query from the captioner's states must equal the
+    /// retrieval encoder's own image embedding.
+    fn check_shared_tower(&self, r: &Retriever, pixels: &Tensor, states: &Tensor) -> Result<()> {
+        let clip = r.encoder().as_clip().ok_or_else(|| {
+            Error::Input("sharing the vision tower needs a CLIP retrieval encoder".into())
+        })?;
+        let shared = clip.encode_from_vision_states(&states.unsqueeze(0)?)?;
+        let own = clip.encode_image_tensor(&pixels.unsqueeze(0)?)?;
+        let diff = shared
+            .iter()
+            .zip(&own)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // Both are unit vectors from the same tower and pixels: they differ only by rounding.
+        if shared.len() != own.len() || diff > 1e-4 {
+            return Err(Error::Input(format!(
+                "--share-vision-tower: the retrieval encoder {} does not have the captioning encoder's vision tower (its image embedding differs by {diff:.3e}); drop the option or use the captioning encoder's CLIP",
+                clip.identity()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Captions prepared images in one shared forward pass (see [`Captioner::caption`]).
+    pub fn caption_prepared(
+        &self,
+        items: &[Prepared],
+        generation: &GenerationConfig,
+    ) -> Result<Vec<Caption>> {
+        self.captioner.caption(items, generation)
+    }
+
+    /// Captions images, all with the same prompt source and k: decoding, retrieval and
+    /// captioning batched over `images`. Each image gets its own result (a file that cannot be
+    /// read fails alone); the outer error is a failure of the shared forward pass.
+    pub fn caption(
+        &self,
+        images: Vec<ImageInput>,
+        prompt: &PromptSource,
+        k: usize,
+        generation: &GenerationConfig,
+    ) -> Result<Vec<Result<PipelineCaption>>> {
+        let items = images
+            .into_iter()
+            .map(|image| (image, prompt.clone(), k))
+            .collect();
+        self.caption_each(items, generation)
+    }
+
+    /// [`Pipeline::caption`] with a prompt source and k per image.
+    pub fn caption_each(
+        &self,
+        items: Vec<(ImageInput, PromptSource, usize)>,
+        generation: &GenerationConfig,
+    ) -> Result<Vec<Result<PipelineCaption>>> {
+        let mut slots: Vec<Result<usize>> = Vec::with_capacity(items.len());
+        let mut ready = Vec::new();
+        for (input, prompt, k) in items {
+            let retrieving = matches!(prompt, PromptSource::Datastore(_));
+            match self.decode(&input, retrieving && !self.share_vision_tower) {
+                Ok(image) => {
+                    slots.push(Ok(ready.len()));
+                    ready.push(PipelineItem { image, prompt, k });
+                }
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        let mut prepared = Vec::new();
+        let mut retrieved = Vec::new();
+        let mut ready_slot = Vec::new();
+        for r in self.prepare(ready) {
+            match r {
+                Ok((p, found)) => {
+                    ready_slot.push(Ok(prepared.len()));
+                    prepared.push(p);
+                    retrieved.push(found);
+                }
+                Err(e) => ready_slot.push(Err(e)),
+            }
+        }
+        let mut captions = self
+            .caption_prepared(&prepared, generation)?
+            .into_iter()
+            .zip(retrieved)
+            .map(|(c, retrieved)| {
+                Some(PipelineCaption {
+                    caption: c.caption,
+                    generated_ids: c.generated_ids,
+                    prompt_ids: c.prompt_ids,
+                    retrieved_captions: c.retrieved_captions,
+                    retrieved,
+                })
+            })
+            .collect::<Vec<_>>();
+        let mut ready_slot = ready_slot.into_iter().map(Some).collect::<Vec<_>>();
+        Ok(slots
+            .into_iter()
+            .map(|slot| {
+                let i = slot?;
+                let j = ready_slot[i].take().expect("each slot is read once")?;
+                Ok(captions[j].take().expect("each caption is read once"))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Pipeline>();
+    }
+}

@@ -1,0 +1,237 @@
+//! Datastore specs: the one string form that names a caption store on every command and in the
+//! library, parsed into a [`DatastoreSpec`] and opened as a [`CaptionStore`].
+//!
+//! The forms:
+//! - `postgres://…?table=NAME` (or `postgresql://`): a store pushed to PostgreSQL + pgvector;
+//! - a folder: our memory-mapped datastore format;
+//! - a FAISS index file (flat or IVF-flat), its captions beside it as `<index file>_captions.json`
+//!   (the hub's naming: `coco_index` + `coco_index_captions.json`);
+//! - `INDEX_FILE,captions=CAPTIONS_FILE`: a FAISS index file with its captions named explicitly.
+//!
+//! A named spec, `NAME=SPEC` (as `serve --datastore` takes them), is read by [`NamedSpec`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::CaptionStore;
+use crate::error::{Error, Result};
+
+/// What every datastore error lists: the forms a spec can take.
+pub const SPEC_FORMS: &str = "a datastore folder, a FAISS index file with its captions beside it as <index>_captions.json, INDEX_FILE,captions=CAPTIONS_FILE, or a postgres://…?table=NAME URL";
+
+/// A parsed datastore spec (see the module documentation for the string forms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatastoreSpec {
+    /// Our folder format.
+    Folder(PathBuf),
+    /// A FAISS index file and its captions file.
+    Faiss {
+        /// The index file (`IndexFlatIP` or `IndexIVFFlat`, as `faiss.write_index` writes it).
+        index: PathBuf,
+        /// The captions: a JSON list, or an id-keyed object, one caption per vector.
+        captions: PathBuf,
+    },
+    /// A `postgres://` URL with `?table=NAME`.
+    Postgres(String),
+}
+
+/// The captions file the hub keeps beside a FAISS index: `<index file name>_captions.json`.
+pub fn faiss_captions_path(index: &Path) -> PathBuf {
+    let mut name = index.as_os_str().to_owned();
+    name.push("_captions.json");
+    PathBuf::from(name)
+}
+
+impl DatastoreSpec {
+    /// Parses `spec`, looking at the file system to tell a folder from an index file.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if spec.is_empty() {
+            return Err(Error::Input(format!(
+                "empty datastore spec; give {SPEC_FORMS}"
+            )));
+        }
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            return Ok(Self::Postgres(spec.to_string()));
+        }
+        if let Some(scheme) = spec.split_once("://").map(|(s, _)| s) {
+            return Err(Error::Input(format!(
+                "datastore {spec}: unknown scheme {scheme}://; give {SPEC_FORMS}"
+            )));
+        }
+        if let Some((index, captions)) = spec.split_once(",captions=") {
+            let index = PathBuf::from(index);
+            if !index.is_file() {
+                return Err(Error::Input(format!(
+                    "datastore {spec}: the FAISS index file {} does not exist",
+                    index.display()
+                )));
+            }
+            return Ok(Self::Faiss {
+                index,
+                captions: PathBuf::from(captions),
+            });
+        }
+        let path = PathBuf::from(spec);
+        if path.is_dir() {
+            return Ok(Self::Folder(path));
+        }
+        if path.is_file() {
+            let captions = faiss_captions_path(&path);
+            if !captions.is_file() {
+                return Err(Error::Input(format!(
+                    "datastore {spec}: a file, read as a FAISS index, but its captions file {} is missing; give INDEX_FILE,captions=CAPTIONS_FILE",
+                    captions.display()
+                )));
+            }
+            return Ok(Self::Faiss {
+                index: path,
+                captions,
+            });
+        }
+        Err(Error::Input(format!(
+            "datastore {spec}: no such folder or file; give {SPEC_FORMS}"
+        )))
+    }
+
+    /// Opens the store the spec names (captions and vectors checked to agree in count).
+    pub fn open(&self) -> Result<CaptionStore> {
+        match self {
+            Self::Folder(dir) => Ok(CaptionStore::Datastore(
+                smallcap_datastore::Datastore::open(dir)?,
+            )),
+            Self::Faiss { index, captions } => CaptionStore::open_faiss(index, captions),
+            Self::Postgres(url) => Ok(CaptionStore::Postgres(
+                smallcap_datastore::pgvector::PgStore::connect(url)?,
+            )),
+        }
+    }
+
+    /// The name a store gets when none is given: the folder's or index file's name, or the
+    /// PostgreSQL table.
+    pub fn default_name(&self) -> Option<String> {
+        let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        match self {
+            Self::Folder(dir) => file_name(dir),
+            Self::Faiss { index, .. } => file_name(index),
+            Self::Postgres(url) => url
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("table=")))
+                .map(str::to_string),
+        }
+    }
+}
+
+impl fmt::Display for DatastoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Folder(dir) => write!(f, "{}", dir.display()),
+            Self::Faiss { index, captions } if *captions == faiss_captions_path(index) => {
+                write!(f, "{}", index.display())
+            }
+            Self::Faiss { index, captions } => {
+                write!(f, "{},captions={}", index.display(), captions.display())
+            }
+            Self::Postgres(url) => f.write_str(url),
+        }
+    }
+}
+
+/// `[NAME=]SPEC`: a datastore and the name requests choose it by (default: the spec's
+/// [`DatastoreSpec::default_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedSpec {
+    /// The name (`coco`, `flickr30k`, …).
+    pub name: String,
+    /// The store.
+    pub spec: DatastoreSpec,
+}
+
+impl NamedSpec {
+    /// Parses `NAME=SPEC` or `SPEC`. A `NAME` holds no `/` and is not empty (so `a=b/c` names the
+    /// store `a`, and a URL's `?table=` is never read as a name).
+    pub fn parse(text: &str) -> Result<Self> {
+        if let Some((name, rest)) = text.split_once('=') {
+            let is_name =
+                !name.is_empty() && !name.contains(['/', ':', ',', '?']) && !rest.starts_with('=');
+            if is_name {
+                return Ok(Self {
+                    name: name.to_string(),
+                    spec: DatastoreSpec::parse(rest)?,
+                });
+            }
+        }
+        let spec = DatastoreSpec::parse(text)?;
+        let name = spec.default_name().ok_or_else(|| {
+            Error::Input(format!(
+                "datastore {text}: no name can be taken from it; give NAME={text}"
+            ))
+        })?;
+        Ok(Self { name, spec })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("coco_index");
+        std::fs::write(&index, b"x").unwrap();
+        // Without its captions file the index is refused, naming the missing file.
+        let e = DatastoreSpec::parse(index.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("coco_index_captions.json"), "{e}");
+        std::fs::write(dir.path().join("coco_index_captions.json"), b"[]").unwrap();
+        assert_eq!(
+            DatastoreSpec::parse(index.to_str().unwrap()).unwrap(),
+            DatastoreSpec::Faiss {
+                index: index.clone(),
+                captions: dir.path().join("coco_index_captions.json"),
+            }
+        );
+        let explicit = format!("{},captions=/x/caps.json", index.display());
+        assert_eq!(
+            DatastoreSpec::parse(&explicit).unwrap(),
+            DatastoreSpec::Faiss {
+                index: index.clone(),
+                captions: PathBuf::from("/x/caps.json"),
+            }
+        );
+        assert_eq!(
+            DatastoreSpec::parse(dir.path().to_str().unwrap()).unwrap(),
+            DatastoreSpec::Folder(dir.path().to_path_buf())
+        );
+        let url = "postgres://u@h:5/db?table=coco";
+        assert_eq!(
+            DatastoreSpec::parse(url).unwrap(),
+            DatastoreSpec::Postgres(url.into())
+        );
+        for bad in ["", "/no/such/store", "s3://bucket/x"] {
+            let e = DatastoreSpec::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("postgres://") && e.contains("_captions.json"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn names() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let named = NamedSpec::parse(&format!("flickr={d}")).unwrap();
+        assert_eq!(named.name, "flickr");
+        let plain = NamedSpec::parse(d).unwrap();
+        assert_eq!(
+            plain.name,
+            dir.path().file_name().unwrap().to_string_lossy()
+        );
+        let pg = NamedSpec::parse("postgres://u@h/db?sslmode=disable&table=coco").unwrap();
+        assert_eq!(pg.name, "coco");
+        let pg = NamedSpec::parse("c2=postgres://u@h/db?table=coco").unwrap();
+        assert_eq!(pg.name, "c2");
+    }
+}
