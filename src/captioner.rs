@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 use crate::generation::{generate, GenerationConfig, Request};
 use crate::hub;
-use crate::models::packed_linear::WeightType;
+use crate::kernels::packed_linear::WeightType;
 use crate::models::SmallCap;
 use crate::prompt;
 use crate::tokenizer::Gpt2Tokenizer;

@@ -1,16 +1,22 @@
 //! smallcap: SmallCap image captioning (Ramos et al., CVPR 2023) in Rust, faithful to the
 //! reference implementation token for token.
 //!
+//! Start at [`Pipeline`]: it loads a checkpoint, its tokenizer, a retrieval encoder and named
+//! datastores once, and captions images with live retrieval, given captions or none.
+//!
 //! The pieces, in the order an image flows through them:
+//! - [`pipeline`]: image → retrieval → prompt → caption, as every front end runs it;
+//! - [`retrieval`]: datastore specs, caption stores, CLIP retrieval encoders, the [`Retriever`];
 //! - [`config`] and [`checkpoint`]: a checkpoint folder's `config.json` and tensors;
-//! - [`models`]: the CLIP vision encoder and GPT-2 with SmallCap's cross-attention;
+//! - [`models`]: the networks (CLIP vision encoder, GPT-2 with SmallCap's cross-attention, the
+//!   OpenAI CLIP retrieval encoders), over the CPU [`kernels`];
 //! - [`prompt`] and [`tokenizer`]: the retrieval prompt and GPT-2 BPE;
 //! - [`generation`]: beam search and greedy decoding as transformers 4.21.1;
-//! - [`captioner`]: the API that ties them together (load once, caption many);
-//! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub;
-//! - [`retrieval`]: CLIP retrieval encoders and live caption retrieval from a datastore;
-//! - [`train`]: features, the training loop, checkpoints ([`pytorch_writer`]) and [`rng`].
-//! - [`server`]: the HTTP API and web page of `smallcap serve`, with dynamic batching;
+//! - [`captioner`]: the model and tokenizer (load once, caption many prepared images);
+//! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub; [`device`]: where
+//!   the networks run;
+//! - [`train`]: features, the training loop, checkpoints ([`pytorch_writer`]) and [`rng`];
+//! - [`server`]: the HTTP API and web page of `smallcap serve`, with dynamic batching.
 
 pub mod captioner;
 pub mod checkpoint;
@@ -19,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod generation;
 pub mod hub;
+pub mod kernels;
 pub mod models;
 pub mod pipeline;
 pub mod prompt;

@@ -39,7 +39,7 @@ use smallcap_image::SourceImage;
 use crate::captioner::{Caption, Captioner, Prepared, Retrieval};
 use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
-use crate::models::packed_linear::WeightType;
+use crate::kernels::packed_linear::WeightType;
 use crate::retrieval::{NamedSpec, Retrieved, Retriever};
 
 /// An image to caption.

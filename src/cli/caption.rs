@@ -8,7 +8,7 @@ use anyhow::bail;
 use clap::Args;
 
 use smallcap::captioner::Captioner;
-use smallcap::models::packed_linear::WeightType;
+use smallcap::kernels::packed_linear::WeightType;
 use smallcap::pipeline::{ImageInput, Pipeline, PromptSource};
 use smallcap::retrieval::{NamedSpec, Retriever};
 use smallcap::retrieved::{image_id, RetrievedCaptions};

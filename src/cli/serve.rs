@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use smallcap::captioner::Captioner;
-use smallcap::models::packed_linear::WeightType;
+use smallcap::kernels::packed_linear::WeightType;
 use smallcap::pipeline::Pipeline;
 use smallcap::retrieval::{NamedSpec, Retriever};
 use smallcap::server::{Server, ServerConfig};

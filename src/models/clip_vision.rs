@@ -8,15 +8,15 @@
 //! patches, the class embedding in front, plus the position embeddings; then `pre_layrnorm`. Each
 //! layer: `h + self_attn(layer_norm1(h))` (queries scaled by `head_dim^-0.5`), then
 //! `h + fc2(quick_gelu(fc1(layer_norm2(h))))`. The tower is frozen, so on CPUs with AVX-512 its
-//! linear layers are packed like the decoder's ([`PackedLinear`](super::packed_linear)): an image
+//! linear layers are packed like the decoder's ([`PackedLinear`](crate::kernels::packed_linear)): an image
 //! is only 50 rows, where a general GEMM is far from its best.
 
 use candle_core::Tensor;
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::VisionConfig;
+use crate::kernels::packed_linear::{self, WeightType};
 use crate::models::gpt2::Conv1D;
-use crate::models::packed_linear::{self, WeightType};
 
 /// An `nn.Linear` (`[out, in]` weight) as a [`Conv1D`] over `[in, out]`.
 fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Conv1D> {

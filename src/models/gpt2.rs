@@ -17,13 +17,13 @@ use candle_core::{DType, Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::DecoderConfig;
-use crate::models::dropout::Dropout;
-use crate::models::frozen_matmul::{frozen_linear, frozen_matmul};
-use crate::models::fused::{
+use crate::kernels::dropout::Dropout;
+use crate::kernels::frozen_matmul::{frozen_linear, frozen_matmul};
+use crate::kernels::fused::{
     attention_softmax, causal_mask, gelu_new, layer_norm as fused_layer_norm,
 };
-use crate::models::kv_cache;
-use crate::models::packed_linear::{self, PackedLinear, WeightType};
+use crate::kernels::kv_cache;
+use crate::kernels::packed_linear::{self, PackedLinear, WeightType};
 
 /// GPT-2's `Conv1D`: `y = x · W + b` with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]

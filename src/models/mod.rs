@@ -1,24 +1,17 @@
-//! The networks: the CLIP vision encoder, GPT-2 with SmallCap cross-attention, and the
-//! SmallCap model that joins them; the OpenAI CLIP models used as retrieval encoders; and the
-//! training-only pieces they share (dropout, the frozen-weight matmul, fused operations with
-//! one-pass backward passes, and the vectorised `exp` and `tanh` they use); and the linear layers
-//! packed for decoding.
+//! The networks, one per file: SmallCap's CLIP vision encoder ([`clip_vision`]) and GPT-2 with
+//! the reduced cross-attention ([`gpt2`]), the [`smallcap`] model that joins them, and the OpenAI
+//! CLIP retrieval encoders ([`clip_openai`] over [`clip_resnet`], [`clip_transformer`] and
+//! [`clip_weights`]). The CPU kernels they run on are in [`crate::kernels`].
 
 pub mod clip_openai;
 pub mod clip_resnet;
 pub mod clip_transformer;
 pub mod clip_vision;
 pub mod clip_weights;
-pub mod dropout;
-pub mod frozen_matmul;
-pub mod fused;
 pub mod gpt2;
-pub mod kv_cache;
-pub mod packed_linear;
 pub mod smallcap;
-pub mod vector_math;
 
+pub use crate::kernels::dropout::Dropout;
 pub use clip_vision::ClipVision;
-pub use dropout::Dropout;
 pub use gpt2::{Gpt2, Sequence};
 pub use smallcap::SmallCap;

@@ -10,7 +10,7 @@ use crate::checkpoint::StateDict;
 use crate::config::SmallCapConfig;
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
-use crate::models::packed_linear::WeightType;
+use crate::kernels::packed_linear::WeightType;
 use crate::models::{ClipVision, Gpt2};
 
 #[derive(Debug, Clone)]

@@ -96,7 +96,7 @@ impl CustomOp3 for FrozenLinear {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (mut out, shape) = FrozenMatmul.cpu_fwd(s1, l1, s2, l2)?;
-        let bias = crate::models::fused::contiguous_f32(s3, l3, "frozen_linear")?;
+        let bias = super::fused::contiguous_f32(s3, l3, "frozen_linear")?;
         let CpuStorage::F32(values) = &mut out else {
             candle_core::bail!("frozen_linear: expected f32 values");
         };

@@ -7,7 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::models::fused::contiguous_f32;
+use super::fused::contiguous_f32;
 
 /// `past` `[old_rows, heads, len, dim]` and `new` `[rows, heads, t, dim]` → `[rows, heads, len + t,
 /// dim]` whose row `i` is `past[order[i]]` followed by `new[i]` (`order` of `rows` entries; `None`

@@ -1,0 +1,13 @@
+//! CPU kernels under the networks of [`crate::models`]: the decoder's frozen weights packed for
+//! decoding ([`packed_linear`], an AVX-512 small-batch GEMM for f32, f16 and bf16), the KV cache
+//! ([`kv_cache`]), and the training operations (fused gelu/LayerNorm/attention softmax with
+//! one-pass backward passes in [`fused`], the frozen-weight matmul and linear of
+//! [`frozen_matmul`], [`dropout`], the vectorised `exp`/`tanh` of [`vector_math`]). Each checks
+//! the CPU at run time and falls back to candle's operations elsewhere.
+
+pub mod dropout;
+pub mod frozen_matmul;
+pub mod fused;
+pub mod kv_cache;
+pub mod packed_linear;
+pub mod vector_math;
