@@ -130,20 +130,36 @@ struct RawTop {
     retrieval_encoder: Option<String>,
 }
 
+/// `CLIPVisionConfig` as transformers reads it: a field that is absent takes its default
+/// there (ViT-B/32's sizes), so a `config.json` means the same tower here as in the reference.
 #[derive(Deserialize)]
+#[serde(default)]
 struct RawVision {
     hidden_size: usize,
     intermediate_size: usize,
     num_hidden_layers: usize,
     num_attention_heads: usize,
-    #[serde(default = "three")]
     num_channels: usize,
     image_size: usize,
     patch_size: usize,
-    #[serde(default = "ln_eps")]
     layer_norm_eps: f64,
-    #[serde(default = "quick_gelu")]
     hidden_act: String,
+}
+
+impl Default for RawVision {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: three(),
+            image_size: 224,
+            patch_size: 32,
+            layer_norm_eps: ln_eps(),
+            hidden_act: quick_gelu(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -256,5 +272,33 @@ impl SmallCapConfig {
             rag: raw.rag.unwrap_or(true),
             retrieval_encoder: raw.retrieval_encoder,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_vision_fields_take_transformers_defaults() {
+        // transformers' CLIPVisionConfig defaults are ViT-B/32's sizes.
+        let v =
+            VisionConfig::from_value(&serde_json::json!({"vision_config": {"image_size": 448}}))
+                .unwrap();
+        assert_eq!(
+            (
+                v.hidden_size,
+                v.intermediate_size,
+                v.num_hidden_layers,
+                v.num_attention_heads
+            ),
+            (768, 3072, 12, 12)
+        );
+        assert_eq!((v.image_size, v.patch_size, v.num_channels), (448, 32, 3));
+        assert_eq!(v.num_positions(), (448 / 32) * (448 / 32) + 1);
+        let e = VisionConfig::from_value(&serde_json::json!({"hidden_act": "gelu"})).unwrap_err();
+        assert!(e.contains("hidden_act"), "{e}");
+        let e = VisionConfig::from_value(&serde_json::json!({"patch_size": 30})).unwrap_err();
+        assert!(e.contains("not a multiple of patch_size 30"), "{e}");
     }
 }

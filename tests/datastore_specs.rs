@@ -14,7 +14,6 @@ use std::process::Command;
 use common::serve_cli::spawn_serve;
 use common::{fixture, http};
 use serde_json::Value;
-use smallcap_datastore::pg_local::LocalPostgres;
 
 fn smallcap() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_smallcap"));
@@ -61,6 +60,19 @@ fn image_cases() -> Vec<(PathBuf, Vec<Value>)> {
             )
         })
         .collect()
+}
+
+/// `datastore import` of the fixture's FAISS index into our folder format at `out`.
+fn import_fixture_store(out: &Path) {
+    ok(smallcap()
+        .args(["datastore", "import", "--index"])
+        .arg(fixture("retrieval/datastore_index"))
+        .arg("--captions")
+        .arg(fixture("retrieval/datastore_captions.json"))
+        .arg("--encoder")
+        .arg(encoder())
+        .arg("--out")
+        .arg(out));
 }
 
 /// The fixture's FAISS index and captions, laid out as the hub lays them out.
@@ -155,32 +167,12 @@ fn serve_with_a_faiss_file_gives_what_retrieve_and_caption_give() {
 
 #[test]
 fn serve_with_a_pgvector_url_gives_what_retrieve_and_caption_give() {
-    let pg = match LocalPostgres::from_env() {
-        Ok(Some(s)) => s,
-        other => {
-            let msg = match other {
-                Err(e) => format!("the PostgreSQL server did not start: {e}"),
-                _ => "SMALLCAP_PG_BIN is not set (scripts/test sets it)".into(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "pgvector spec test under CI: {msg}"
-            );
-            eprintln!("SKIPPED: {msg}");
-            return;
-        }
+    let Some(pg) = common::local_postgres_or_skip("pgvector spec test") else {
+        return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    ok(smallcap()
-        .args(["datastore", "import", "--index"])
-        .arg(fixture("retrieval/datastore_index"))
-        .arg("--captions")
-        .arg(fixture("retrieval/datastore_captions.json"))
-        .arg("--encoder")
-        .arg(encoder())
-        .arg("--out")
-        .arg(&store));
+    import_fixture_store(&store);
     let url = pg.url("spec_test");
     ok(smallcap()
         .args(["datastore", "push"])
@@ -277,15 +269,7 @@ fn a_spec_of_no_known_form_lists_the_forms() {
 fn serve_refuses_stores_of_two_encoders() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
-    ok(smallcap()
-        .args(["datastore", "import", "--index"])
-        .arg(fixture("retrieval/datastore_index"))
-        .arg("--captions")
-        .arg(fixture("retrieval/datastore_captions.json"))
-        .arg("--encoder")
-        .arg(encoder())
-        .arg("--out")
-        .arg(&a));
+    import_fixture_store(&a);
     // The same vectors, recorded as built by another CLIP of the same dimension.
     let b = tmp.path().join("b");
     std::fs::create_dir(&b).unwrap();

@@ -9,7 +9,6 @@ use std::process::Command;
 
 use common::fixture;
 use serde_json::Value;
-use smallcap_datastore::pg_local::LocalPostgres;
 
 fn smallcap() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_smallcap"));
@@ -29,20 +28,8 @@ fn ok(c: &mut Command) -> std::process::Output {
 
 #[test]
 fn push_then_retrieve_and_caption_through_pgvector() {
-    let pg = match LocalPostgres::from_env() {
-        Ok(Some(s)) => s,
-        other => {
-            let msg = match other {
-                Err(e) => format!("the PostgreSQL server did not start: {e}"),
-                _ => "SMALLCAP_PG_BIN is not set (scripts/test sets it)".into(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "pgvector CLI test under CI: {msg}"
-            );
-            eprintln!("SKIPPED: {msg}");
-            return;
-        }
+    let Some(pg) = common::local_postgres_or_skip("pgvector CLI test") else {
+        return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");

@@ -17,6 +17,7 @@ use smallcap_datastore::clip_tokenizer::CONTEXT_LENGTH;
 use smallcap_datastore::store::normalize_l2;
 use smallcap_datastore::ClipTokenizer;
 
+use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::hub;
 use crate::models::clip_openai::OpenAiClip;
@@ -63,8 +64,6 @@ struct HfClipConfig {
     projection_dim: usize,
     #[serde(default)]
     text_config: HfTextConfig,
-    #[serde(default)]
-    vision_config: HfVisionConfig,
 }
 fn d512() -> usize {
     512
@@ -93,33 +92,6 @@ impl Default for HfTextConfig {
         }
     }
 }
-#[derive(Deserialize)]
-#[serde(default)]
-struct HfVisionConfig {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_channels: usize,
-    image_size: usize,
-    patch_size: usize,
-    hidden_act: String,
-}
-impl Default for HfVisionConfig {
-    fn default() -> Self {
-        Self {
-            hidden_size: 768,
-            intermediate_size: 3072,
-            num_hidden_layers: 12,
-            num_attention_heads: 12,
-            num_channels: 3,
-            image_size: 224,
-            patch_size: 32,
-            hidden_act: "quick_gelu".into(),
-        }
-    }
-}
-
 impl RetrievalEncoder {
     /// Loads an encoder: a file is an OpenAI CLIP checkpoint (`RN50x64.pt`, a state-dict
     /// pickle or safetensors, with an optional `clip_dims.json` beside it); a folder or a hub
@@ -139,19 +111,24 @@ impl RetrievalEncoder {
         let files = hub::model_files(spec)?;
         let text =
             std::fs::read_to_string(&files.config).map_err(|e| Error::io(&files.config, e))?;
-        let cfg: HfClipConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
+        let not_clip = |e: String| Error::Config {
             path: files.config.clone(),
             msg: format!("not a CLIPModel config: {e}"),
-        })?;
-        for act in [&cfg.text_config.hidden_act, &cfg.vision_config.hidden_act] {
-            if act != "quick_gelu" {
-                return Err(Error::Config {
-                    path: files.config.clone(),
-                    msg: format!("hidden_act {act:?} is not supported (only quick_gelu)"),
-                });
-            }
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| not_clip(e.to_string()))?;
+        let cfg: HfClipConfig =
+            serde_json::from_value(json.clone()).map_err(|e| not_clip(e.to_string()))?;
+        // The one CLIPVisionConfig reader, the captioner's (transformers' defaults, checked).
+        let v = &VisionConfig::from_value(&json).map_err(not_clip)?;
+        let act = &cfg.text_config.hidden_act;
+        if act != "quick_gelu" {
+            return Err(Error::Config {
+                path: files.config.clone(),
+                msg: format!("hidden_act {act:?} is not supported (only quick_gelu)"),
+            });
         }
-        let (t, v) = (&cfg.text_config, &cfg.vision_config);
+        let t = &cfg.text_config;
         let c = ClipConfig {
             text_config: ClipTextConfig {
                 vocab_size: t.vocab_size,

@@ -100,3 +100,16 @@ pub fn settings() -> Vec<(&'static str, smallcap::GenerationConfig)> {
         ),
     ]
 }
+
+/// A throwaway PostgreSQL + pgvector server from `$SMALLCAP_PG_BIN` (which `scripts/test` sets),
+/// or `None` with a message when none can start; under CI that fails the test instead.
+pub fn local_postgres_or_skip(test: &str) -> Option<smallcap_datastore::pg_local::LocalPostgres> {
+    let msg = match smallcap_datastore::pg_local::LocalPostgres::from_env() {
+        Ok(Some(s)) => return Some(s),
+        Err(e) => format!("the PostgreSQL server did not start: {e}"),
+        Ok(None) => "SMALLCAP_PG_BIN is not set (scripts/test sets it)".into(),
+    };
+    assert!(std::env::var_os("CI").is_none(), "{test} under CI: {msg}");
+    eprintln!("SKIPPED: {msg}");
+    None
+}
