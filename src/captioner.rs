@@ -39,7 +39,9 @@ pub enum Retrieval {
 pub struct Prepared {
     /// `[3, size, size]`, as CLIPFeatureExtractor outputs.
     pub pixel_values: Tensor,
+    /// The prompt's GPT-2 token ids.
     pub prompt_ids: Vec<u32>,
+    /// The captions in the prompt.
     pub retrieved_captions: Vec<String>,
     /// The vision tower's `last_hidden_state` `[tokens, n_embd]` when already computed (see
     /// [`Captioner::encode`]); otherwise [`Captioner::caption`] encodes the pixels.
@@ -49,13 +51,17 @@ pub struct Prepared {
 /// One image's result.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Caption {
+    /// The caption, post-processed as the reference's `postprocess_preds`.
     pub caption: String,
     /// The new tokens as the reference's `generate` returns them (eos included when emitted).
     pub generated_ids: Vec<u32>,
+    /// The prompt's GPT-2 token ids.
     pub prompt_ids: Vec<u32>,
+    /// The captions in the prompt.
     pub retrieved_captions: Vec<String>,
 }
 
+/// A loaded SmallCap and its tokenizer: prepared images in, captions out.
 pub struct Captioner {
     model: SmallCap,
     tokenizer: Gpt2Tokenizer,
@@ -110,10 +116,12 @@ impl Captioner {
         Self::new(model, tokenizer, device.clone())
     }
 
+    /// The model.
     pub fn model(&self) -> &SmallCap {
         &self.model
     }
 
+    /// The GPT-2 tokenizer.
     pub fn tokenizer(&self) -> &Gpt2Tokenizer {
         &self.tokenizer
     }

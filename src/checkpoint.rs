@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 
 /// Names of the weight files, in the order they are looked for.
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// The PyTorch pickle a checkpoint folder may hold instead of safetensors.
 pub const PYTORCH_FILE: &str = "pytorch_model.bin";
 
 /// The globals a PyTorch state-dict pickle may reference. Anything else (`os.system`,
@@ -84,7 +85,9 @@ pub fn with_reference_buffers(
 /// A tensor the model reads, with the shape the config implies.
 #[derive(Debug, Clone)]
 pub struct ExpectedTensor {
+    /// The tensor's name in the checkpoint.
     pub name: String,
+    /// The shape `config.json` implies for it.
     pub shape: Vec<usize>,
 }
 
@@ -164,7 +167,9 @@ pub const LM_HEAD: &str = "decoder.lm_head.weight";
 
 /// The tensors a model needs, loaded as f32 and checked against [`expected_tensors`].
 pub struct StateDict {
+    /// The tensors by name.
     pub tensors: HashMap<String, Tensor>,
+    /// The file they were read from.
     pub path: PathBuf,
 }
 

@@ -15,13 +15,21 @@ pub const REDUCE_FACTORS: [usize; 5] = [1, 2, 4, 8, 16];
 /// The CLIP vision tower's sizes (HF `CLIPVisionConfig`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionConfig {
+    /// Width of the tower (768 for ViT-B/32).
     pub hidden_size: usize,
+    /// Width of the MLPs.
     pub intermediate_size: usize,
+    /// Transformer layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer.
     pub num_attention_heads: usize,
+    /// Input channels (3).
     pub num_channels: usize,
+    /// Square input size in pixels.
     pub image_size: usize,
+    /// Patch size in pixels.
     pub patch_size: usize,
+    /// LayerNorm epsilon.
     pub layer_norm_eps: f64,
 }
 
@@ -78,17 +86,26 @@ impl VisionConfig {
 /// GPT-2 with SmallCap's cross-attention (`ThisGPT2Config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
+    /// Vocabulary size (50257 for GPT-2).
     pub vocab_size: usize,
+    /// Learned positions: the longest prompt plus caption.
     pub n_positions: usize,
+    /// Width of the decoder.
     pub n_embd: usize,
+    /// Transformer blocks.
     pub n_layer: usize,
+    /// Attention heads per block.
     pub n_head: usize,
+    /// Width of the MLPs (`4 * n_embd` when `config.json` gives none).
     pub n_inner: usize,
+    /// LayerNorm epsilon.
     pub layer_norm_epsilon: f64,
+    /// How much narrower the cross-attention is than `n_embd` (SmallCap's r; 4 in SmallCap7M).
     pub cross_attention_reduce_factor: usize,
 }
 
 impl DecoderConfig {
+    /// Size of one self-attention head.
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }
@@ -105,7 +122,9 @@ impl DecoderConfig {
 /// The whole checkpoint configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmallCapConfig {
+    /// The CLIP vision tower.
     pub encoder: VisionConfig,
+    /// The GPT-2 decoder.
     pub decoder: DecoderConfig,
     /// End-of-caption token (`.` = 13 in SmallCap).
     pub eos_token_id: u32,

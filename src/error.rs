@@ -5,27 +5,54 @@ use std::path::{Path, PathBuf};
 /// Errors from loading checkpoints, tokenizers and images, and from captioning.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// A `config.json` that is not valid for the model.
     #[error("{}: invalid config: {msg}", path.display())]
-    Config { path: PathBuf, msg: String },
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A weight file that is not what the model needs.
     #[error("{}: {msg}", path.display())]
-    Checkpoint { path: PathBuf, msg: String },
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Tokenizer files that cannot be used.
     #[error("tokenizer {}: {msg}", path.display())]
-    Tokenizer { path: PathBuf, msg: String },
+    Tokenizer {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The hub could not give a file.
     #[error("hub: {0}")]
     Hub(String),
+    /// A datastore error.
     #[error(transparent)]
     Datastore(#[from] smallcap_datastore::Error),
+    /// An image that cannot be decoded.
     #[error(transparent)]
     Image(#[from] smallcap_image::ImageError),
+    /// Bad input from the caller (arguments, request fields).
     #[error("{0}")]
     Input(String),
+    /// A long operation was stopped.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// A tensor operation failed.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
     /// One failure shared by every item of a batch (e.g. a retrieval that served several images).
@@ -56,4 +83,5 @@ impl Error {
     }
 }
 
+/// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -20,7 +20,9 @@ pub const GPT2_TOKENIZER_REPO: &str = "gpt2";
 /// The files of a SmallCap checkpoint, wherever they live.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
+    /// The checkpoint's `config.json`.
     pub config: PathBuf,
+    /// Its weights: `model.safetensors` or `pytorch_model.bin`.
     pub weights: PathBuf,
 }
 

@@ -18,6 +18,8 @@
 //! - [`train`]: features, the training loop, checkpoints ([`pytorch_writer`]) and [`rng`];
 //! - [`server`]: the HTTP API and web page of `smallcap serve`, with dynamic batching.
 
+#![deny(missing_docs)]
+
 pub mod captioner;
 pub mod checkpoint;
 pub mod config;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// A retrieved-captions file: image id to captions.
 #[derive(Debug, Clone)]
 pub struct RetrievedCaptions {
     path: PathBuf,
@@ -14,6 +15,7 @@ pub struct RetrievedCaptions {
 }
 
 impl RetrievedCaptions {
+    /// Reads a `retrieved_caps_*.json` file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let map: HashMap<String, Vec<String>> = serde_json::from_slice(&bytes).map_err(|e| {
@@ -28,6 +30,7 @@ impl RetrievedCaptions {
         })
     }
 
+    /// Wraps a map held in memory.
     pub fn from_map(map: HashMap<String, Vec<String>>) -> Self {
         Self {
             path: PathBuf::from("<memory>"),

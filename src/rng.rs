@@ -10,6 +10,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator for `seed`.
     pub fn new(seed: u64) -> Self {
         // The first SplitMix64 output of the seed, so that nearby seeds give unrelated streams.
         let z = smallcap_util::rng::SplitMix64(seed).next_u64();
@@ -24,6 +25,7 @@ impl Rng {
         Self::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state ^= self.state >> 12;
         self.state ^= self.state << 25;

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 /// GPT-2's only special token (also its bos/eos string).
 pub const ENDOFTEXT: &str = "<|endoftext|>";
 
+/// GPT-2's byte-level BPE (see the module documentation).
 #[derive(Clone)]
 pub struct Gpt2Tokenizer {
     inner: Tokenizer,
@@ -90,6 +91,7 @@ impl Gpt2Tokenizer {
         Ok(clean_up_tokenization(&text))
     }
 
+    /// The number of tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -11,6 +11,7 @@ mod measure;
 #[path = "support/random_checkpoint.rs"]
 mod random_checkpoint;
 use measure::peak_rss_mib;
+use smallcap_util::stats::median;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -110,8 +111,7 @@ fn main() -> anyhow::Result<()> {
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        times.sort_by(f64::total_cmp);
-        let med = times[times.len() / 2];
+        let med = median(times);
         println!(
             "| {b} | {} | {:.2} | {med:.2} | {:.0} |",
             args.micro_batch

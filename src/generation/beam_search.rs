@@ -62,7 +62,9 @@ impl BeamHypotheses {
 /// What one step decided: the running beams continue `beam_indices[i]` with `tokens[i]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BeamStep {
+    /// Which beam each next token extends.
     pub beam_indices: Vec<u32>,
+    /// The next token of each beam.
     pub tokens: Vec<u32>,
 }
 
@@ -79,6 +81,7 @@ pub struct BeamSearch {
 }
 
 impl BeamSearch {
+    /// A search from one prompt with `cfg`'s beams, early stopping and length penalty.
     pub fn new(prompt_ids: &[u32], cfg: &GenerationConfig) -> Self {
         let n = cfg.num_beams;
         let mut beam_scores = vec![-1e9f32; n];

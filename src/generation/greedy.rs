@@ -3,6 +3,7 @@
 
 use super::GenerationConfig;
 
+/// Greedy decoding (`num_beams = 1`) of one prompt.
 #[derive(Debug, Clone)]
 pub struct Greedy {
     eos_token_id: u32,
@@ -11,6 +12,7 @@ pub struct Greedy {
 }
 
 impl Greedy {
+    /// Decoding from one prompt with `cfg`'s limits.
     pub fn new(prompt_ids: &[u32], cfg: &GenerationConfig) -> Self {
         Self {
             eos_token_id: cfg.eos_token_id,

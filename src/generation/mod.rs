@@ -21,8 +21,11 @@ pub struct GenerationConfig {
     pub early_stopping: bool,
     /// Exponent of the hypothesis length in beam scores (0 in infer.py).
     pub length_penalty: f64,
+    /// The most new tokens per caption (`max_new_tokens`).
     pub max_new_tokens: usize,
+    /// The token that ends a caption (`.`, 13, in SmallCap).
     pub eos_token_id: u32,
+    /// The token finished sequences are padded with.
     pub pad_token_id: u32,
 }
 
@@ -42,7 +45,9 @@ impl Default for GenerationConfig {
 
 /// One image to caption: its prompt and its `encoder_hidden_states` `[tokens, n_embd]`.
 pub struct Request<'a> {
+    /// The prompt's token ids.
     pub prompt_ids: &'a [u32],
+    /// The vision tower's `last_hidden_state` for this image, `[tokens, n_embd]`.
     pub encoder_hidden_states: Tensor,
 }
 

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::rng::Rng;
 
+/// Inverted dropout with its own seeded random stream (training only).
 #[derive(Debug, Clone)]
 pub struct Dropout {
     p: f32,
@@ -38,10 +39,12 @@ impl Dropout {
         }
     }
 
+    /// The probability of dropping an element.
     pub fn p(&self) -> f32 {
         self.p
     }
 
+    /// Zeroes each element with probability p and scales the rest by 1/(1-p).
     pub fn apply(&mut self, xs: Tensor) -> candle_core::Result<Tensor> {
         if self.p == 0.0 {
             return Ok(xs);

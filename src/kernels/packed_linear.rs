@@ -48,6 +48,7 @@ impl std::str::FromStr for WeightType {
 }
 
 impl WeightType {
+    /// The name `--decoder-weights` takes.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::F32 => "f32",

@@ -27,22 +27,34 @@ pub const DIMS_FILE: &str = "clip_dims.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum VisionLayers {
+    /// A ModifiedResNet with these four stage depths.
     ResNet([usize; 4]),
+    /// A ViT with this many layers.
     Vit(usize),
 }
 
 /// The `CLIP(...)` constructor arguments (`clip_dims.json`), as `build_model` infers them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClipDims {
+    /// Width of the joint embedding (1024 for RN50x64).
     pub embed_dim: usize,
+    /// Square input size of the image tower.
     pub image_resolution: usize,
+    /// The image tower's depth.
     pub vision_layers: VisionLayers,
+    /// Width of the image tower.
     pub vision_width: usize,
+    /// Patch size of a ViT image tower.
     pub vision_patch_size: Option<usize>,
+    /// Text context length (77).
     pub context_length: usize,
+    /// Text vocabulary size.
     pub vocab_size: usize,
+    /// Width of the text tower.
     pub transformer_width: usize,
+    /// Attention heads of the text tower.
     pub transformer_heads: usize,
+    /// Layers of the text tower.
     pub transformer_layers: usize,
 }
 
@@ -268,7 +280,9 @@ impl OpenAiVit {
 /// The image tower of an OpenAI CLIP.
 #[derive(Debug, Clone)]
 pub enum ClipVisual {
+    /// OpenAI's ModifiedResNet.
     ResNet(ModifiedResNet),
+    /// OpenAI's VisionTransformer.
     Vit(OpenAiVit),
 }
 
@@ -405,6 +419,7 @@ impl OpenAiClip {
         })
     }
 
+    /// The model's sizes.
     pub fn dims(&self) -> &ClipDims {
         &self.dims
     }

@@ -229,10 +229,15 @@ impl AttentionPool {
 /// The sizes of a `ModifiedResNet`, as `build_model` infers them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResNetDims {
+    /// Blocks per stage.
     pub layers: [usize; 4],
+    /// Width of the stem.
     pub width: usize,
+    /// Width of the output embedding.
     pub output_dim: usize,
+    /// Heads of the attention pool.
     pub heads: usize,
+    /// Square input size.
     pub input_resolution: usize,
 }
 

@@ -36,6 +36,7 @@ struct Layer {
     fc2: Conv1D,
 }
 
+/// SmallCap's frozen CLIP ViT: pixels to `last_hidden_state`.
 #[derive(Debug, Clone)]
 pub struct ClipVision {
     /// The patch convolution as `[channels·patch·patch, hidden]`, without bias.

@@ -40,6 +40,7 @@ enum Conv1DWeights {
 }
 
 impl Conv1D {
+    /// Loads HF `Conv1D` weights `[d_in, d_out]` and bias `[d_out]`.
     pub fn load(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Self> {
         Ok(Self {
             weights: Conv1DWeights::Dense {
@@ -94,16 +95,21 @@ fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Ln> 
 pub enum Pass<'a, 'b> {
     /// `t` new tokens for every row of every sequence; attention runs per sequence.
     Decode {
+        /// New tokens per row.
         t: usize,
+        /// The sequences decoded, each with its cache.
         seqs: &'a mut [&'b mut Sequence],
     },
     /// A batch of `b` sequences of `t` tokens, one image each, from position 0, with
     /// differentiable layer norms and softmaxes and GPT-2's dropout.
     Train {
+        /// Batch size.
         b: usize,
+        /// Tokens per sequence.
         t: usize,
         /// Per layer: cross-attention keys `[b, n_head, head_dim_r, S]` and values `[b, n_head, S, head_dim_r]`.
         cross_kv: Vec<(Tensor, Tensor)>,
+        /// GPT-2's dropout (its own random stream).
         dropout: &'a mut Dropout,
     },
 }
@@ -211,6 +217,7 @@ pub struct Sequence {
 }
 
 impl Sequence {
+    /// Rows of the sequence (beams).
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -284,6 +291,7 @@ impl Gpt2 {
         })
     }
 
+    /// The decoder's sizes.
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
     }

@@ -13,10 +13,14 @@ use crate::hub::ModelFiles;
 use crate::kernels::packed_linear::WeightType;
 use crate::models::{ClipVision, Gpt2};
 
+/// The SmallCap model: CLIP vision encoder, GPT-2 decoder with reduced cross-attention.
 #[derive(Debug, Clone)]
 pub struct SmallCap {
+    /// Its `config.json`.
     pub config: SmallCapConfig,
+    /// The vision tower.
     pub encoder: ClipVision,
+    /// The decoder.
     pub decoder: Gpt2,
 }
 

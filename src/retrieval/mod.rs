@@ -39,8 +39,11 @@ pub enum CaptionStore {
     Postgres(PgStore),
     /// A FAISS index file (flat or IVF-flat) and its captions (index = FAISS id).
     Faiss {
+        /// The index, memory-mapped.
         index: FaissIndex,
+        /// Its file.
         index_path: PathBuf,
+        /// Its captions, by FAISS id.
         captions: Vec<CaptionRecord>,
     },
 }

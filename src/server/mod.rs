@@ -22,9 +22,9 @@
 //! ```
 
 mod api;
-pub mod batcher;
-pub mod error;
-pub mod metrics;
+pub(crate) mod batcher;
+pub(crate) mod error;
+pub(crate) mod metrics;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -22,16 +22,23 @@ pub const IGNORE_INDEX: i64 = -100;
 /// One image of Karpathy's `dataset_coco.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct KarpathyImage {
+    /// COCO image id.
     pub cocoid: i64,
+    /// Image file name.
     pub filename: String,
     #[serde(default)]
+    /// Folder of the image within the COCO tree (`train2014`, `val2014`).
     pub filepath: Option<String>,
+    /// Karpathy split: `train`, `restval`, `val` or `test`.
     pub split: String,
+    /// Its reference captions.
     pub sentences: Vec<KarpathySentence>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+/// One reference caption of Karpathy's file.
 pub struct KarpathySentence {
+    /// The caption's tokens (joined with spaces, the training target).
     pub tokens: Vec<String>,
 }
 
@@ -54,7 +61,9 @@ impl KarpathyImage {
 /// A Karpathy-split annotation file.
 #[derive(Debug, Clone)]
 pub struct Annotations {
+    /// The file.
     pub path: PathBuf,
+    /// Its images.
     pub images: Vec<KarpathyImage>,
 }
 
@@ -68,6 +77,7 @@ pub struct Sample {
 }
 
 impl Annotations {
+    /// Reads a Karpathy `dataset_coco.json`, naming the file and what is wrong on failure.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let file: KarpathyFile = serde_json::from_slice(&bytes).map_err(|e| {
@@ -138,7 +148,9 @@ pub fn max_length(tokenizer: &Gpt2Tokenizer, k: Option<usize>) -> Result<usize> 
 /// `input_ids` and `labels` of one sample, padded to at least `max_len`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
+    /// Prompt and caption token ids, padded.
     pub input_ids: Vec<u32>,
+    /// Targets: `IGNORE_INDEX` on the prompt and the padding, the caption's ids after it.
     pub labels: Vec<i64>,
 }
 
@@ -174,9 +186,11 @@ pub fn prep_strings(
 
 /// The training set: samples, their retrieved captions and the prompt settings.
 pub struct TrainDataset {
+    /// The (image, caption) pairs.
     pub samples: Vec<Sample>,
     retrieved: Option<RetrievedCaptions>,
     k: usize,
+    /// Length every sample is padded to (train.py's `max_length`).
     pub max_len: usize,
     tokenizer: Gpt2Tokenizer,
     eos: u32,
@@ -225,10 +239,12 @@ impl TrainDataset {
         })
     }
 
+    /// Number of samples.
     pub fn len(&self) -> usize {
         self.samples.len()
     }
 
+    /// Whether there is no sample.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
@@ -238,6 +254,7 @@ impl TrainDataset {
         self.pad
     }
 
+    /// The ids and labels of sample `i`, as train.py's `prep_strings` makes them.
     pub fn encode(&self, i: usize) -> Result<Encoded> {
         let s = &self.samples[i];
         let caps = match &self.retrieved {

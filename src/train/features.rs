@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
+/// A folder of encoder states per image id (what `smallcap features` writes and training reads).
 pub struct FeatureStore {
     dir: PathBuf,
     files: Option<MmapedSafetensors>,
@@ -84,18 +85,22 @@ impl FeatureStore {
         })
     }
 
+    /// The folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Number of images stored.
     pub fn len(&self) -> usize {
         self.shapes.len()
     }
 
+    /// Whether no image is stored.
     pub fn is_empty(&self) -> bool {
         self.shapes.is_empty()
     }
 
+    /// Whether image `id` is stored.
     pub fn contains(&self, id: &str) -> bool {
         self.shapes.contains_key(id)
     }

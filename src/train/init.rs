@@ -31,7 +31,9 @@ pub fn reduce_factor(attention_size: f64) -> Result<usize> {
 
 /// A pretrained model's folder: `config.json` and its weight file.
 pub struct Pretrained {
+    /// Its `config.json`.
     pub config: Value,
+    /// Its weight file.
     pub weights: PathBuf,
 }
 

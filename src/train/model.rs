@@ -51,6 +51,7 @@ impl Batch {
         self.input_ids.dim(0).unwrap_or(0)
     }
 
+    /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -71,12 +72,15 @@ impl Batch {
     }
 }
 
+/// SmallCap for training: every tensor, the trainable ones as `Var`s, and the decoder over them.
 pub struct TrainModel {
+    /// The checkpoint's `config.json`.
     pub config: SmallCapConfig,
     /// Every checkpoint tensor, trainable ones sharing storage with their `Var`.
     pub tensors: HashMap<String, Tensor>,
     /// Trainable parameters in checkpoint order (the reference's `named_parameters` order).
     pub params: Vec<(String, Var)>,
+    /// The decoder, sharing the tensors above.
     pub decoder: Gpt2,
     /// Whether `decoder.lm_head.weight` is the same tensor as `wte` (a model built from GPT-2).
     pub tied_lm_head: bool,

@@ -11,9 +11,13 @@ use candle_core::{Tensor, Var};
 /// HF AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
+    /// First-moment decay (0.9).
     pub beta1: f64,
+    /// Second-moment decay (0.999).
     pub beta2: f64,
+    /// Denominator epsilon (1e-8, as train.py's Trainer uses).
     pub eps: f64,
+    /// Decoupled weight decay (0, as in train.py).
     pub weight_decay: f64,
 }
 
@@ -39,6 +43,7 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// An optimiser over `params` with zeroed moments.
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> candle_core::Result<Self> {
         let moments = params
             .iter()
@@ -52,6 +57,7 @@ impl AdamW {
         })
     }
 
+    /// The parameters, by name.
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }

@@ -32,23 +32,35 @@ use crate::train::model::{Batch, TrainModel, Trainable};
 use crate::train::optimizer::{clip_grad_norm, linear_lr, AdamW, AdamWConfig};
 use crate::train::TrainDataset;
 
+/// The optimiser state beside each checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The run's progress beside each checkpoint.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// One JSON line per logged step and epoch.
 pub const LOG_FILE: &str = "train.log";
+/// Validation captions of the last epoch.
 pub const VAL_CAPTIONS_FILE: &str = "val_captions.json";
 
 /// The run's settings, kept in `trainer_state.json` so that a resumed run uses the same.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainOptions {
+    /// Passes over the training set.
     pub epochs: u64,
+    /// Samples per update.
     pub batch_size: usize,
+    /// Peak learning rate of the linear schedule.
     pub lr: f64,
     /// Length of the linear schedule (default: all steps of all epochs).
     pub total_steps: Option<u64>,
+    /// Seed of the shuffling and the dropout.
     pub seed: u64,
+    /// Whether each epoch visits the samples in a new random order.
     pub shuffle: bool,
+    /// GPT-2's dropout probability while training.
     pub dropout: f32,
+    /// Gradient-norm clipping (train.py: 1.0).
     pub max_grad_norm: f64,
+    /// Train the whole decoder, not only the cross-attention.
     pub train_decoder: bool,
     /// Samples per forward and backward pass, gradients accumulated over the batch (`None`:
     /// the whole batch at once). Bounds memory; the update is the same.
@@ -75,12 +87,17 @@ impl Default for TrainOptions {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// What `trainer_state.json` records: the settings and where the run is.
 pub struct TrainerState {
+    /// The run's settings.
     pub options: TrainOptions,
     /// Updates done.
     pub global_step: u64,
+    /// Training samples.
     pub num_samples: usize,
+    /// Whether the LM head is tied to `wte`.
     pub tied_lm_head: bool,
+    /// Logged steps and epochs.
     pub log_history: Vec<Value>,
 }
 
@@ -88,16 +105,22 @@ pub struct TrainerState {
 /// validation images (infer.py's beam search) written to `val_captions.json`, and their BLEU-4 and
 /// CIDEr-D against the validation references (`smallcap-metrics`, as pycocoevalcap computes them).
 pub struct Validation {
+    /// Validation pairs.
     pub data: TrainDataset,
+    /// Their encoder states.
     pub features: FeatureStore,
     /// Per image: its id and prompt captions (`None` without retrieval).
     pub images: Vec<(String, Option<Vec<String>>)>,
+    /// Captions in each prompt.
     pub k: usize,
+    /// The tokenizer.
     pub tokenizer: Gpt2Tokenizer,
+    /// Decoding settings for the validation captions.
     pub generation: GenerationConfig,
 }
 
 impl Validation {
+    /// Validation over `data`, with the prompts of `images`.
     pub fn new(
         data: TrainDataset,
         features: FeatureStore,
@@ -130,23 +153,31 @@ impl Validation {
 /// What one epoch's validation found.
 #[derive(Debug, Clone, Serialize)]
 pub struct ValidationReport {
+    /// Mean validation loss.
     pub loss: f64,
+    /// The validation captions, `{"image_id", "caption"}`.
     pub captions: Vec<Value>,
     #[serde(rename = "Bleu_4")]
+    /// BLEU-4 of the captions.
     pub bleu_4: f64,
     #[serde(rename = "CIDEr")]
+    /// CIDEr-D of the captions.
     pub cider: f64,
 }
 
+/// The training loop: the model, AdamW, the data and the checkpoints (see the module documentation).
 pub struct Trainer {
+    /// The model trained.
     pub model: TrainModel,
     opt: AdamW,
     data: TrainDataset,
     features: FeatureStore,
     config_json: Value,
+    /// Where the run is.
     pub state: TrainerState,
     out: PathBuf,
     device: Device,
+    /// Validation after each epoch, when set.
     pub validation: Option<Validation>,
     /// Show a progress bar (when stderr is a terminal).
     pub progress: bool,
@@ -287,6 +318,7 @@ impl Trainer {
         Ok(trainer)
     }
 
+    /// Updates per epoch.
     pub fn steps_per_epoch(&self) -> u64 {
         self.data.len().div_ceil(self.state.options.batch_size) as u64
     }

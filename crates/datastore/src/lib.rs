@@ -17,6 +17,7 @@
 //! viewing stored bytes as floats, the GEMM call, AVX-512); every unsafe block says why it is
 //! sound (`// SAFETY:`, checked by clippy's `undocumented_unsafe_blocks`).
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(missing_docs)]
 
 pub mod captions;
 pub mod clip_tokenizer;

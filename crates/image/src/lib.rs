@@ -14,6 +14,7 @@
 //! The only unsafe code is the libjpeg binding in `decode::jpeg`; every unsafe block there says
 //! why it is sound (`// SAFETY:`, checked by clippy's `undocumented_unsafe_blocks`).
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(missing_docs)]
 
 mod decode;
 mod error;
