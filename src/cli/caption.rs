@@ -9,7 +9,7 @@ use clap::Args;
 
 use smallcap::captioner::Captioner;
 use smallcap::kernels::packed_linear::WeightType;
-use smallcap::pipeline::{ImageInput, Pipeline, PromptSource};
+use smallcap::pipeline::{ImageInput, Pipeline, PipelineCaption, PromptSource};
 use smallcap::retrieval::{NamedSpec, Retriever};
 use smallcap::retrieved::{image_id, RetrievedCaptions};
 use smallcap::GenerationConfig;
@@ -90,7 +90,9 @@ struct OutputLine<'a> {
     retrieved_captions: &'a [String],
 }
 
-pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
+/// The images named on the command line and in `--images DIR`, and the argument checks that
+/// need no file.
+fn images_and_checks(args: &CaptionArgs) -> anyhow::Result<Vec<PathBuf>> {
     let mut images = args.images.clone();
     if let Some(dir) = &args.images_dir {
         images.extend(super::list_images(dir)?);
@@ -104,10 +106,6 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
     if args.beams == 0 {
         bail!("--beams must be at least 1");
     }
-    let retrieved = match &args.retrieved {
-        Some(path) => Some(RetrievedCaptions::from_file(path)?),
-        None => None,
-    };
     if !args.captions.is_empty() && args.k > args.captions.len() {
         bail!(
             "--k {} is larger than the {} --captions given",
@@ -115,6 +113,11 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
             args.captions.len()
         );
     }
+    Ok(images)
+}
+
+/// The datastore (checked to hold k captions), then the captioner.
+fn load_pipeline(args: &CaptionArgs) -> anyhow::Result<Pipeline> {
     let device = super::device(&args.device)?;
     let retriever = match &args.datastore {
         Some(spec) => Some(Retriever::open(
@@ -139,11 +142,22 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
         &device,
         args.decoder_weights,
     )?;
-    let has_retriever = retriever.is_some();
-    let mut pipeline = Pipeline::new(captioner, retriever);
-    if args.share_vision_tower {
-        pipeline = pipeline.share_vision_tower()?;
-    }
+    let pipeline = Pipeline::new(captioner, retriever);
+    Ok(if args.share_vision_tower {
+        pipeline.share_vision_tower()?
+    } else {
+        pipeline
+    })
+}
+
+pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
+    let images = images_and_checks(&args)?;
+    let retrieved = match &args.retrieved {
+        Some(path) => Some(RetrievedCaptions::from_file(path)?),
+        None => None,
+    };
+    let pipeline = load_pipeline(&args)?;
+    let has_retriever = pipeline.retriever().is_some();
     if retrieved.is_none() && !has_retriever && args.captions.is_empty() && !args.no_retrieval {
         bail!("give the prompt captions: --datastore DIR, --retrieved FILE, --captions TEXT (repeatable), or --no-retrieval");
     }
@@ -170,7 +184,6 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
     let progress = super::progress_bar(images.len(), "images");
     let mut failures = 0usize;
     let mut coco = Vec::new();
-    let stdout = std::io::stdout();
     let report = |path: &Path, e: &dyn std::fmt::Display| {
         progress.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
     };
@@ -181,7 +194,7 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
             match prompt_of(path) {
                 Ok(prompt) => {
                     items.push((ImageInput::Path(path.clone()), prompt, args.k));
-                    paths.push(path);
+                    paths.push(path.as_path());
                 }
                 Err(e) => {
                     report(path, &e);
@@ -190,39 +203,8 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let results = pipeline.caption_each(items, &generation)?;
-        let mut out = stdout.lock();
-        for (path, r) in paths.into_iter().zip(results) {
-            let r = match r {
-                Ok(r) => r,
-                Err(e) => {
-                    report(path, &e);
-                    failures += 1;
-                    continue;
-                }
-            };
-            let line = OutputLine {
-                image: &path.to_string_lossy(),
-                caption: &r.caption,
-                generated_ids: &r.generated_ids,
-                retrieved_captions: &r.retrieved_captions,
-            };
-            writeln!(out, "{}", serde_json::to_string(&line)?)?;
-            if args.coco_results.is_some() {
-                match image_id(path) {
-                    Some(id) => {
-                        coco.push(serde_json::json!({"image_id": id, "caption": r.caption}))
-                    }
-                    None => {
-                        report(
-                            path,
-                            &"no integer image id in the file name for --coco-results",
-                        );
-                        failures += 1;
-                    }
-                }
-            }
-        }
-        out.flush()?;
+        let coco_out = args.coco_results.is_some().then_some(&mut coco);
+        failures += write_lines(&paths, results, coco_out, &report)?;
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
@@ -234,4 +216,48 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One JSON line per captioned image, in order; failures are reported. With `coco`, the COCO
+/// results entry of each image too. Returns the number of failures.
+fn write_lines(
+    paths: &[&Path],
+    results: Vec<smallcap::Result<PipelineCaption>>,
+    mut coco: Option<&mut Vec<serde_json::Value>>,
+    report: &dyn Fn(&Path, &dyn std::fmt::Display),
+) -> anyhow::Result<usize> {
+    let mut failures = 0;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (&path, r) in paths.iter().zip(results) {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                report(path, &e);
+                failures += 1;
+                continue;
+            }
+        };
+        let line = OutputLine {
+            image: &path.to_string_lossy(),
+            caption: &r.caption,
+            generated_ids: &r.generated_ids,
+            retrieved_captions: &r.retrieved_captions,
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        if let Some(coco) = coco.as_deref_mut() {
+            match image_id(path) {
+                Some(id) => coco.push(serde_json::json!({"image_id": id, "caption": r.caption})),
+                None => {
+                    report(
+                        path,
+                        &"no integer image id in the file name for --coco-results",
+                    );
+                    failures += 1;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(failures)
 }
