@@ -15,7 +15,9 @@ const SIGMA: f64 = 6.0;
 /// Corpus and per-image CIDEr-D.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CiderScores {
+    /// The corpus score: the mean of the per-image scores.
     pub corpus: f64,
+    /// Each image's CIDEr-D (×10, as the toolkit scales it), in input order.
     pub per_image: Vec<f64>,
 }
 

@@ -16,7 +16,9 @@ use crate::EvalError;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(untagged)]
 pub enum ImageId {
+    /// An integer id (COCO's own).
     Int(i64),
+    /// A string id.
     Str(String),
 }
 
@@ -39,7 +41,10 @@ impl From<i64> for ImageId {
 /// reference captions (in annotation order).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GoldCaptions {
+    /// The images, in file order, each once (its first occurrence).
     pub images: Vec<ImageId>,
+    /// Each image's raw (untokenised) reference captions, in annotation order; may have
+    /// entries for ids that `images` does not list.
     pub references: HashMap<ImageId, Vec<String>>,
 }
 
@@ -65,7 +70,9 @@ impl GoldCaptions {
 /// One predicted caption.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prediction {
+    /// The image the caption is for.
     pub image_id: ImageId,
+    /// The caption, raw (untokenised).
     pub caption: String,
 }
 

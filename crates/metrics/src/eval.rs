@@ -107,20 +107,28 @@ impl EvalOptions {
 /// Scores keyed as pycocoevalcap names them; absent metrics are omitted from the JSON.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CorpusScores {
+    /// BLEU-1 (`Bleu_1`), between 0 and 1.
     #[serde(rename = "Bleu_1", skip_serializing_if = "Option::is_none")]
     pub bleu_1: Option<f64>,
+    /// BLEU-2 (`Bleu_2`), between 0 and 1.
     #[serde(rename = "Bleu_2", skip_serializing_if = "Option::is_none")]
     pub bleu_2: Option<f64>,
+    /// BLEU-3 (`Bleu_3`), between 0 and 1.
     #[serde(rename = "Bleu_3", skip_serializing_if = "Option::is_none")]
     pub bleu_3: Option<f64>,
+    /// BLEU-4 (`Bleu_4`), between 0 and 1.
     #[serde(rename = "Bleu_4", skip_serializing_if = "Option::is_none")]
     pub bleu_4: Option<f64>,
+    /// METEOR 1.5 (`METEOR`), between 0 and 1.
     #[serde(rename = "METEOR", skip_serializing_if = "Option::is_none")]
     pub meteor: Option<f64>,
+    /// ROUGE-L F-measure (`ROUGE_L`), between 0 and 1.
     #[serde(rename = "ROUGE_L", skip_serializing_if = "Option::is_none")]
     pub rouge_l: Option<f64>,
+    /// CIDEr-D (`CIDEr`), multiplied by 10 as the toolkit does (so not bounded by 1).
     #[serde(rename = "CIDEr", skip_serializing_if = "Option::is_none")]
     pub cider: Option<f64>,
+    /// SPICE `All` F-score (`SPICE`), between 0 and 1; NaN where SPICE gave none.
     #[serde(rename = "SPICE", skip_serializing_if = "Option::is_none")]
     pub spice: Option<f64>,
 }
@@ -152,7 +160,9 @@ impl CorpusScores {
 /// One image's scores (COCOEvalCap's `evalImgs` entry; SPICE is the `All` F-score).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ImageScores {
+    /// The image.
     pub image_id: ImageId,
+    /// Its scores (serialised next to `image_id`, with the corpus object's keys).
     #[serde(flatten)]
     pub scores: CorpusScores,
 }

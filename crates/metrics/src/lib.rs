@@ -12,6 +12,7 @@
 //!   driver ([`evaluate`], [`evaluate_data`]) and its report.
 //! * [`toolkit`]: finding Java and the pycocoevalcap data files.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod bleu;
 pub mod cider;

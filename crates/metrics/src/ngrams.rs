@@ -62,7 +62,9 @@ pub struct NgramCount {
 /// dict would iterate them (unigrams first, each order in first-occurrence order).
 #[derive(Clone, Debug, Default)]
 pub struct Cooked {
+    /// Number of words (`len(s.split())`).
     pub words: usize,
+    /// Each distinct n-gram with its count, in dict order.
     pub ngrams: Vec<NgramCount>,
 }
 

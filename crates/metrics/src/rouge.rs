@@ -12,7 +12,9 @@ const BETA: f64 = 1.2;
 /// Corpus and per-image ROUGE-L.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RougeScores {
+    /// The corpus score: the mean of the per-image scores.
     pub corpus: f64,
+    /// Each image's ROUGE-L F-measure, in input order.
     pub per_image: Vec<f64>,
 }
 

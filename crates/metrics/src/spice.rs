@@ -30,7 +30,10 @@ pub const CORENLP_JARS: [&str; 2] = [
 /// Corpus and per-image SPICE (the `All` F-score; NaN where SPICE gave none, as the toolkit).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpiceScores {
+    /// The corpus score: the mean of the `All` F-scores of SPICE's output entries (NaN if
+    /// any is NaN).
     pub corpus: f64,
+    /// Each image's `All` F-score, in the order of the `ids` passed in.
     pub per_image: Vec<f64>,
 }
 

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use smallcap_metrics::eval::write_atomic;
 use smallcap_metrics::ptb_tokenizer::tokenize_captions;
 use smallcap_metrics::{bleu, cider, evaluate, meteor, rouge, toolkit, EvalOptions, Metric};
+use smallcap_util::rng::SplitMix64;
 
 const PY_SCRIPT: &str = r#"
 import json, sys, time
@@ -129,33 +130,22 @@ const MODS: &[&str] = &[
 ];
 const ENDS: &[&str] = &["", ".", " .", "!", "..."];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
+/// One of `items`, uniformly (a plain modulo, so the generated captions stay as they were).
+fn pick<'a>(rng: &mut SplitMix64, items: &[&'a str]) -> &'a str {
+    items[(rng.next_u64() % items.len() as u64) as usize]
 }
 
-fn sentence(rng: &mut Rng) -> String {
+fn sentence(rng: &mut SplitMix64) -> String {
     format!(
         "{} {}{} {} {} {}{}{}",
-        rng.pick(DETS),
-        rng.pick(ADJS),
-        rng.pick(NOUNS),
-        rng.pick(VERBS),
-        rng.pick(DETS).to_lowercase(),
-        rng.pick(NOUNS),
-        rng.pick(MODS),
-        rng.pick(ENDS)
+        pick(rng, DETS),
+        pick(rng, ADJS),
+        pick(rng, NOUNS),
+        pick(rng, VERBS),
+        pick(rng, DETS).to_lowercase(),
+        pick(rng, NOUNS),
+        pick(rng, MODS),
+        pick(rng, ENDS)
     )
 }
 
@@ -241,7 +231,7 @@ fn run() -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
 
     // Data.
-    let mut rng = Rng(20230601);
+    let mut rng = SplitMix64(20230601);
     let mut images = Vec::with_capacity(args.images);
     let mut annotations = Vec::with_capacity(args.images * args.refs);
     let mut preds = Vec::with_capacity(args.images);

@@ -19,16 +19,19 @@ pub struct Alignment {
     pub len1: usize,
     /// Reference words.
     pub len2: usize,
-    /// Function words among the hypothesis words and the reference words.
+    /// Function words among the hypothesis words.
     pub function1: usize,
+    /// Function words among the reference words.
     pub function2: usize,
-    /// Matched words per module: hypothesis content, reference content, hypothesis function,
-    /// reference function.
+    /// Per module: matched hypothesis content words.
     pub content1: [usize; MODULES],
+    /// Per module: matched reference content words.
     pub content2: [usize; MODULES],
+    /// Per module: matched hypothesis function words.
     pub functional1: [usize; MODULES],
+    /// Per module: matched reference function words.
     pub functional2: [usize; MODULES],
-    /// Number of chunks.
+    /// Number of chunks (runs of matches contiguous in both sentences).
     pub chunks: usize,
 }
 

@@ -46,7 +46,10 @@ pub const PARAPHRASE_TABLE: &str = "meteor/data/paraphrase-en.gz";
 /// Corpus and per-image METEOR.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeteorScores {
+    /// The corpus score: computed from the images' statistics added up (the jar's aggregate),
+    /// not the mean of the per-image scores.
     pub corpus: f64,
+    /// Each image's score against its best reference, in input order.
     pub per_image: Vec<f64>,
 }
 
@@ -81,7 +84,10 @@ pub struct NativeMeteor {
 /// Scores with the statistics lines the jar would print for each image's `SCORE` line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DetailedScores {
+    /// The scores, as [`NativeMeteor::compute`] returns them.
     pub scores: MeteorScores,
+    /// Per image, in input order: the statistics line of its best reference
+    /// ([`Stats::line`](stats::Stats::line)).
     pub stats_lines: Vec<String>,
 }
 

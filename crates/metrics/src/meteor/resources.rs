@@ -32,10 +32,15 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// Everything the aligner and scorer read.
 pub struct Resources {
+    /// The `-norm` normaliser, with the jar's `nonbreaking/english.prefixes`.
     pub normalizer: Normalizer,
+    /// Snowball's English stemmer (the stem module's).
     pub stemmer: Stemmer,
+    /// The WordNet synonym dictionary (the jar's `synonym/english.*`).
     pub synonyms: Synonyms,
+    /// The function words (the lines of the jar's `function/english.words`).
     pub function_words: HashSet<String>,
+    /// The paraphrase table (`data/paraphrase-en.gz`, or its cache).
     pub table: TableImage,
 }
 

@@ -9,10 +9,14 @@
 use super::paraphrase::Paraphrases;
 use super::synonyms::share_synset;
 
-/// Module numbers, as in the jar's English configuration.
+// Module numbers, as in the jar's English configuration.
+/// Module number of the exact-word matcher.
 pub const EXACT: u8 = 0;
+/// Module number of the stem matcher.
 pub const STEM: u8 = 1;
+/// Module number of the WordNet synonym matcher.
 pub const SYNONYM: u8 = 2;
+/// Module number of the paraphrase matcher.
 pub const PARAPHRASE: u8 = 3;
 /// Number of modules.
 pub const MODULES: usize = 4;
@@ -49,17 +53,25 @@ impl Sentence {
 /// `match_start`, found by `module`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Match {
+    /// First reference word (0-based).
     pub start: usize,
+    /// Number of reference words.
     pub length: usize,
+    /// First hypothesis word (0-based).
     pub match_start: usize,
+    /// Number of hypothesis words.
     pub match_length: usize,
+    /// The matcher that found it ([`EXACT`], [`STEM`], [`SYNONYM`] or [`PARAPHRASE`]).
     pub module: u8,
 }
 
 /// All candidate matches, by reference start position, and how many cover each word.
 pub struct Stage {
+    /// Per reference word: the candidate matches starting there, in the jar's order.
     pub matches: Vec<Vec<Match>>,
+    /// Per hypothesis word: how many candidate matches cover it.
     pub coverage1: Vec<u32>,
+    /// Per reference word: how many candidate matches cover it.
     pub coverage2: Vec<u32>,
 }
 

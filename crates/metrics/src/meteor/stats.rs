@@ -19,20 +19,33 @@ const WEIGHTS: [f64; MODULES] = [1.0, 0.6, 0.8, 0.6];
 /// The statistics of one segment, or of a corpus when added up.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
+    /// Hypothesis words.
     pub test_length: f64,
+    /// Reference words.
     pub reference_length: f64,
+    /// Function words in the hypothesis.
     pub test_function_words: f64,
+    /// Function words in the reference.
     pub reference_function_words: f64,
+    /// Matched hypothesis words, all modules (content and function).
     pub test_total_matches: f64,
+    /// Matched reference words, all modules (content and function).
     pub reference_total_matches: f64,
-    /// Per module: hypothesis content, reference content, hypothesis function, reference
-    /// function matches.
+    /// Per module: matched hypothesis content words.
     pub test_content: [f64; MODULES],
+    /// Per module: matched reference content words.
     pub reference_content: [f64; MODULES],
+    /// Per module: matched hypothesis function words.
     pub test_function: [f64; MODULES],
+    /// Per module: matched reference function words.
     pub reference_function: [f64; MODULES],
+    /// Number of chunks (a corpus sum leaves out perfect segments' single chunk).
     pub chunks: f64,
+    /// Matched hypothesis words as the fragmentation penalty counts them (word-based: equal to
+    /// `test_total_matches`).
     pub test_word_matches: f64,
+    /// Matched reference words as the fragmentation penalty counts them (word-based: equal to
+    /// `reference_total_matches`).
     pub reference_word_matches: f64,
 }
 
