@@ -494,16 +494,7 @@ impl IvfFlatIndex {
                 quantizer.ntotal
             )));
         }
-        let dm = cur.u8("direct map type")?;
-        if dm > 2 {
-            return Err(cur.err(format!("invalid direct map type {dm} (0, 1 or 2)")));
-        }
-        let n = cur.count(8, "direct map array")?;
-        cur.take(n * 8, "direct map array")?;
-        if dm == 2 {
-            let n = cur.count(16, "direct map hashtable")?;
-            cur.take(n * 16, "direct map hashtable")?;
-        }
+        skip_direct_map(&mut cur)?;
         let il = cur.u32("inverted lists fourcc")?;
         if il != fourcc(b"ilar") {
             return Err(cur.err(format!(
@@ -524,61 +515,8 @@ impl IvfFlatIndex {
                 hd.d * 4
             )));
         }
-        let mut sizes = vec![0usize; nlist];
-        let lt = cur.u32("list type")?;
-        if lt == fourcc(b"full") {
-            let n = cur.count(8, "list sizes")?;
-            if n != nlist {
-                return Err(cur.err(format!("{n} list sizes for nlist = {nlist}")));
-            }
-            for s in sizes.iter_mut() {
-                *s = cur.u64("list size")? as usize;
-            }
-        } else if lt == fourcc(b"sprs") {
-            let n = cur.count(8, "sparse list sizes")?;
-            if n % 2 != 0 {
-                return Err(cur.err(format!("sparse size table has odd length {n}")));
-            }
-            for _ in 0..n / 2 {
-                let l = cur.u64("list number")? as usize;
-                let s = cur.u64("list size")? as usize;
-                if l >= nlist {
-                    return Err(cur.err(format!("list number {l} >= nlist = {nlist}")));
-                }
-                sizes[l] = s;
-            }
-        } else {
-            return Err(cur.err(format!("unknown list type \"{}\"", fourcc_str(lt))));
-        }
-        let mut total = 0usize;
-        let mut lists = Vec::with_capacity(nlist);
-        for (i, &n) in sizes.iter().enumerate() {
-            let mut l = InvList {
-                n,
-                ..Default::default()
-            };
-            if n > 0 {
-                let what = format!("inverted list {i}");
-                let cb = n
-                    .checked_mul(code_size)
-                    .ok_or_else(|| cur.err("size overflow"))?;
-                l.codes = cur.pos;
-                cur.take(cb, &what)?;
-                l.ids = cur.pos;
-                let ids = cur.take(
-                    n.checked_mul(8).ok_or_else(|| cur.err("size overflow"))?,
-                    &what,
-                )?;
-                for b in ids.chunks_exact(8) {
-                    let id = i64::from_le_bytes(b.try_into().expect("8 bytes"));
-                    if id < 0 {
-                        return Err(cur.err(format!("{what} holds a negative id {id}")));
-                    }
-                }
-            }
-            total += n;
-            lists.push(l);
-        }
+        let sizes = read_list_sizes(&mut cur, nlist)?;
+        let (lists, total) = read_lists(&mut cur, &sizes, code_size)?;
         if total != hd.ntotal {
             return Err(cur.err(format!(
                 "inverted lists hold {total} entries but ntotal = {}",
@@ -805,4 +743,89 @@ impl FaissIndex {
             }
         }
     }
+}
+
+/// Skips an IVF index's direct map (its type, array and, for type 2, hashtable): search does not
+/// use it.
+fn skip_direct_map(cur: &mut Cur<'_>) -> Result<()> {
+    let dm = cur.u8("direct map type")?;
+    if dm > 2 {
+        return Err(cur.err(format!("invalid direct map type {dm} (0, 1 or 2)")));
+    }
+    let n = cur.count(8, "direct map array")?;
+    cur.take(n * 8, "direct map array")?;
+    if dm == 2 {
+        let n = cur.count(16, "direct map hashtable")?;
+        cur.take(n * 16, "direct map hashtable")?;
+    }
+    Ok(())
+}
+
+/// The inverted lists' sizes, from a full (`full`) or sparse (`sprs`) size table.
+fn read_list_sizes(cur: &mut Cur<'_>, nlist: usize) -> Result<Vec<usize>> {
+    let mut sizes = vec![0usize; nlist];
+    let lt = cur.u32("list type")?;
+    if lt == fourcc(b"full") {
+        let n = cur.count(8, "list sizes")?;
+        if n != nlist {
+            return Err(cur.err(format!("{n} list sizes for nlist = {nlist}")));
+        }
+        for s in sizes.iter_mut() {
+            *s = cur.u64("list size")? as usize;
+        }
+    } else if lt == fourcc(b"sprs") {
+        let n = cur.count(8, "sparse list sizes")?;
+        if n % 2 != 0 {
+            return Err(cur.err(format!("sparse size table has odd length {n}")));
+        }
+        for _ in 0..n / 2 {
+            let l = cur.u64("list number")? as usize;
+            let s = cur.u64("list size")? as usize;
+            if l >= nlist {
+                return Err(cur.err(format!("list number {l} >= nlist = {nlist}")));
+            }
+            sizes[l] = s;
+        }
+    } else {
+        return Err(cur.err(format!("unknown list type \"{}\"", fourcc_str(lt))));
+    }
+    Ok(sizes)
+}
+
+/// Where each inverted list's codes and ids lie (ids checked non-negative), and the total count.
+fn read_lists(
+    cur: &mut Cur<'_>,
+    sizes: &[usize],
+    code_size: usize,
+) -> Result<(Vec<InvList>, usize)> {
+    let mut total = 0usize;
+    let mut lists = Vec::with_capacity(sizes.len());
+    for (i, &n) in sizes.iter().enumerate() {
+        let mut l = InvList {
+            n,
+            ..Default::default()
+        };
+        if n > 0 {
+            let what = format!("inverted list {i}");
+            let cb = n
+                .checked_mul(code_size)
+                .ok_or_else(|| cur.err("size overflow"))?;
+            l.codes = cur.pos;
+            cur.take(cb, &what)?;
+            l.ids = cur.pos;
+            let ids = cur.take(
+                n.checked_mul(8).ok_or_else(|| cur.err("size overflow"))?,
+                &what,
+            )?;
+            for b in ids.chunks_exact(8) {
+                let id = i64::from_le_bytes(b.try_into().expect("8 bytes"));
+                if id < 0 {
+                    return Err(cur.err(format!("{what} holds a negative id {id}")));
+                }
+            }
+        }
+        total += n;
+        lists.push(l);
+    }
+    Ok((lists, total))
 }
