@@ -136,46 +136,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         trainer
     } else {
-        let trainable = if args.train_decoder {
-            Trainable::Decoder
-        } else {
-            Trainable::CrossAttention
-        };
-        let (config_json, model) = match &args.init {
-            Some(spec) => {
-                let files = hub::model_files(spec)?;
-                let text = std::fs::read_to_string(&files.config)?;
-                let config = SmallCapConfig::from_json(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", files.config.display()))?;
-                if let Some(size) = args.attention_size {
-                    let r = reduce_factor(size)?;
-                    if r != config.decoder.cross_attention_reduce_factor {
-                        bail!(
-                            "{spec}: the checkpoint's cross-attention has reduce factor {} (--attention-size {}), but --attention-size {size} asks for reduce factor {r}",
-                            config.decoder.cross_attention_reduce_factor,
-                            28.0 / config.decoder.cross_attention_reduce_factor as f64
-                        );
-                    }
-                }
-                let sd = StateDict::load_file(&files.weights, &config, &device)?;
-                let json: serde_json::Value = serde_json::from_str(&text)?;
-                (
-                    json,
-                    TrainModel::new(config, sd.tensors, trainable, false, &device)?,
-                )
-            }
-            None => {
-                let r = reduce_factor(args.attention_size.unwrap_or(7.0))?;
-                let enc = Pretrained::resolve(&args.encoder)?;
-                let dec = Pretrained::resolve(&args.decoder)?;
-                let (json, config, tensors) =
-                    from_pretrained(&enc, &dec, r, k_used, args.seed, &device)?;
-                (
-                    json,
-                    TrainModel::new(config, tensors, trainable, true, &device)?,
-                )
-            }
-        };
+        let (config_json, model) = new_model(&args, k_used, &device)?;
         let (eos, pad) = (model.config.eos_token_id, model.config.pad_token_id);
         let data = TrainDataset::new(
             samples,
@@ -213,36 +174,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     };
 
     if let Some(val_path) = &args.val_annotations {
-        let val_ann = Annotations::from_file(val_path)?;
-        let val_samples = val_ann.samples(&["val"])?;
-        let val_retrieved = match (&args.val_retrieved, &retrieved) {
-            (Some(p), _) => Some(RetrievedCaptions::from_file(p)?),
-            (None, r) => r.clone(),
-        };
-        let val_features =
-            FeatureStore::open(args.val_features.as_ref().unwrap_or(&args.features))?;
-        let cfg = &trainer.model.config;
-        let ids: Vec<String> = val_ann.images_in(&["val"]).map(|im| im.key()).collect();
-        val_features.check(
-            ids.iter().map(String::as_str),
-            cfg.encoder.num_positions(),
-            cfg.decoder.n_embd,
-        )?;
-        let (eos, pad) = (cfg.eos_token_id, cfg.pad_token_id);
-        let val_data = TrainDataset::new(
-            val_samples,
-            val_retrieved.clone(),
-            args.k,
-            tokenizer.clone(),
-            eos,
-            pad,
-        )?;
-        trainer.validation = Some(Validation::new(
-            val_data,
-            val_features,
-            ids,
-            val_retrieved.as_ref(),
-            args.k,
+        trainer.validation = Some(validation(
+            &args,
+            val_path,
+            &trainer.model.config,
+            &retrieved,
             tokenizer,
         )?);
     }
@@ -252,4 +188,93 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         eprintln!("saved {}", dir.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new model to train: from a SmallCap checkpoint (`--init`), or built from the pretrained
+/// encoder and decoder as train.py does; with its `config.json`.
+fn new_model(
+    args: &TrainArgs,
+    k_used: Option<usize>,
+    device: &candle_core::Device,
+) -> anyhow::Result<(serde_json::Value, TrainModel)> {
+    let trainable = if args.train_decoder {
+        Trainable::Decoder
+    } else {
+        Trainable::CrossAttention
+    };
+    Ok(match &args.init {
+        Some(spec) => {
+            let files = hub::model_files(spec)?;
+            let text = std::fs::read_to_string(&files.config)?;
+            let config = SmallCapConfig::from_json(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", files.config.display()))?;
+            if let Some(size) = args.attention_size {
+                let r = reduce_factor(size)?;
+                if r != config.decoder.cross_attention_reduce_factor {
+                    bail!(
+                        "{spec}: the checkpoint's cross-attention has reduce factor {} (--attention-size {}), but --attention-size {size} asks for reduce factor {r}",
+                        config.decoder.cross_attention_reduce_factor,
+                        28.0 / config.decoder.cross_attention_reduce_factor as f64
+                    );
+                }
+            }
+            let sd = StateDict::load_file(&files.weights, &config, device)?;
+            let json: serde_json::Value = serde_json::from_str(&text)?;
+            (
+                json,
+                TrainModel::new(config, sd.tensors, trainable, false, device)?,
+            )
+        }
+        None => {
+            let r = reduce_factor(args.attention_size.unwrap_or(7.0))?;
+            let enc = Pretrained::resolve(&args.encoder)?;
+            let dec = Pretrained::resolve(&args.decoder)?;
+            let (json, config, tensors) =
+                from_pretrained(&enc, &dec, r, k_used, args.seed, device)?;
+            (
+                json,
+                TrainModel::new(config, tensors, trainable, true, device)?,
+            )
+        }
+    })
+}
+
+/// Validation after each epoch on the `val` split of `val_path`.
+fn validation(
+    args: &TrainArgs,
+    val_path: &std::path::Path,
+    cfg: &SmallCapConfig,
+    retrieved: &Option<RetrievedCaptions>,
+    tokenizer: Gpt2Tokenizer,
+) -> anyhow::Result<Validation> {
+    let val_ann = Annotations::from_file(val_path)?;
+    let val_samples = val_ann.samples(&["val"])?;
+    let val_retrieved = match (&args.val_retrieved, retrieved) {
+        (Some(p), _) => Some(RetrievedCaptions::from_file(p)?),
+        (None, r) => r.clone(),
+    };
+    let val_features = FeatureStore::open(args.val_features.as_ref().unwrap_or(&args.features))?;
+    let ids: Vec<String> = val_ann.images_in(&["val"]).map(|im| im.key()).collect();
+    val_features.check(
+        ids.iter().map(String::as_str),
+        cfg.encoder.num_positions(),
+        cfg.decoder.n_embd,
+    )?;
+    let (eos, pad) = (cfg.eos_token_id, cfg.pad_token_id);
+    let val_data = TrainDataset::new(
+        val_samples,
+        val_retrieved.clone(),
+        args.k,
+        tokenizer.clone(),
+        eos,
+        pad,
+    )?;
+    Ok(Validation::new(
+        val_data,
+        val_features,
+        ids,
+        val_retrieved.as_ref(),
+        args.k,
+        tokenizer,
+    )?)
 }
