@@ -13,14 +13,13 @@ use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
 use candle_transformers::models::clip::vision_model::ClipVisionConfig;
 use candle_transformers::models::clip::{ClipConfig, ClipModel};
 use serde::Deserialize;
-use smallcap_datastore::clip_tokenizer::CONTEXT_LENGTH;
 use smallcap_datastore::store::normalize_l2;
-use smallcap_datastore::ClipTokenizer;
 
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::hub;
 use crate::models::clip_openai::OpenAiClip;
+use crate::models::clip_tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
 
 /// Separates the model description from the spec it was loaded from in [`RetrievalEncoder::identity`].
 const IDENTITY_SEP: &str = " @ ";
@@ -302,7 +301,7 @@ impl RetrievalEncoder {
             Model::OpenAi(m) => m.dims().context_length,
             Model::Hf { context, .. } => *context,
         };
-        Ok(ClipTokenizer::global().tokenize_batch(texts, ctx, true)?)
+        ClipTokenizer::global().tokenize_batch(texts, ctx, true)
     }
 
     /// Texts → L2-normalised rows (`clip.tokenize` with truncation, `encode_text`).

@@ -10,8 +10,6 @@
 //! * [`search`]: exact inner-product top-k (batched GEMM, multi-threaded), identical ids to
 //!   FAISS `IndexFlatIP`.
 //! * [`captions`]: caption-file readers (text, JSON list/dict, COCO annotations, Karpathy).
-//! * [`clip_tokenizer`]: OpenAI CLIP's BPE tokenizer (`clip.tokenize`).
-//! * [`text_clean`]: the ftfy / HTML clean-up that CLIP applies before tokenizing.
 //!
 //! Unsafe code is confined to memory-mapping (`fsutil`) and the search kernels ([`search`]:
 //! viewing stored bytes as floats, the GEMM call, AVX-512); every unsafe block says why it is
@@ -20,7 +18,6 @@
 #![deny(missing_docs)]
 
 pub mod captions;
-pub mod clip_tokenizer;
 pub mod error;
 pub mod faiss;
 mod fsutil;
@@ -33,10 +30,8 @@ pub mod pg_local;
 pub mod pgvector;
 pub mod search;
 pub mod store;
-pub mod text_clean;
 
 pub use captions::CaptionRecord;
-pub use clip_tokenizer::ClipTokenizer;
 pub use error::{Error, Result};
 pub use faiss::{FaissIndex, FlatIndex, IvfFlatIndex, Metric};
 pub use search::{recall_at_k, top_k, Dtype, VectorSet};

@@ -1,7 +1,7 @@
 //! Tokenizes JSON-encoded texts, one per input line, with the CLIP tokenizer and prints one JSON
 //! list of 77 ids per line (`truncate = true`): a tool for comparing with Python's `clip.tokenize`.
 
-use smallcap_datastore::ClipTokenizer;
+use smallcap::models::clip_tokenizer::ClipTokenizer;
 use std::io::{BufRead, Write};
 
 fn main() {

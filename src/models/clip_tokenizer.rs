@@ -1,10 +1,10 @@
 //! OpenAI CLIP's byte-level BPE tokenizer, reproducing `clip.tokenize(texts, context_length=77,
-//! truncate)`: clean-up ([`crate::text_clean::clip_clean`]), CLIP's pre-tokenizer regex, BPE with
+//! truncate)`: clean-up ([`super::clip_text_clean::clip_clean`]), CLIP's pre-tokenizer regex, BPE with
 //! the 48,894 merges of `bpe_simple_vocab_16e6.txt.gz` (vendored from openai/CLIP, MIT, in
 //! `assets/`), `<|startoftext|>` (49406) … `<|endoftext|>` (49407), zero padding.
 
+use super::clip_text_clean::clip_clean;
 use crate::error::{Error, Result};
-use crate::text_clean::clip_clean;
 use flate2::read::GzDecoder;
 use regex::Regex;
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ pub const EOT: u32 = 49407;
 pub const CONTEXT_LENGTH: usize = 77;
 const N_MERGES: usize = 49152 - 256 - 2;
 
-static VOCAB_GZ: &[u8] = include_bytes!("../assets/bpe_simple_vocab_16e6.txt.gz");
+static VOCAB_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
 
 /// GPT-2/CLIP `bytes_to_unicode`: the printable-byte ordering; returns (byte → char, byte → id).
 fn byte_tables() -> ([char; 256], [u32; 256]) {
@@ -64,7 +64,7 @@ impl ClipTokenizer {
         let mut text = String::new();
         GzDecoder::new(VOCAB_GZ)
             .read_to_string(&mut text)
-            .map_err(|e| Error::Invalid(format!("embedded CLIP vocabulary: {e}")))?;
+            .map_err(|e| Error::Input(format!("embedded CLIP vocabulary: {e}")))?;
         Self::from_merges_text(&text)
     }
 
@@ -73,7 +73,7 @@ impl ClipTokenizer {
         let (byte_ch, byte_id) = byte_tables();
         let lines: Vec<&str> = text.split('\n').collect();
         if lines.len() < N_MERGES + 1 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Input(format!(
                 "CLIP merges file has {} lines, needs at least {}",
                 lines.len(),
                 N_MERGES + 1
@@ -95,7 +95,7 @@ impl ClipTokenizer {
                     pairs.push((a, b));
                 }
                 _ => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Input(format!(
                         "CLIP merges file line {}: \"{line}\" is not two symbols",
                         i + 2
                     )))
@@ -112,7 +112,7 @@ impl ClipTokenizer {
         let mut merges = HashMap::with_capacity(N_MERGES);
         for (rank, (a, b)) in pairs.iter().enumerate() {
             let (Some(&x), Some(&y)) = (encoder.get(a), encoder.get(b)) else {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Input(format!(
                     "CLIP merge {rank} (\"{a} {b}\") uses a symbol not in the vocabulary"
                 )));
             };
@@ -196,7 +196,7 @@ impl ClipTokenizer {
         if ids.len() > context_length {
             if !truncate || context_length == 0 {
                 let shown: String = text.chars().take(80).collect();
-                return Err(Error::Invalid(format!(
+                return Err(Error::Input(format!(
                     "text \"{shown}\" is {} tokens, longer than the context length {context_length}",
                     ids.len()
                 )));
