@@ -424,53 +424,44 @@ impl Pipeline {
         items: Vec<(ImageInput, PromptSource, usize)>,
         generation: &GenerationConfig,
     ) -> Result<Vec<Result<PipelineCaption>>> {
-        let mut slots: Vec<Result<usize>> = Vec::with_capacity(items.len());
-        let mut ready = Vec::new();
+        // One result per input, in order; `at` says which input each later stage's entry is.
+        let mut out: Vec<Option<Result<PipelineCaption>>> = Vec::with_capacity(items.len());
+        let (mut ready, mut at) = (Vec::new(), Vec::new());
         for (input, prompt, k) in items {
             let retrieving = matches!(prompt, PromptSource::Datastore(_));
             match self.decode(&input, retrieving && !self.share_vision_tower) {
                 Ok(image) => {
-                    slots.push(Ok(ready.len()));
+                    at.push(out.len());
                     ready.push(PipelineItem { image, prompt, k });
+                    out.push(None);
                 }
-                Err(e) => slots.push(Err(e)),
+                Err(e) => out.push(Some(Err(e))),
             }
         }
-        let mut prepared = Vec::new();
-        let mut retrieved = Vec::new();
-        let mut ready_slot = Vec::new();
-        for r in self.prepare(ready) {
+        let (mut prepared, mut retrieved, mut prepared_at) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, n) in self.prepare(ready).into_iter().zip(at) {
             match r {
                 Ok((p, found)) => {
-                    ready_slot.push(Ok(prepared.len()));
                     prepared.push(p);
                     retrieved.push(found);
+                    prepared_at.push(n);
                 }
-                Err(e) => ready_slot.push(Err(e)),
+                Err(e) => out[n] = Some(Err(e)),
             }
         }
-        let mut captions = self
-            .caption_prepared(&prepared, generation)?
+        let captions = self.caption_prepared(&prepared, generation)?;
+        for ((c, retrieved), n) in captions.into_iter().zip(retrieved).zip(prepared_at) {
+            out[n] = Some(Ok(PipelineCaption {
+                caption: c.caption,
+                generated_ids: c.generated_ids,
+                prompt_ids: c.prompt_ids,
+                retrieved_captions: c.retrieved_captions,
+                retrieved,
+            }));
+        }
+        Ok(out
             .into_iter()
-            .zip(retrieved)
-            .map(|(c, retrieved)| {
-                Some(PipelineCaption {
-                    caption: c.caption,
-                    generated_ids: c.generated_ids,
-                    prompt_ids: c.prompt_ids,
-                    retrieved_captions: c.retrieved_captions,
-                    retrieved,
-                })
-            })
-            .collect::<Vec<_>>();
-        let mut ready_slot = ready_slot.into_iter().map(Some).collect::<Vec<_>>();
-        Ok(slots
-            .into_iter()
-            .map(|slot| {
-                let i = slot?;
-                let j = ready_slot[i].take().expect("each slot is read once")?;
-                Ok(captions[j].take().expect("each caption is read once"))
-            })
+            .map(|r| r.unwrap_or_else(|| Err(Error::Input("an image was not captioned".into()))))
             .collect())
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::serve_cli::spawn_serve;
-use common::{fixture, http};
+use common::{fixture, http, import_fixture_store, run_ok};
 use serde_json::Value;
 
 fn smallcap() -> Command {
@@ -21,14 +21,9 @@ fn smallcap() -> Command {
     c
 }
 
+/// The JSON lines of a command that must succeed.
 fn ok(c: &mut Command) -> Vec<Value> {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
+    String::from_utf8(run_ok(c).stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -60,19 +55,6 @@ fn image_cases() -> Vec<(PathBuf, Vec<Value>)> {
             )
         })
         .collect()
-}
-
-/// `datastore import` of the fixture's FAISS index into our folder format at `out`.
-fn import_fixture_store(out: &Path) {
-    ok(smallcap()
-        .args(["datastore", "import", "--index"])
-        .arg(fixture("retrieval/datastore_index"))
-        .arg("--captions")
-        .arg(fixture("retrieval/datastore_captions.json"))
-        .arg("--encoder")
-        .arg(encoder())
-        .arg("--out")
-        .arg(out));
 }
 
 /// The fixture's FAISS index and captions, laid out as the hub lays them out.

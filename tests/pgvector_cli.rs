@@ -7,23 +7,13 @@ mod common;
 
 use std::process::Command;
 
-use common::fixture;
+use common::{fixture, import_fixture_store, run_ok};
 use serde_json::Value;
 
 fn smallcap() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_smallcap"));
     c.env_remove("HF_ENDPOINT").env("HF_HUB_OFFLINE", "1");
     c
-}
-
-fn ok(c: &mut Command) -> std::process::Output {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 #[test]
@@ -34,20 +24,14 @@ fn push_then_retrieve_and_caption_through_pgvector() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let r = fixture("retrieval");
-    ok(smallcap()
-        .args(["datastore", "import", "--index"])
-        .arg(r.join("datastore_index"))
-        .arg("--captions")
-        .arg(r.join("datastore_captions.json"))
-        .arg("--encoder")
-        .arg(r.join("clip_resnet.pt"))
-        .arg("--out")
-        .arg(&store));
+    import_fixture_store(&store);
     let url = pg.url("fixture_cli");
-    ok(smallcap()
-        .args(["datastore", "push"])
-        .arg(&store)
-        .args(["--to", &url]));
+    run_ok(
+        smallcap()
+            .args(["datastore", "push"])
+            .arg(&store)
+            .args(["--to", &url]),
+    );
     // Pushing again without --replace is refused.
     let again = smallcap()
         .args(["datastore", "push"])
@@ -66,7 +50,7 @@ fn push_then_retrieve_and_caption_through_pgvector() {
         cmd.arg("--image")
             .arg(fixture(case["image"].as_str().unwrap()));
     }
-    let out = ok(&mut cmd);
+    let out = run_ok(&mut cmd);
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -80,13 +64,15 @@ fn push_then_retrieve_and_caption_through_pgvector() {
 
     // Live retrieval while captioning: the prompt holds the server's top-4 captions.
     let case = &image_cases[0];
-    let out = ok(smallcap()
-        .args(["caption", "--model"])
-        .arg(fixture("model"))
-        .arg("--tokenizer")
-        .arg(fixture("tokenizer"))
-        .args(["--datastore", &url, "--beams", "1"])
-        .arg(fixture(case["image"].as_str().unwrap())));
+    let out = run_ok(
+        smallcap()
+            .args(["caption", "--model"])
+            .arg(fixture("model"))
+            .arg("--tokenizer")
+            .arg(fixture("tokenizer"))
+            .args(["--datastore", &url, "--beams", "1"])
+            .arg(fixture(case["image"].as_str().unwrap())),
+    );
     let line: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
     let want: Vec<Value> = case["top_captions"].as_array().unwrap()[..4].to_vec();
     assert_eq!(line["retrieved_captions"], Value::Array(want));

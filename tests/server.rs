@@ -1037,22 +1037,7 @@ fn serve_command_retrieves_live_with_the_real_retrieval_encoder() {
     // the stores of the test double record a stand-in, which the server refuses for this
     // encoder): image queries get the reference's FAISS top 8.
     let imported = s.dir().join("imported");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
-        .args(["datastore", "import", "--index"])
-        .arg(fixture("retrieval/datastore_index"))
-        .arg("--captions")
-        .arg(fixture("retrieval/datastore_captions.json"))
-        .arg("--encoder")
-        .arg(fixture("retrieval/clip_resnet.pt"))
-        .arg("--out")
-        .arg(&imported)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import_fixture_store(&imported);
     let args: Vec<std::ffi::OsString> = vec![
         "--model".into(),
         fixture("model").into(),

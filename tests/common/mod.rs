@@ -113,3 +113,30 @@ pub fn local_postgres_or_skip(test: &str) -> Option<smallcap_datastore::pg_local
     eprintln!("SKIPPED: {msg}");
     None
 }
+
+/// Runs a command that must succeed (its stderr in the failure message); returns its output.
+pub fn run_ok(c: &mut std::process::Command) -> std::process::Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `smallcap datastore import` of the fixture's FAISS index (the reference's) into our folder
+/// format at `out`, recording the fixture's OpenAI CLIP as its encoder.
+pub fn import_fixture_store(out: &std::path::Path) {
+    run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
+            .args(["datastore", "import", "--index"])
+            .arg(fixture("retrieval/datastore_index"))
+            .arg("--captions")
+            .arg(fixture("retrieval/datastore_captions.json"))
+            .arg("--encoder")
+            .arg(fixture("retrieval/clip_resnet.pt"))
+            .arg("--out")
+            .arg(out),
+    );
+}
