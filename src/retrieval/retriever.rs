@@ -211,11 +211,6 @@ impl Retriever {
         }
     }
 
-    /// Gives the default store back.
-    pub fn into_store(mut self) -> CaptionStore {
-        self.stores.swap_remove(0).1
-    }
-
     /// Neighbours of L2-normalised query rows in the store `datastore` (the default for `None`).
     /// With `exclude` (and one image id per query), captions of the query image itself are
     /// skipped and the next ones taken.

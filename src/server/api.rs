@@ -470,18 +470,14 @@ async fn decode_images(
                     }));
                 }
                 let src = smallcap_image::decode(&bytes, &name).map_err(|e| ApiError::image(&e))?;
-                let pixel_values = if for_captioning {
-                    Some(
-                        models
-                            .captioner()
-                            .pixel_values(&src.to_rgb())
-                            .map_err(|e| ApiError::from_library(&e))?,
-                    )
-                } else {
-                    None
-                };
-                let query = for_retrieval.then(|| Arc::new(src));
-                Ok((pixel_values, query))
+                let src = Arc::new(src);
+                if !for_captioning {
+                    return Ok((None, for_retrieval.then_some(src)));
+                }
+                let d = models
+                    .decoded(src, for_retrieval)
+                    .map_err(|e| ApiError::from_library(&e))?;
+                Ok((Some(d.pixel_values), d.source))
             })
             .collect()
     })
