@@ -1,14 +1,20 @@
 //! The captioning API: load a checkpoint and tokenizer once, then caption many images, several
 //! sharing each forward pass. `Captioner` is `Send + Sync`, so a server can share one.
 //!
-//! ```no_run
+//! ```
 //! use smallcap::captioner::{Captioner, Retrieval};
 //! # fn main() -> smallcap::Result<()> {
-//! let captioner = Captioner::from_specs("Yova/SmallCap7M", None, &candle_core::Device::Cpu)?;
-//! let pixels = captioner.load_image(std::path::Path::new("dog.jpg"))?;
+//! let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smallcap-tiny");
+//! let captioner = Captioner::from_specs(
+//!     &format!("{fixture}/model"),
+//!     Some(&format!("{fixture}/tokenizer")),
+//!     &candle_core::Device::Cpu,
+//! )?;
+//! let pixels = captioner.load_image(format!("{fixture}/images/chelsea.png").as_ref())?;
 //! let captions = vec!["a dog on a beach".to_string(); 4];
 //! let item = captioner.prepare(pixels, Retrieval::Captions(captions), 4)?;
 //! let out = captioner.caption(&[item], &captioner.default_generation())?;
+//! assert!(!out[0].generated_ids.is_empty());
 //! println!("{}", out[0].caption);
 //! # Ok(()) }
 //! ```

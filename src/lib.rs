@@ -9,13 +9,15 @@
 //! - [`retrieval`]: datastore specs, caption stores, CLIP retrieval encoders, the [`Retriever`];
 //! - [`config`] and [`checkpoint`]: a checkpoint folder's `config.json` and tensors;
 //! - [`models`]: the networks (CLIP vision encoder, GPT-2 with SmallCap's cross-attention, the
-//!   OpenAI CLIP retrieval encoders), over the CPU [`kernels`];
+//!   OpenAI CLIP retrieval encoders), over the crate's CPU kernels (`src/kernels/`; their weight
+//!   formats are [`WeightType`]);
 //! - [`prompt`] and [`tokenizer`]: the retrieval prompt and GPT-2 BPE;
 //! - [`generation`]: beam search and greedy decoding as transformers 4.21.1;
 //! - [`captioner`]: the model and tokenizer (load once, caption many prepared images);
 //! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub; [`device`]: where
 //!   the networks run;
-//! - [`train`]: features, the training loop, checkpoints ([`pytorch_writer`]) and [`rng`];
+//! - [`train`]: features, the training loop, `pytorch_model.bin` checkpoints, with the seeded
+//!   [`Rng`];
 //! - [`server`]: the HTTP API and web page of `smallcap serve`, with dynamic batching.
 
 #![deny(missing_docs)]
@@ -27,14 +29,14 @@ pub mod device;
 pub mod error;
 pub mod generation;
 pub mod hub;
-pub mod kernels;
+pub(crate) mod kernels;
 pub mod models;
 pub mod pipeline;
 pub mod prompt;
-pub mod pytorch_writer;
+pub(crate) mod pytorch_writer;
 pub mod retrieval;
 pub mod retrieved;
-pub mod rng;
+pub(crate) mod rng;
 pub mod server;
 pub mod tokenizer;
 pub mod train;
@@ -42,7 +44,9 @@ pub mod train;
 pub use config::SmallCapConfig;
 pub use error::{Error, Result};
 pub use generation::GenerationConfig;
+pub use kernels::packed_linear::WeightType;
 pub use models::SmallCap;
 pub use pipeline::{ImageInput, Pipeline, PipelineCaption, PipelineOptions, PromptSource};
 pub use retrieval::{DatastoreSpec, Retrieved, Retriever};
+pub use rng::Rng;
 pub use tokenizer::Gpt2Tokenizer;

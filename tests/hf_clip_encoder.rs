@@ -1,8 +1,10 @@
 //! The Hugging Face `CLIPModel` retrieval encoder, and the option that reuses the captioning
 //! encoder's vision tower. A tiny `CLIPModel` folder is assembled from the fixture SmallCap
 //! checkpoint's CLIP vision tower (whose `last_hidden_state` the model tests check against the
-//! reference) plus a random text tower and projections; then retrieval queries computed from
-//! the captioner's encoder states must equal those of the full encoder path, and texts encode.
+//! reference) plus the reference OpenAI CLIP fixture's text tower in HF's names and a random
+//! `visual_projection`; the text tower must give the reference's caption embeddings, and
+//! retrieval queries computed from the captioner's encoder states must equal those of the full
+//! encoder path.
 
 mod common;
 
@@ -14,6 +16,9 @@ use smallcap::checkpoint::read_state_dict;
 use smallcap::retrieval::RetrievalEncoder;
 use smallcap::SmallCap;
 
+/// A tiny `CLIPModel` folder: the vision tower is the fixture SmallCap checkpoint's, the text
+/// tower is the reference OpenAI CLIP fixture's (`retrieval/clip_resnet.pt`: width 32, 2 heads,
+/// 2 layers, embed 32), written here in HF's names, and `visual_projection` is random.
 fn tiny_clip_model(dir: &std::path::Path) {
     let dev = Device::Cpu;
     let sd = read_state_dict(&fixture("model/pytorch_model.bin"), &dev).unwrap();
@@ -24,39 +29,71 @@ fn tiny_clip_model(dir: &std::path::Path) {
                 .map(|r| (format!("vision_model.{r}"), v))
         })
         .collect();
-    let (hv, ht, e, v) = (64usize, 32usize, 16usize, 49408usize);
-    let mut r = |name: &str, shape: &[usize]| {
-        out.insert(
-            name.into(),
-            (Tensor::randn(0f32, 1f32, shape, &dev).unwrap() * 0.05).unwrap(),
-        );
-    };
-    r("visual_projection.weight", &[e, hv]);
-    r("text_projection.weight", &[e, ht]);
-    r("text_model.embeddings.token_embedding.weight", &[v, ht]);
-    r("text_model.embeddings.position_embedding.weight", &[77, ht]);
-    for i in 0..2 {
-        let p = format!("text_model.encoder.layers.{i}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            r(&format!("{p}.self_attn.{proj}.weight"), &[ht, ht]);
-            r(&format!("{p}.self_attn.{proj}.bias"), &[ht]);
-        }
-        for ln in ["layer_norm1", "layer_norm2"] {
-            r(&format!("{p}.{ln}.weight"), &[ht]);
-            r(&format!("{p}.{ln}.bias"), &[ht]);
-        }
-        r(&format!("{p}.mlp.fc1.weight"), &[4 * ht, ht]);
-        r(&format!("{p}.mlp.fc1.bias"), &[4 * ht]);
-        r(&format!("{p}.mlp.fc2.weight"), &[ht, 4 * ht]);
-        r(&format!("{p}.mlp.fc2.bias"), &[ht]);
+    let (hv, ht, e) = (64usize, 32usize, 32usize);
+    out.insert(
+        "visual_projection.weight".into(),
+        (Tensor::randn(0f32, 1f32, (e, hv), &dev).unwrap() * 0.05).unwrap(),
+    );
+    let clip = read_state_dict(&fixture("retrieval/clip_resnet.pt"), &dev).unwrap();
+    // (HF name, OpenAI name) of the tensors that are only renamed.
+    let mut renames: Vec<(String, String)> = vec![
+        (
+            "text_model.embeddings.token_embedding.weight".into(),
+            "token_embedding.weight".into(),
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight".into(),
+            "positional_embedding".into(),
+        ),
+    ];
+    for p in ["weight", "bias"] {
+        renames.push((
+            format!("text_model.final_layer_norm.{p}"),
+            format!("ln_final.{p}"),
+        ));
     }
-    r("text_model.final_layer_norm.weight", &[ht]);
-    r("text_model.final_layer_norm.bias", &[ht]);
+    for i in 0..2 {
+        let (hf, oa) = (
+            format!("text_model.encoder.layers.{i}"),
+            format!("transformer.resblocks.{i}"),
+        );
+        for (h, o) in [
+            ("layer_norm1", "ln_1"),
+            ("layer_norm2", "ln_2"),
+            ("self_attn.out_proj", "attn.out_proj"),
+            ("mlp.fc1", "mlp.c_fc"),
+            ("mlp.fc2", "mlp.c_proj"),
+        ] {
+            for p in ["weight", "bias"] {
+                renames.push((format!("{hf}.{h}.{p}"), format!("{oa}.{o}.{p}")));
+            }
+        }
+        // nn.MultiheadAttention's in_proj holds q, k and v one after another.
+        for (j, x) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+            let w = &clip[&format!("{oa}.attn.in_proj_weight")];
+            let b = &clip[&format!("{oa}.attn.in_proj_bias")];
+            out.insert(
+                format!("{hf}.self_attn.{x}.weight"),
+                w.narrow(0, j * ht, ht).unwrap().contiguous().unwrap(),
+            );
+            out.insert(
+                format!("{hf}.self_attn.{x}.bias"),
+                b.narrow(0, j * ht, ht).unwrap().contiguous().unwrap(),
+            );
+        }
+    }
+    for (hf, openai) in renames {
+        out.insert(hf, clip[&openai].clone());
+    }
+    out.insert(
+        "text_projection.weight".into(),
+        clip["text_projection"].t().unwrap().contiguous().unwrap(),
+    );
     candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
     let cfg = serde_json::json!({
         "architectures": ["CLIPModel"], "projection_dim": e,
         "text_config": {"hidden_size": ht, "intermediate_size": 4 * ht, "num_hidden_layers": 2,
-                        "num_attention_heads": 2, "vocab_size": v, "max_position_embeddings": 77,
+                        "num_attention_heads": 2, "vocab_size": 49408, "max_position_embeddings": 77,
                         "hidden_act": "quick_gelu"},
         "vision_config": {"hidden_size": hv, "intermediate_size": 128, "num_hidden_layers": 2,
                           "num_attention_heads": 4, "image_size": 224, "patch_size": 32,
@@ -65,13 +102,47 @@ fn tiny_clip_model(dir: &std::path::Path) {
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
 }
 
+/// HF's `CLIPTextModel` + `text_projection` computes OpenAI's `encode_text`: the renamed text
+/// tower gives the reference's caption embeddings (`retrieval/expected_tensors.safetensors`).
+#[test]
+fn the_hf_text_tower_gives_the_reference_caption_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_clip_model(tmp.path());
+    let enc = RetrievalEncoder::load(tmp.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    let caps: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(fixture("retrieval/datastore_captions.json")).unwrap(),
+    )
+    .unwrap();
+    let refs: Vec<&str> = caps.iter().map(String::as_str).collect();
+    let got = enc.encode_texts(&refs).unwrap();
+    let want = candle_core::safetensors::load(
+        fixture("retrieval/expected_tensors.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()["caption_embeddings"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.chunks(32).zip(want.chunks(32)).enumerate() {
+        let d: f32 = g.iter().zip(w).map(|(a, b)| (a - b).powi(2)).sum();
+        let n: f32 = w.iter().map(|b| b * b).sum();
+        assert!(
+            (d / n).sqrt() < 1e-4,
+            "caption {i}: relative error {}",
+            (d / n).sqrt()
+        );
+    }
+}
+
 #[test]
 fn reusing_the_captioning_vision_tower_gives_the_encoder_queries() {
     let tmp = tempfile::tempdir().unwrap();
     tiny_clip_model(tmp.path());
     let dev = Device::Cpu;
     let enc = RetrievalEncoder::load(tmp.path().to_str().unwrap(), &dev).unwrap();
-    assert_eq!(enc.dim(), 16);
+    assert_eq!(enc.dim(), 32);
     assert!(enc.identity().starts_with("hf-clip:"), "{}", enc.identity());
     let captioner = SmallCap::load_dir(&fixture("model"), &dev).unwrap();
     let names = [
@@ -90,20 +161,17 @@ fn reusing_the_captioning_vision_tower_gives_the_encoder_queries() {
         .collect();
     let states = captioner.encode(&Tensor::stack(&px, 0).unwrap()).unwrap();
     let shared = enc.encode_from_vision_states(&states).unwrap();
-    assert_eq!(full.len(), 3 * 16);
+    assert_eq!(full.len(), 3 * 32);
     let err = full
         .iter()
         .zip(&shared)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(err < 1e-5, "max abs difference {err}");
-    for row in full.chunks(16) {
+    for row in full.chunks(32) {
         let n: f32 = row.iter().map(|x| x * x).sum();
         assert!((n - 1.0).abs() < 1e-5);
     }
-    let t = enc.encode_texts(&["a dog", "a cat on a mat"]).unwrap();
-    assert_eq!(t.len(), 32);
-    assert_ne!(t[..16], t[16..]);
     // An OpenAI CLIP does not share the captioning tower.
     let openai =
         RetrievalEncoder::load(fixture("retrieval/clip_resnet.pt").to_str().unwrap(), &dev)

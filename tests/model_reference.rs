@@ -6,7 +6,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use smallcap::generation::{generate, Request};
-use smallcap::kernels::packed_linear::WeightType;
+use smallcap::WeightType;
 use smallcap::{prompt, Gpt2Tokenizer, SmallCap};
 
 fn model() -> SmallCap {

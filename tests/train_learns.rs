@@ -115,7 +115,7 @@ fn data(dir: &Path, clip: &Path) -> Data {
         &cfg,
     )
     .unwrap();
-    let mut rng = smallcap::rng::Rng::new(11);
+    let mut rng = smallcap::Rng::new(11);
     let mut images = Vec::new();
     let mut by_class: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut writer = FeatureWriter::new(&dir.join("features"), false).unwrap();

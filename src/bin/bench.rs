@@ -22,7 +22,7 @@ use candle_core::Device;
 use clap::Parser;
 
 use smallcap::captioner::{Captioner, Prepared, Retrieval};
-use smallcap::kernels::packed_linear::WeightType;
+use smallcap::WeightType;
 use smallcap::{Gpt2Tokenizer, SmallCap};
 
 #[derive(Parser)]

@@ -316,10 +316,12 @@ fn time_shared_vision(args: &Args, store: &Datastore) -> anyhow::Result<()> {
         1e-5,
     );
     let proj = (Tensor::randn(0f32, 1f32, (512, 768), &dev)? * 0.03)?;
+    let head = smallcap::models::clip_vision::ProjectionHead::new(ln, &proj)?;
     let (mut enc, mut search) = (vec![], vec![]);
     for _ in 0..args.runs {
         let t1 = Instant::now();
-        let q = smallcap::retrieval::encoder::project_class_token(&states, &ln, &proj)?;
+        let mut q = head.forward(&states)?.flatten_all()?.to_vec1::<f32>()?;
+        smallcap_datastore::store::normalize_l2(&mut q, 512);
         let t2 = Instant::now();
         let hits = store.search(&q, 512, 4)?;
         let t3 = Instant::now();

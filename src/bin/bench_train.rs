@@ -23,9 +23,9 @@ use clap::Parser;
 use random_checkpoint::{full_size_config, write_random_checkpoint};
 use smallcap::checkpoint::StateDict;
 use smallcap::models::Dropout;
-use smallcap::rng::Rng;
 use smallcap::train::dataset::{max_length, prep_strings};
 use smallcap::train::{clip_grad_norm, AdamW, AdamWConfig, Batch, TrainModel, Trainable};
+use smallcap::Rng;
 use smallcap::{Gpt2Tokenizer, SmallCapConfig};
 
 #[derive(Parser)]

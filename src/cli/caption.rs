@@ -8,11 +8,11 @@ use anyhow::bail;
 use clap::Args;
 
 use smallcap::captioner::Captioner;
-use smallcap::kernels::packed_linear::WeightType;
 use smallcap::pipeline::{ImageInput, Pipeline, PipelineCaption, PromptSource};
 use smallcap::retrieval::{NamedSpec, Retriever};
 use smallcap::retrieved::{image_id, RetrievedCaptions};
 use smallcap::GenerationConfig;
+use smallcap::WeightType;
 
 #[derive(Args)]
 pub struct CaptionArgs {

@@ -7,10 +7,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use smallcap::captioner::Captioner;
-use smallcap::kernels::packed_linear::WeightType;
 use smallcap::pipeline::Pipeline;
 use smallcap::retrieval::{NamedSpec, Retriever};
 use smallcap::server::{Server, ServerConfig};
+use smallcap::WeightType;
 
 #[derive(Args)]
 pub struct ServeArgs {

@@ -1,8 +1,7 @@
 //! OpenAI CLIP as `clip.load` builds it from a checkpoint: every size inferred from the state
 //! dict exactly as OpenAI's `build_model` does (ResNet or ViT image tower by the presence of
-//! `visual.proj`), the image tower ([`ModifiedResNet`] or the OpenAI `VisionTransformer`), and the
-//! text tower (token + positional embedding, causal [`ClipTransformer`], `ln_final`, pooling at
-//! the arg-max token id, `text_projection`).
+//! `visual.proj`), the image tower ([`ModifiedResNet`], or a `VisionTransformer` run as
+//! [`ClipVision`]), and the text tower ([`ClipText`]).
 //!
 //! `build_model` sets the text heads to `transformer_width // 64`; a model built with other
 //! head counts (as the test fixture is) needs them from a `clip_dims.json` next to the weights,
@@ -11,13 +10,16 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::LayerNorm;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::clip_layout::openai_vit_as_hf;
 use super::clip_resnet::{ModifiedResNet, ResNetDims};
-use super::clip_transformer::{layer_norm, ClipTransformer};
+use super::clip_text::{ClipText, TextDims};
+use super::clip_vision::{ClipVision, ProjectionHead};
 pub use super::clip_weights::Weights;
+use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 
 /// Name of the optional constructor-arguments file next to an OpenAI CLIP weight file.
@@ -171,6 +173,55 @@ impl ClipDims {
         }
     }
 
+    /// The text tower's sizes.
+    pub fn text_dims(&self) -> TextDims {
+        TextDims {
+            vocab_size: self.vocab_size,
+            context_length: self.context_length,
+            width: self.transformer_width,
+            layers: self.transformer_layers,
+            heads: self.transformer_heads,
+            embed_dim: self.embed_dim,
+        }
+    }
+
+    /// A ViT image tower's sizes as a `CLIPVisionConfig` (the MLP width read from the weights;
+    /// `build_model` makes it 4 × width), or an error for a ResNet or a width that does not
+    /// split into `width / 64` heads.
+    fn vit_config(&self, w: &Weights) -> Result<VisionConfig> {
+        let bad = |msg: String| Error::checkpoint(w.path(), msg);
+        let (VisionLayers::Vit(layers), Some(patch)) =
+            (&self.vision_layers, self.vision_patch_size)
+        else {
+            return Err(bad("not a ViT image tower".into()));
+        };
+        let (width, heads) = (self.vision_width, self.vision_heads());
+        if heads == 0
+            || !width.is_multiple_of(heads)
+            || patch == 0
+            || !self.image_resolution.is_multiple_of(patch)
+        {
+            return Err(bad(format!(
+                "a ViT of width {width} (so {heads} heads), patch {patch} and resolution {} cannot be built",
+                self.image_resolution
+            )));
+        }
+        let intermediate_size = match w.shape("visual.transformer.resblocks.0.mlp.c_fc.weight") {
+            Some(s) => s[0],
+            None => 4 * width,
+        };
+        Ok(VisionConfig {
+            hidden_size: width,
+            intermediate_size,
+            num_hidden_layers: *layers,
+            num_attention_heads: heads,
+            num_channels: 3,
+            image_size: self.image_resolution,
+            patch_size: patch,
+            layer_norm_eps: 1e-5,
+        })
+    }
+
     /// The OpenAI model name these sizes belong to (`RN50x64`, `ViT-B/32`, …), or a description.
     pub fn name(&self) -> String {
         let known: &[(&str, VisionLayers, usize, usize, usize)] = &[
@@ -223,142 +274,14 @@ impl ClipDims {
     }
 }
 
-/// OpenAI's `VisionTransformer` image tower.
-#[derive(Debug, Clone)]
-pub struct OpenAiVit {
-    conv1: Tensor,
-    patch: usize,
-    class_embedding: Tensor,
-    positional_embedding: Tensor,
-    ln_pre: LayerNorm,
-    transformer: ClipTransformer,
-    ln_post: LayerNorm,
-    proj: Tensor,
-}
-
-impl OpenAiVit {
-    fn load(w: &Weights, d: &ClipDims, layers: usize) -> Result<Self> {
-        let width = d.vision_width;
-        let patch = d.vision_patch_size.unwrap_or(0);
-        let grid = d.image_resolution / patch.max(1);
-        Ok(Self {
-            conv1: w.get("visual.conv1.weight", &[width, 3, patch, patch])?,
-            patch,
-            class_embedding: w.get("visual.class_embedding", &[width])?,
-            positional_embedding: w
-                .get("visual.positional_embedding", &[grid * grid + 1, width])?,
-            ln_pre: layer_norm(w, "visual.ln_pre", width)?,
-            transformer: ClipTransformer::load(
-                w,
-                "visual.transformer",
-                width,
-                layers,
-                d.vision_heads(),
-            )?,
-            ln_post: layer_norm(w, "visual.ln_post", width)?,
-            proj: w.get("visual.proj", &[width, d.embed_dim])?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let b = x.dim(0)?;
-        let x = x.conv2d(&self.conv1, 0, self.patch, 1, 1)?;
-        let x = x.flatten_from(2)?.transpose(1, 2)?;
-        let width = x.dim(2)?;
-        let cls = self
-            .class_embedding
-            .reshape((1, 1, width))?
-            .broadcast_as((b, 1, width))?;
-        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.positional_embedding)?;
-        let x = self.ln_pre.forward(&x)?;
-        let x = self.transformer.forward(&x, None)?;
-        let x = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
-        x.matmul(&self.proj)
-    }
-}
-
 /// The image tower of an OpenAI CLIP.
 #[derive(Debug, Clone)]
 pub enum ClipVisual {
     /// OpenAI's ModifiedResNet.
     ResNet(ModifiedResNet),
-    /// OpenAI's VisionTransformer.
-    Vit(OpenAiVit),
-}
-
-/// OpenAI's text tower.
-#[derive(Debug, Clone)]
-pub struct ClipText {
-    token_embedding: Tensor,
-    positional_embedding: Tensor,
-    transformer: ClipTransformer,
-    ln_final: LayerNorm,
-    text_projection: Tensor,
-}
-
-impl ClipText {
-    fn load(w: &Weights, d: &ClipDims) -> Result<Self> {
-        let tw = d.transformer_width;
-        Ok(Self {
-            token_embedding: w.get("token_embedding.weight", &[d.vocab_size, tw])?,
-            positional_embedding: w.get("positional_embedding", &[d.context_length, tw])?,
-            transformer: ClipTransformer::load(
-                w,
-                "transformer",
-                tw,
-                d.transformer_layers,
-                d.transformer_heads,
-            )?,
-            ln_final: layer_norm(w, "ln_final", tw)?,
-            text_projection: w.get("text_projection", &[tw, d.embed_dim])?,
-        })
-    }
-
-    /// Token ids (`clip.tokenize` rows, all of one length ≤ context) → text features `[B, E]`.
-    fn forward(&self, rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
-        let b = rows.len();
-        let l = rows.first().map_or(0, Vec::len);
-        let ctx = self.positional_embedding.dim(0)?;
-        if l == 0 || l > ctx || rows.iter().any(|r| r.len() != l) {
-            return Err(Error::Input(format!(
-                "token rows must all have one length between 1 and the context {ctx}"
-            )));
-        }
-        let vocab = self.token_embedding.dim(0)?;
-        if let Some(bad) = rows.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
-        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, b * l, device)?;
-        let x = self
-            .token_embedding
-            .index_select(&ids, 0)?
-            .reshape((b, l, ()))?;
-        let x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, l)?)?;
-        let mask: Vec<f32> = (0..l)
-            .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (l, l), device)?;
-        let x = self.transformer.forward(&x, Some(&mask))?;
-        let x = self.ln_final.forward(&x)?;
-        // `text.argmax(dim=-1)`: the first position of the largest id (the EOT token).
-        let pooled = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let mut best = 0;
-                for (j, &t) in r.iter().enumerate() {
-                    if t > r[best] {
-                        best = j;
-                    }
-                }
-                x.get(i)?.get(best)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&pooled, 0)?.matmul(&self.text_projection)?)
-    }
+    /// OpenAI's VisionTransformer, run as the crate's one ViT ([`ClipVision`]) on its weights
+    /// renamed by `clip_layout`; `ln_post` and `proj` are the [`ProjectionHead`].
+    Vit(ClipVision, ProjectionHead),
 }
 
 /// An OpenAI CLIP model (`clip.model.CLIP`), fp32.
@@ -408,9 +331,18 @@ impl OpenAiClip {
                     input_resolution: dims.image_resolution,
                 },
             )?),
-            VisionLayers::Vit(layers) => ClipVisual::Vit(OpenAiVit::load(w, &dims, *layers)?),
+            VisionLayers::Vit(_) => {
+                let cfg = dims.vit_config(w)?;
+                let map = openai_vit_as_hf(w, &cfg, dims.embed_dim)?;
+                let vb = VarBuilder::from_tensors(map, DType::F32, device);
+                let not_vit = |e: candle_core::Error| Error::checkpoint(w.path(), e.to_string());
+                ClipVisual::Vit(
+                    ClipVision::load(vb.pp("vision_model"), &cfg).map_err(not_vit)?,
+                    ProjectionHead::load(vb, &cfg, dims.embed_dim).map_err(not_vit)?,
+                )
+            }
         };
-        let text = ClipText::load(w, &dims)?;
+        let text = ClipText::load(w, &dims.text_dims())?;
         Ok(Self {
             dims,
             visual,
@@ -435,12 +367,54 @@ impl OpenAiClip {
         }
         Ok(match &self.visual {
             ClipVisual::ResNet(m) => m.forward(pixel_values)?,
-            ClipVisual::Vit(m) => m.forward(pixel_values)?,
+            ClipVisual::Vit(tower, head) => head.forward(&tower.forward(pixel_values)?)?,
         })
     }
 
     /// `encode_text` of `clip.tokenize` rows → `[B, embed_dim]` (not normalised).
     pub fn encode_text(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
         self.text.forward(rows, &self.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `CLIP.__init__` for ViT-B/32: `vision_heads = vision_width // 64`, MLP 4 × width, 7 × 7
+    /// patches of 32 px plus the class token.
+    #[test]
+    fn a_vit_b32_is_sized_as_build_model_sizes_it() {
+        let dims = ClipDims {
+            embed_dim: 512,
+            image_resolution: 224,
+            vision_layers: VisionLayers::Vit(12),
+            vision_width: 768,
+            vision_patch_size: Some(32),
+            context_length: 77,
+            vocab_size: 49408,
+            transformer_width: 512,
+            transformer_heads: 8,
+            transformer_layers: 12,
+        };
+        let w = Weights::new(Path::new("<none>"), Default::default());
+        let cfg = dims.vit_config(&w).unwrap();
+        assert_eq!(
+            (
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.num_hidden_layers
+            ),
+            (768, 3072, 12)
+        );
+        assert_eq!((cfg.num_attention_heads, cfg.num_positions()), (12, 50));
+        assert_eq!(dims.name(), "ViT-B/32");
+        let resnet = ClipDims {
+            vision_layers: VisionLayers::ResNet([3, 4, 6, 3]),
+            vision_patch_size: None,
+            ..dims
+        };
+        let e = resnet.vit_config(&w).unwrap_err().to_string();
+        assert!(e.contains("not a ViT"), "{e}");
     }
 }

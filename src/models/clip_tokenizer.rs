@@ -1,5 +1,5 @@
 //! OpenAI CLIP's byte-level BPE tokenizer, reproducing `clip.tokenize(texts, context_length=77,
-//! truncate)`: clean-up ([`super::clip_text_clean::clip_clean`]), CLIP's pre-tokenizer regex, BPE with
+//! truncate)`: clean-up (`clip_text_clean::clip_clean`), CLIP's pre-tokenizer regex, BPE with
 //! the 48,894 merges of `bpe_simple_vocab_16e6.txt.gz` (vendored from openai/CLIP, MIT, in
 //! `assets/`), `<|startoftext|>` (49406) … `<|endoftext|>` (49407), zero padding.
 

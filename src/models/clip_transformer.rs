@@ -1,7 +1,8 @@
-//! OpenAI CLIP's `Transformer` (a stack of `ResidualAttentionBlock`s), shared by the text tower
-//! and the ViT image tower of OpenAI checkpoints: pre-LayerNorm blocks with a fused-qkv
-//! `nn.MultiheadAttention` (`attn.in_proj_weight`, `attn.out_proj`) and a QuickGELU MLP
-//! (`mlp.c_fc`, `mlp.c_proj`), LayerNorm eps 1e-5.
+//! OpenAI CLIP's `Transformer` (a stack of `ResidualAttentionBlock`s), the body of the CLIP text
+//! tower ([`super::clip_text`]): pre-LayerNorm blocks with a fused-qkv `nn.MultiheadAttention`
+//! (`attn.in_proj_weight`, `attn.out_proj`) and a QuickGELU MLP (`mlp.c_fc`, `mlp.c_proj`, its
+//! width read from `c_fc`), LayerNorm eps 1e-5. Also the [`attention`] and weight helpers the
+//! ResNet's attention pool uses. (ViT image towers run on [`super::clip_vision`].)
 
 use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
@@ -77,6 +78,7 @@ struct Block {
 
 impl Block {
     fn load(wts: &Weights, p: &str, width: usize, heads: usize) -> Result<Self> {
+        let mlp = wts.need_shape(&format!("{p}.mlp.c_fc.weight"))?[0];
         Ok(Self {
             ln_1: layer_norm(wts, &format!("{p}.ln_1"), width)?,
             in_proj: Linear::new(
@@ -85,8 +87,8 @@ impl Block {
             ),
             out_proj: linear(wts, &format!("{p}.attn.out_proj"), width, width)?,
             ln_2: layer_norm(wts, &format!("{p}.ln_2"), width)?,
-            c_fc: linear(wts, &format!("{p}.mlp.c_fc"), width, 4 * width)?,
-            c_proj: linear(wts, &format!("{p}.mlp.c_proj"), 4 * width, width)?,
+            c_fc: linear(wts, &format!("{p}.mlp.c_fc"), width, mlp)?,
+            c_proj: linear(wts, &format!("{p}.mlp.c_proj"), mlp, width)?,
             heads,
             width,
         })

@@ -1,5 +1,7 @@
-//! The CLIP ViT vision tower SmallCap encodes images with (HF `CLIPVisionTransformer`, transformers
-//! 4.21.1).
+//! The CLIP ViT vision tower (HF `CLIPVisionTransformer`, transformers 4.21.1): the one ViT of
+//! the crate, run by SmallCap's encoder and by ViT retrieval encoders (HF `CLIPModel`s, and
+//! OpenAI's ViT checkpoints renamed by `clip_layout`), with the [`ProjectionHead`] that
+//! maps its class token into CLIP's joint embedding.
 //!
 //! SmallCap uses `last_hidden_state` — the output of the last encoder layer, before
 //! `post_layernorm` and without any projection — as the decoder's `encoder_hidden_states`.
@@ -8,7 +10,7 @@
 //! patches, the class embedding in front, plus the position embeddings; then `pre_layrnorm`. Each
 //! layer: `h + self_attn(layer_norm1(h))` (queries scaled by `head_dim^-0.5`), then
 //! `h + fc2(quick_gelu(fc1(layer_norm2(h))))`. The tower is frozen, so on CPUs with AVX-512 its
-//! linear layers are packed like the decoder's ([`PackedLinear`](crate::kernels::packed_linear)): an image
+//! linear layers are packed like the decoder's (`kernels::packed_linear`): an image
 //! is only 50 rows, where a general GEMM is far from its best.
 
 use candle_core::Tensor;
@@ -100,6 +102,11 @@ impl ClipVision {
         Ok(tower)
     }
 
+    /// The tower's sizes.
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+
     /// `pixel_values` `[B, 3, size, size]` → `last_hidden_state` `[B, tokens, hidden]`.
     pub fn forward(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
@@ -145,5 +152,53 @@ impl ClipVision {
             x = (x + l.fc2.forward(&y)?)?;
         }
         x.reshape((b, t, h))
+    }
+}
+
+/// The image tower's head into CLIP's joint embedding: `visual_projection(post_layernorm(h[:, 0]))`
+/// of a `last_hidden_state` `h` (HF `get_image_features`; OpenAI's `ln_post` and `@ proj`).
+#[derive(Debug, Clone)]
+pub struct ProjectionHead {
+    post_layernorm: LayerNorm,
+    /// `[hidden, embed]` (the transpose of `visual_projection.weight`).
+    projection: Tensor,
+}
+
+impl ProjectionHead {
+    /// `vb` at a `CLIPModel`'s root: `vision_model.post_layernorm` and
+    /// `visual_projection.weight` `[embed_dim, hidden]`.
+    pub fn load(vb: VarBuilder, cfg: &VisionConfig, embed_dim: usize) -> candle_core::Result<Self> {
+        let h = cfg.hidden_size;
+        let post_layernorm = candle_nn::layer_norm(
+            h,
+            cfg.layer_norm_eps,
+            vb.pp("vision_model").pp("post_layernorm"),
+        )?;
+        let w = vb.get((embed_dim, h), "visual_projection.weight")?;
+        Self::new(post_layernorm, &w)
+    }
+
+    /// From the LayerNorm and `visual_projection.weight` `[embed, hidden]`.
+    pub fn new(post_layernorm: LayerNorm, visual_projection: &Tensor) -> candle_core::Result<Self> {
+        Ok(Self {
+            post_layernorm,
+            projection: visual_projection.t()?.contiguous()?,
+        })
+    }
+
+    /// Width of the tower's states it takes.
+    pub fn hidden_size(&self) -> usize {
+        self.projection.dims()[0]
+    }
+
+    /// Width of the joint embedding it gives.
+    pub fn embed_dim(&self) -> usize {
+        self.projection.dims()[1]
+    }
+
+    /// `last_hidden_state` `[B, T, hidden]` → image features `[B, embed]` (not normalised).
+    pub fn forward(&self, last_hidden_state: &Tensor) -> candle_core::Result<Tensor> {
+        let cls = last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
+        self.post_layernorm.forward(&cls)?.matmul(&self.projection)
     }
 }

@@ -1,15 +1,20 @@
-//! The networks, one per file: SmallCap's CLIP vision encoder ([`clip_vision`]) and GPT-2 with
-//! the reduced cross-attention ([`gpt2`]), the [`smallcap`] model that joins them, and the OpenAI
-//! CLIP retrieval encoders ([`clip_openai`] over [`clip_resnet`], [`clip_transformer`] and
-//! [`clip_weights`]), with CLIP's BPE ([`clip_tokenizer`], [`clip_text_clean`]). The CPU kernels they run on are in [`crate::kernels`].
+//! The networks, one per file: the CLIP ViT ([`clip_vision`], SmallCap's encoder and every ViT
+//! retrieval tower) and GPT-2 with the reduced cross-attention ([`gpt2`]), the [`smallcap`] model
+//! that joins them; the CLIP retrieval encoders, OpenAI's ([`clip_openai`]: `clip_resnet` or
+//! the ViT, and [`clip_text`] over `clip_transformer`) and Hugging Face's ([`clip_hf`]), whose
+//! checkpoints `clip_layout` renames into each tower's names; CLIP's BPE ([`clip_tokenizer`],
+//! with ftfy's clean-up in `clip_text_clean`). The CPU kernels they run on are in `src/kernels/`.
 
+pub mod clip_hf;
+pub(crate) mod clip_layout;
 pub mod clip_openai;
-pub mod clip_resnet;
-pub mod clip_text_clean;
+pub(crate) mod clip_resnet;
+pub mod clip_text;
+pub(crate) mod clip_text_clean;
 pub mod clip_tokenizer;
-pub mod clip_transformer;
+pub(crate) mod clip_transformer;
 pub mod clip_vision;
-pub mod clip_weights;
+pub(crate) mod clip_weights;
 pub mod gpt2;
 pub mod smallcap;
 

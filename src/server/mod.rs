@@ -8,16 +8,22 @@
 //! worker thread (`/readyz` answers 503 until they are loaded), serve, and shut down gracefully
 //! (accepted requests are finished).
 //!
-//! ```no_run
+//! ```
 //! # fn main() -> anyhow::Result<()> {
 //! use smallcap::server::{Server, ServerConfig};
 //! use smallcap::{Pipeline, PipelineOptions};
-//! let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
-//! let server = Server::start(listener, ServerConfig::default(), || {
-//!     Ok(Pipeline::load(&PipelineOptions::new("Yova/SmallCap7M"))?)
+//! let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smallcap-tiny");
+//! // Port 0 picks a free port; a deployment binds e.g. 127.0.0.1:8080.
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let server = Server::start(listener, ServerConfig::default(), move || {
+//!     Ok(Pipeline::load(&PipelineOptions {
+//!         tokenizer: Some(format!("{fixture}/tokenizer")),
+//!         ..PipelineOptions::new(format!("{fixture}/model"))
+//!     })?)
 //! })?;
-//! server.wait_ready()?;
-//! server.join()?;
+//! server.wait_ready()?; // the model is loaded: POST /caption is served at server.addr()
+//! println!("serving on http://{}", server.addr());
+//! server.shutdown()?; // or server.join() to serve until stopped
 //! # Ok(()) }
 //! ```
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use smallcap::checkpoint::{
     expected_tensors, ExpectedTensor, LM_HEAD, PYTORCH_FILE, SAFETENSORS_FILE,
 };
-use smallcap::rng::Rng;
+use smallcap::Rng;
 use smallcap::{Error, Result, SmallCapConfig};
 
 fn io(path: &Path, source: std::io::Error) -> Error {

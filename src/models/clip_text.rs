@@ -1,0 +1,100 @@
+//! The CLIP text tower (OpenAI `CLIP.encode_text`, and HF `CLIPTextModel` +
+//! `text_projection`, which compute the same): token + positional embedding, a causal
+//! [`ClipTransformer`], `ln_final`, the features at the arg-max token id (the end-of-text token
+//! of a `clip.tokenize` row), `text_projection`. Weights in OpenAI's names; a Hugging Face
+//! checkpoint is renamed into them by `clip_layout`.
+
+use candle_core::{Device, Module, Tensor};
+use candle_nn::LayerNorm;
+
+use super::clip_transformer::{layer_norm, ClipTransformer};
+use super::clip_weights::Weights;
+use crate::error::{Error, Result};
+
+/// The text tower's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextDims {
+    /// Token vocabulary size (49408).
+    pub vocab_size: usize,
+    /// Positions (77).
+    pub context_length: usize,
+    /// Width of the transformer.
+    pub width: usize,
+    /// Transformer layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Width of the joint embedding `text_projection` maps into.
+    pub embed_dim: usize,
+}
+
+/// CLIP's text tower: `clip.tokenize` rows to text features.
+#[derive(Debug, Clone)]
+pub struct ClipText {
+    token_embedding: Tensor,
+    positional_embedding: Tensor,
+    transformer: ClipTransformer,
+    ln_final: LayerNorm,
+    text_projection: Tensor,
+}
+
+impl ClipText {
+    /// Loads `token_embedding.weight`, `positional_embedding`, `transformer.resblocks.*`,
+    /// `ln_final` and `text_projection` (`[width, embed_dim]`), each shape-checked.
+    pub(crate) fn load(w: &Weights, d: &TextDims) -> Result<Self> {
+        let tw = d.width;
+        Ok(Self {
+            token_embedding: w.get("token_embedding.weight", &[d.vocab_size, tw])?,
+            positional_embedding: w.get("positional_embedding", &[d.context_length, tw])?,
+            transformer: ClipTransformer::load(w, "transformer", tw, d.layers, d.heads)?,
+            ln_final: layer_norm(w, "ln_final", tw)?,
+            text_projection: w.get("text_projection", &[tw, d.embed_dim])?,
+        })
+    }
+
+    /// Token ids (`clip.tokenize` rows, all of one length ≤ context) → text features `[B, E]`.
+    pub(crate) fn forward(&self, rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let b = rows.len();
+        let l = rows.first().map_or(0, Vec::len);
+        let ctx = self.positional_embedding.dim(0)?;
+        if l == 0 || l > ctx || rows.iter().any(|r| r.len() != l) {
+            return Err(Error::Input(format!(
+                "token rows must all have one length between 1 and the context {ctx}"
+            )));
+        }
+        let vocab = self.token_embedding.dim(0)?;
+        if let Some(bad) = rows.iter().flatten().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, b * l, device)?;
+        let x = self
+            .token_embedding
+            .index_select(&ids, 0)?
+            .reshape((b, l, ()))?;
+        let x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, l)?)?;
+        let mask: Vec<f32> = (0..l)
+            .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (l, l), device)?;
+        let x = self.transformer.forward(&x, Some(&mask))?;
+        let x = self.ln_final.forward(&x)?;
+        // `text.argmax(dim=-1)`: the first position of the largest id (the EOT token).
+        let pooled = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut best = 0;
+                for (j, &t) in r.iter().enumerate() {
+                    if t > r[best] {
+                        best = j;
+                    }
+                }
+                x.get(i)?.get(best)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&pooled, 0)?.matmul(&self.text_projection)?)
+    }
+}
