@@ -140,7 +140,7 @@ impl ClipDims {
 
     /// [`ClipDims::infer`], with the head count taken from `given` (a `clip_dims.json`), whose
     /// other values must agree with the state dict.
-    pub fn infer_with(w: &Weights, given: Option<(&Path, &ClipDims)>) -> Result<Self> {
+    pub(crate) fn infer_with(w: &Weights, given: Option<(&Path, &ClipDims)>) -> Result<Self> {
         let mut d = Self::infer(w)?;
         if let Some((path, g)) = given {
             let mut want = g.clone();
@@ -276,7 +276,7 @@ impl ClipDims {
 
 /// The image tower of an OpenAI CLIP.
 #[derive(Debug, Clone)]
-pub enum ClipVisual {
+pub(crate) enum ClipVisual {
     /// OpenAI's ModifiedResNet.
     ResNet(ModifiedResNet),
     /// OpenAI's VisionTransformer, run as the crate's one ViT ([`ClipVision`]) on its weights

@@ -69,7 +69,7 @@ impl ClipTokenizer {
     }
 
     /// Builds the tokenizer from the (decompressed) text of a CLIP merges file.
-    pub fn from_merges_text(text: &str) -> Result<Self> {
+    pub(crate) fn from_merges_text(text: &str) -> Result<Self> {
         let (byte_ch, byte_id) = byte_tables();
         let lines: Vec<&str> = text.split('\n').collect();
         if lines.len() < N_MERGES + 1 {

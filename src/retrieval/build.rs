@@ -110,12 +110,12 @@ fn captions_digest(captions: &[CaptionRecord]) -> String {
 }
 
 /// The work folder of a build of `out`.
-pub fn work_dir(out: &Path) -> PathBuf {
+pub(crate) fn work_dir(out: &Path) -> PathBuf {
     with_suffix(out, ".building")
 }
 
 /// The work folder of an add to the store at `dir`.
-pub fn add_work_dir(dir: &Path) -> PathBuf {
+pub(crate) fn add_work_dir(dir: &Path) -> PathBuf {
     with_suffix(dir, ".adding")
 }
 

@@ -91,7 +91,7 @@ impl RetrievalEncoder {
     }
 
     /// The description part of an identity string.
-    pub fn description_of_identity(identity: &str) -> &str {
+    pub(crate) fn description_of_identity(identity: &str) -> &str {
         identity
             .split_once(IDENTITY_SEP)
             .map_or(identity, |(d, _)| d)

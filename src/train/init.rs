@@ -55,7 +55,12 @@ impl Pretrained {
 }
 
 /// The new model's `config.json`, in the layout `save_pretrained` gives a SmallCap.
-pub fn smallcap_config_json(encoder: &Value, decoder: &Value, r: usize, k: Option<usize>) -> Value {
+pub(crate) fn smallcap_config_json(
+    encoder: &Value,
+    decoder: &Value,
+    r: usize,
+    k: Option<usize>,
+) -> Value {
     let mut dec = decoder.clone();
     if let Some(d) = dec.as_object_mut() {
         d.insert("model_type".into(), json!("this_gpt2"));

@@ -109,7 +109,7 @@ impl AdamW {
     }
 
     /// Restores the state written by [`AdamW::state_tensors`] after `steps` updates.
-    pub fn load_state(
+    pub(crate) fn load_state(
         &mut self,
         tensors: &HashMap<String, Tensor>,
         steps: u64,
