@@ -12,21 +12,11 @@ use smallcap::pipeline::{ImageInput, Pipeline, PipelineCaption, PromptSource};
 use smallcap::retrieval::{NamedSpec, Retriever};
 use smallcap::retrieved::{image_id, RetrievedCaptions};
 use smallcap::GenerationConfig;
-use smallcap::WeightType;
 
 #[derive(Args)]
 pub struct CaptionArgs {
-    /// A SmallCap checkpoint folder, or a hub id such as Yova/SmallCap7M.
-    #[arg(long)]
-    model: String,
-    /// GPT-2 tokenizer: a folder with vocab.json + merges.txt, or a hub id (default: the model
-    /// folder's own files, else the hub's gpt2).
-    #[arg(long)]
-    tokenizer: Option<String>,
-    /// How the decoder's weights are kept in memory: f32 (the reference's results), or f16 or
-    /// bf16 (half the memory read per decoding step; captions may differ slightly).
-    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
-    decoder_weights: WeightType,
+    #[command(flatten)]
+    captioner: super::CaptionerArgs,
     /// Images to caption.
     images: Vec<PathBuf>,
     /// Also caption every image file in this folder (sorted by name).
@@ -137,10 +127,10 @@ fn load_pipeline(args: &CaptionArgs) -> anyhow::Result<Pipeline> {
         }
     }
     let captioner = Captioner::from_specs_with_weights(
-        &args.model,
-        args.tokenizer.as_deref(),
+        &args.captioner.model,
+        args.captioner.tokenizer.as_deref(),
         &device,
-        args.decoder_weights,
+        args.captioner.decoder_weights,
     )?;
     let pipeline = Pipeline::new(captioner, retriever);
     Ok(if args.share_vision_tower {

@@ -72,6 +72,22 @@ pub fn main() -> ExitCode {
 }
 
 /// The device to run on: the first CUDA GPU in a `cuda` build when one is present, else the CPU.
+/// The captioning model of `caption` and `serve`.
+#[derive(clap::Args)]
+pub struct CaptionerArgs {
+    /// A SmallCap checkpoint folder, or a hub id such as Yova/SmallCap7M.
+    #[arg(long)]
+    pub model: String,
+    /// GPT-2 tokenizer: a folder with vocab.json + merges.txt, or a hub id (default: the model
+    /// folder's own files, else the hub's gpt2).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// How the decoder's weights are kept in memory: f32 (the reference's results), or f16 or
+    /// bf16 (half the memory read per decoding step; captions may differ slightly).
+    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+    pub decoder_weights: smallcap::WeightType,
+}
+
 pub fn device_or_cpu() -> anyhow::Result<candle_core::Device> {
     Ok(candle_core::Device::cuda_if_available(0)?)
 }

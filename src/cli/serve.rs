@@ -10,21 +10,11 @@ use smallcap::captioner::Captioner;
 use smallcap::pipeline::Pipeline;
 use smallcap::retrieval::{NamedSpec, Retriever};
 use smallcap::server::{Server, ServerConfig};
-use smallcap::WeightType;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A SmallCap checkpoint folder, or a hub id such as Yova/SmallCap7M.
-    #[arg(long)]
-    model: String,
-    /// GPT-2 tokenizer: a folder with vocab.json + merges.txt, or a hub id (default: the model
-    /// folder's own files, else the hub's gpt2).
-    #[arg(long)]
-    tokenizer: Option<String>,
-    /// How the decoder's weights are kept in memory: f32 (the reference's results), or f16 or
-    /// bf16 (half the memory read per decoding step; captions may differ slightly).
-    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
-    decoder_weights: WeightType,
+    #[command(flatten)]
+    captioner: super::CaptionerArgs,
     /// A datastore to retrieve from, `[NAME=]SPEC` (repeatable; the first is the default): a
     /// folder, a FAISS index file (its captions beside it as <index>_captions.json, or
     /// INDEX,captions=FILE) or a `postgres://…?table=NAME` URL. The name defaults to the folder's,
@@ -103,8 +93,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let listener = std::net::TcpListener::bind(&args.addr)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    let (model, tokenizer) = (args.model.clone(), args.tokenizer.clone());
-    let (weights, encoder) = (args.decoder_weights, args.retrieval_encoder.clone());
+    let (model, tokenizer) = (
+        args.captioner.model.clone(),
+        args.captioner.tokenizer.clone(),
+    );
+    let (weights, encoder) = (
+        args.captioner.decoder_weights,
+        args.retrieval_encoder.clone(),
+    );
     let server = Server::start(listener, config, move || {
         let retriever = if specs.is_empty() {
             None
@@ -121,7 +117,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     if let Err(e) = server.wait_ready() {
         let _ = server.shutdown();
-        return Err(e.context(format!("cannot load {}", args.model)));
+        return Err(e.context(format!("cannot load {}", args.captioner.model)));
     }
     eprintln!("smallcap serve: ready");
     server.join()?;
