@@ -73,6 +73,19 @@ pub fn tokenizer_dir(spec: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The file `file` of hub repository `repo` (`owner/name[@revision]`), from the cache or
+/// downloaded into it (with a progress bar on a terminal; an interrupted download is never used).
+pub fn repo_file(repo: &str, file: &str) -> Result<PathBuf> {
+    HubRepo::parse(repo)?.fetch(file)
+}
+
+/// Whether `HF_HUB_OFFLINE` asks for the caches only (no download of hub or OpenAI CLIP files).
+pub(crate) fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
 fn local_dir(spec: &str) -> Result<Option<PathBuf>> {
     let path = Path::new(spec);
     if path.is_dir() {
@@ -98,6 +111,8 @@ fn local_dir(spec: &str) -> Result<Option<PathBuf>> {
 
 struct HubRepo {
     spec: String,
+    id: String,
+    revision: String,
     repo: Repo,
 }
 
@@ -119,14 +134,10 @@ impl HubRepo {
         }
         Ok(Self {
             spec: spec.to_string(),
-            repo: Repo::with_revision(id.to_string(), RepoType::Model, revision),
+            id: id.to_string(),
+            repo: Repo::with_revision(id.to_string(), RepoType::Model, revision.clone()),
+            revision,
         })
-    }
-
-    fn offline() -> bool {
-        std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false)
     }
 
     /// The cached copy, if the cache has one.
@@ -138,10 +149,11 @@ impl HubRepo {
         if let Some(path) = self.cached(file) {
             return Ok(path);
         }
-        if Self::offline() {
+        if offline() {
             return Err(Error::Hub(format!(
-                "{}: {file} is not in the cache ({}) and HF_HUB_OFFLINE is set",
-                self.spec,
+                "{file} of hub repo {} (revision {}) is not in the cache ({}) and HF_HUB_OFFLINE is set; fetch it once with network access (HF_HUB_OFFLINE unset)",
+                self.id,
+                self.revision,
                 Cache::from_env().path().display()
             )));
         }
@@ -149,9 +161,12 @@ impl HubRepo {
             .with_progress(std::io::stderr().is_terminal())
             .build()
             .map_err(|e| Error::Hub(format!("{}: {e}", self.spec)))?;
-        api.repo(self.repo.clone())
-            .get(file)
-            .map_err(|e| Error::Hub(format!("{}: cannot download {file}: {e}", self.spec)))
+        api.repo(self.repo.clone()).get(file).map_err(|e| {
+            Error::Hub(format!(
+                "cannot download {file} from hub repo {} (revision {}): {e}",
+                self.id, self.revision
+            ))
+        })
     }
 
     /// The first of `files` that the cache or the hub has.

@@ -75,7 +75,8 @@ pub enum PromptSource {
 pub struct DecodedImage {
     /// `[3, size, size]`, as CLIPFeatureExtractor outputs.
     pub pixel_values: Tensor,
-    /// The decoded image in its Pillow mode (what the retrieval encoder preprocesses).
+    /// The decoded image converted to RGB, as the reference's pipeline converts it (what the
+    /// retrieval encoder preprocesses).
     pub source: Option<Arc<SourceImage>>,
 }
 
@@ -106,7 +107,8 @@ pub struct PipelineOptions {
     /// Datastores to retrieve from, `[NAME=]SPEC` (see [`crate::retrieval::spec`]); the first is
     /// the default.
     pub datastores: Vec<String>,
-    /// The retrieval encoder (default: the one the first datastore records).
+    /// The retrieval encoder (default: the one the first datastore records, else the checkpoint's
+    /// `retrieval_encoder`, e.g. `RN50x64`).
     pub retrieval_encoder: Option<String>,
     /// Retrieve with the captioner's own vision tower (see [`Pipeline::share_vision_tower`]).
     pub share_vision_tower: bool,
@@ -180,9 +182,15 @@ impl Pipeline {
                 .iter()
                 .map(|s| NamedSpec::parse(s))
                 .collect::<Result<Vec<_>>>()?;
-            Some(Retriever::open(
+            // The checkpoint names the encoder it was trained with; read only its config.json.
+            let default = crate::hub::model_files(&opts.model)
+                .ok()
+                .and_then(|f| crate::SmallCapConfig::from_file(&f.config).ok())
+                .and_then(|c| c.retrieval_encoder);
+            Some(Retriever::open_with_default(
                 &specs,
                 opts.retrieval_encoder.as_deref(),
+                default.as_deref(),
                 &opts.device,
             )?)
         };
@@ -248,10 +256,19 @@ impl Pipeline {
 
     /// [`Pipeline::decode`] of an image already decoded.
     pub fn decoded(&self, source: Arc<SourceImage>, for_retrieval: bool) -> Result<DecodedImage> {
-        let pixel_values = self.captioner.pixel_values(&source.to_rgb())?;
+        let rgb = source.to_rgb();
+        let pixel_values = self.captioner.pixel_values(&rgb)?;
+        // The reference's pipeline opens every image with `.convert("RGB")` before both
+        // preprocessings, so the retrieval query is the RGB image too (P and RGBA images would
+        // otherwise be resized by Pillow's rules for their own modes).
+        let query = match (for_retrieval, source.mode()) {
+            (false, _) => None,
+            (true, smallcap_image::PilMode::Rgb) => Some(source),
+            (true, _) => Some(Arc::new(SourceImage::from(rgb))),
+        };
         Ok(DecodedImage {
             pixel_values,
-            source: for_retrieval.then_some(source),
+            source: query,
         })
     }
 

@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
-use smallcap::captioner::Captioner;
-use smallcap::pipeline::{ImageInput, Pipeline, PipelineCaption, PromptSource};
-use smallcap::retrieval::{NamedSpec, Retriever};
+use smallcap::pipeline::{ImageInput, Pipeline, PipelineCaption, PipelineOptions, PromptSource};
 use smallcap::retrieved::{image_id, RetrievedCaptions};
 use smallcap::GenerationConfig;
 
@@ -108,16 +106,16 @@ fn images_and_checks(args: &CaptionArgs) -> anyhow::Result<Vec<PathBuf>> {
 
 /// The datastore (checked to hold k captions), then the captioner.
 fn load_pipeline(args: &CaptionArgs) -> anyhow::Result<Pipeline> {
-    let device = super::device(&args.device)?;
-    let retriever = match &args.datastore {
-        Some(spec) => Some(Retriever::open(
-            &[NamedSpec::parse(spec)?],
-            args.retrieval_encoder.as_deref(),
-            &device,
-        )?),
-        None => None,
-    };
-    if let Some(r) = &retriever {
+    let pipeline = Pipeline::load(&PipelineOptions {
+        tokenizer: args.captioner.tokenizer.clone(),
+        decoder_weights: args.captioner.decoder_weights,
+        datastores: args.datastore.iter().cloned().collect(),
+        retrieval_encoder: args.retrieval_encoder.clone(),
+        share_vision_tower: args.share_vision_tower,
+        device: super::device(&args.device)?,
+        ..PipelineOptions::new(args.captioner.model.clone())
+    })?;
+    if let Some(r) = pipeline.retriever() {
         let len = r.store(None)?.len();
         if args.k > len {
             bail!(
@@ -126,18 +124,7 @@ fn load_pipeline(args: &CaptionArgs) -> anyhow::Result<Pipeline> {
             );
         }
     }
-    let captioner = Captioner::from_specs_with_weights(
-        &args.captioner.model,
-        args.captioner.tokenizer.as_deref(),
-        &device,
-        args.captioner.decoder_weights,
-    )?;
-    let pipeline = Pipeline::new(captioner, retriever);
-    Ok(if args.share_vision_tower {
-        pipeline.share_vision_tower()?
-    } else {
-        pipeline
-    })
+    Ok(pipeline)
 }
 
 pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {

@@ -6,9 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use smallcap::captioner::Captioner;
-use smallcap::pipeline::Pipeline;
-use smallcap::retrieval::{NamedSpec, Retriever};
+use smallcap::pipeline::{Pipeline, PipelineOptions};
+use smallcap::retrieval::NamedSpec;
 use smallcap::server::{Server, ServerConfig};
 
 #[derive(Args)]
@@ -93,24 +92,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let listener = std::net::TcpListener::bind(&args.addr)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    let (model, tokenizer) = (
-        args.captioner.model.clone(),
-        args.captioner.tokenizer.clone(),
-    );
-    let (weights, encoder) = (
-        args.captioner.decoder_weights,
-        args.retrieval_encoder.clone(),
-    );
-    let server = Server::start(listener, config, move || {
-        let retriever = if specs.is_empty() {
-            None
-        } else {
-            Some(Retriever::open(&specs, encoder.as_deref(), &device)?)
-        };
-        let captioner =
-            Captioner::from_specs_with_weights(&model, tokenizer.as_deref(), &device, weights)?;
-        Ok(Pipeline::new(captioner, retriever))
-    })?;
+    let options = PipelineOptions {
+        tokenizer: args.captioner.tokenizer.clone(),
+        decoder_weights: args.captioner.decoder_weights,
+        datastores: args.datastores.clone(),
+        retrieval_encoder: args.retrieval_encoder.clone(),
+        device,
+        ..PipelineOptions::new(args.captioner.model.clone())
+    };
+    let server = Server::start(listener, config, move || Ok(Pipeline::load(&options)?))?;
     eprintln!(
         "smallcap serve: listening on http://{} (loading the model)",
         server.addr()

@@ -15,6 +15,7 @@ use crate::hub;
 use crate::models::clip_hf::HfClip;
 use crate::models::clip_openai::OpenAiClip;
 use crate::models::clip_tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
+use crate::retrieval::openai_models;
 
 /// Separates the model description from the spec it was loaded from in [`RetrievalEncoder::identity`].
 const IDENTITY_SEP: &str = " @ ";
@@ -33,11 +34,24 @@ enum Model {
 }
 
 impl RetrievalEncoder {
-    /// Loads an encoder: a file is an OpenAI CLIP checkpoint (`RN50x64.pt`, a state-dict
-    /// pickle or safetensors, with an optional `clip_dims.json` beside it); a folder or a hub
-    /// id is a Hugging Face `CLIPModel` (`config.json` + weights).
+    /// Loads an encoder: one of OpenAI's model names (`RN50x64`, `ViT-B/32`, …) is fetched into
+    /// the CLIP cache ([`openai_models`]); a file is an OpenAI CLIP checkpoint (`RN50x64.pt`, a
+    /// state-dict pickle or safetensors, with an optional `clip_dims.json` beside it); a folder
+    /// or a hub id is a Hugging Face `CLIPModel` (`config.json` + weights).
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
         let path = Path::new(spec);
+        // OpenAI's names (RN50x64, ViT-B/32, …), fetched as clip.load does; recorded by name.
+        let looks_like_a_name = spec.starts_with("RN") || spec.starts_with("ViT-");
+        if !path.exists() && (openai_models::is_model_name(spec) || looks_like_a_name) {
+            let file = openai_models::model_file(spec)?;
+            let model = OpenAiClip::load(&file, device)?;
+            return Ok(Self {
+                description: format!("openai-clip:{}", model.dims().name()),
+                model: Model::OpenAi(model),
+                spec: spec.to_string(),
+                device: device.clone(),
+            });
+        }
         if path.is_file() {
             let model = OpenAiClip::load(path, device)?;
             let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;

@@ -4,7 +4,8 @@
 //!
 //! - [`CaptionStore`]: the one datastore abstraction (our folder, a FAISS flat/IVF file with its
 //!   captions, a pgvector table), opened from a [`DatastoreSpec`] string ([`spec`]);
-//! - [`QueryEncoder`]: what embeds queries ([`RetrievalEncoder`]: OpenAI or Hugging Face CLIP);
+//! - [`QueryEncoder`]: what embeds queries ([`RetrievalEncoder`]: OpenAI or Hugging Face CLIP;
+//!   OpenAI's files by name, such as `RN50x64`, through [`openai_models`]);
 //! - [`Retriever`]: named stores sharing one encoder, checked to be in its embedding space,
 //!   answering [`Retrieved`] (ids, scores, captions) per query; with [`SelfExclusion`] it skips
 //!   captions of the query image itself, as the reference's `filter_nns` does;
@@ -14,6 +15,7 @@
 
 pub mod build;
 pub mod encoder;
+pub mod openai_models;
 pub(crate) mod retriever;
 pub mod spec;
 

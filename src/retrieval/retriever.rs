@@ -138,9 +138,22 @@ impl Retriever {
         Self::new(Arc::new(encoder), vec![("datastore".into(), store)])
     }
 
-    /// Opens the stores and loads `encoder` (a CLIP file, folder or hub id), or, when `None`, the
-    /// encoder the first store's manifest records. Stores of different encoders are refused.
+    /// Opens the stores and loads `encoder` (an OpenAI CLIP name or file, a `CLIPModel` folder or
+    /// hub id), or, when `None`, the encoder the first store's manifest records. Stores of
+    /// different encoders are refused.
     pub fn open(specs: &[NamedSpec], encoder: Option<&str>, device: &Device) -> Result<Self> {
+        Self::open_with_default(specs, encoder, None, device)
+    }
+
+    /// [`Retriever::open`], with `default` (a checkpoint's `retrieval_encoder`, `RN50x64` in
+    /// SmallCap7M) as the encoder when none is given and the first store records none (as a
+    /// FAISS file does not).
+    pub fn open_with_default(
+        specs: &[NamedSpec],
+        encoder: Option<&str>,
+        default: Option<&str>,
+        device: &Device,
+    ) -> Result<Self> {
         let mut stores = Vec::with_capacity(specs.len());
         for s in specs {
             stores.push((s.name.clone(), s.spec.open()?));
@@ -156,6 +169,7 @@ impl Retriever {
                     .map(|m| m.encoder.clone())
                     .unwrap_or_default();
                 RetrievalEncoder::spec_of_identity(&recorded)
+                    .or(default.filter(|_| recorded.is_empty()))
                     .ok_or_else(|| {
                         Error::Input(if recorded.is_empty() {
                             format!(

@@ -6,7 +6,11 @@
 //! - a folder: our memory-mapped datastore format;
 //! - a FAISS index file (flat or IVF-flat), its captions beside it as `<index file>_captions.json`
 //!   (the hub's naming: `coco_index` + `coco_index_captions.json`);
-//! - `INDEX_FILE,captions=CAPTIONS_FILE`: a FAISS index file with its captions named explicitly.
+//! - `INDEX_FILE,captions=CAPTIONS_FILE`: a FAISS index file with its captions named explicitly;
+//! - `hf://OWNER/REPO[@REVISION]/FILE` (`huggingface_hub`'s file-system form): a FAISS index file
+//!   in a hub repository, with `FILE_captions.json` beside it, as SmallCap's datastores are
+//!   published (`hf://Yova/SmallCap7M/coco_index`). Both are fetched into the hub cache
+//!   ([`crate::hub`]) when the store is opened and searched there in place, memory-mapped.
 //!
 //! A named spec, `NAME=SPEC` (as `serve --datastore` takes them), is read by [`NamedSpec`].
 
@@ -17,7 +21,7 @@ use super::CaptionStore;
 use crate::error::{Error, Result};
 
 /// What every datastore error lists: the forms a spec can take.
-pub const SPEC_FORMS: &str = "a datastore folder, a FAISS index file with its captions beside it as <index>_captions.json, INDEX_FILE,captions=CAPTIONS_FILE, or a postgres://…?table=NAME URL";
+pub const SPEC_FORMS: &str = "a datastore folder, a FAISS index file with its captions beside it as <index>_captions.json, INDEX_FILE,captions=CAPTIONS_FILE, a FAISS file in a hub repository as hf://OWNER/REPO[@REVISION]/FILE (with FILE_captions.json beside it), or a postgres://…?table=NAME URL";
 
 /// A parsed datastore spec (see the module documentation for the string forms).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +35,37 @@ pub enum DatastoreSpec {
         /// The captions: a JSON list, or an id-keyed object, one caption per vector.
         captions: PathBuf,
     },
+    /// A FAISS index file in a hub repository, its captions beside it as `<file>_captions.json`.
+    Hub {
+        /// `owner/name`, optionally `@revision`.
+        repo: String,
+        /// The index file's path in the repository.
+        file: String,
+    },
     /// A `postgres://` URL with `?table=NAME`.
     Postgres(String),
+}
+
+/// `OWNER/REPO[@REVISION]/FILE` of an `hf://` spec.
+fn parse_hub(spec: &str, rest: &str) -> Result<DatastoreSpec> {
+    let mut parts = rest.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(owner), Some(repo), Some(file))
+            if !owner.is_empty()
+                && !repo.is_empty()
+                && !file.is_empty()
+                && !file.ends_with('/')
+                && !file.split('/').any(|p| p.is_empty() || p == "..") =>
+        {
+            Ok(DatastoreSpec::Hub {
+                repo: format!("{owner}/{repo}"),
+                file: file.to_string(),
+            })
+        }
+        _ => Err(Error::Input(format!(
+            "datastore {spec}: a hub datastore is hf://OWNER/REPO[@REVISION]/FILE, e.g. hf://Yova/SmallCap7M/coco_index"
+        ))),
+    }
 }
 
 /// The captions file the hub keeps beside a FAISS index: `<index file name>_captions.json`.
@@ -52,6 +85,9 @@ impl DatastoreSpec {
         }
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
             return Ok(Self::Postgres(spec.to_string()));
+        }
+        if let Some(rest) = spec.strip_prefix("hf://") {
+            return parse_hub(spec, rest);
         }
         if let Some(scheme) = spec.split_once("://").map(|(s, _)| s) {
             return Err(Error::Input(format!(
@@ -100,6 +136,11 @@ impl DatastoreSpec {
                 smallcap_datastore::Datastore::open(dir)?,
             )),
             Self::Faiss { index, captions } => CaptionStore::open_faiss(index, captions),
+            Self::Hub { repo, file } => {
+                let index = crate::hub::repo_file(repo, file)?;
+                let captions = crate::hub::repo_file(repo, &format!("{file}_captions.json"))?;
+                CaptionStore::open_faiss(&index, &captions)
+            }
             Self::Postgres(url) => Ok(CaptionStore::Postgres(
                 smallcap_datastore::pgvector::PgStore::connect(url)?,
             )),
@@ -113,6 +154,7 @@ impl DatastoreSpec {
         match self {
             Self::Folder(dir) => file_name(dir),
             Self::Faiss { index, .. } => file_name(index),
+            Self::Hub { file, .. } => file_name(Path::new(file)),
             Self::Postgres(url) => url
                 .split_once('?')
                 .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("table=")))
@@ -131,6 +173,7 @@ impl fmt::Display for DatastoreSpec {
             Self::Faiss { index, captions } => {
                 write!(f, "{},captions={}", index.display(), captions.display())
             }
+            Self::Hub { repo, file } => write!(f, "hf://{repo}/{file}"),
             Self::Postgres(url) => f.write_str(url),
         }
     }
@@ -209,10 +252,30 @@ mod tests {
             DatastoreSpec::parse(url).unwrap(),
             DatastoreSpec::Postgres(url.into())
         );
+        let hub = "hf://Yova/SmallCap7M@v1/indexes/coco_index";
+        let parsed = DatastoreSpec::parse(hub).unwrap();
+        assert_eq!(
+            parsed,
+            DatastoreSpec::Hub {
+                repo: "Yova/SmallCap7M@v1".into(),
+                file: "indexes/coco_index".into(),
+            }
+        );
+        assert_eq!(parsed.to_string(), hub);
+        assert_eq!(parsed.default_name().as_deref(), Some("coco_index"));
+        for bad in [
+            "hf://Yova/SmallCap7M",
+            "hf://Yova//x",
+            "hf://a/b/../x",
+            "hf://a/b/x/",
+        ] {
+            let e = DatastoreSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("hf://OWNER/REPO[@REVISION]/FILE"), "{bad}: {e}");
+        }
         for bad in ["", "/no/such/store", "s3://bucket/x"] {
             let e = DatastoreSpec::parse(bad).unwrap_err().to_string();
             assert!(
-                e.contains("postgres://") && e.contains("_captions.json"),
+                e.contains("postgres://") && e.contains("_captions.json") && e.contains("hf://"),
                 "{e}"
             );
         }

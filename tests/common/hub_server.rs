@@ -1,17 +1,19 @@
 //! A minimal Hugging Face hub stand-in on loopback: serves files at
 //! `/{repo}/resolve/{revision}/{file}` with the headers hf-hub reads (`etag`, `x-repo-commit`,
-//! `Content-Range` for ranged requests), and counts requests.
+//! `Content-Range` for ranged requests), and counts requests. Naming a file in `cut` makes the
+//! next download of it stop halfway (a download cut off), once.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub struct HubServer {
     pub endpoint: String,
     pub requests: Arc<AtomicUsize>,
+    pub cut: Arc<Mutex<Option<String>>>,
 }
 
 /// Serves `files` (repo id → file name → local path) until the test process ends.
@@ -20,6 +22,8 @@ pub fn start(files: HashMap<String, HashMap<String, PathBuf>>) -> HubServer {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();
+    let cut = Arc::new(Mutex::new(None::<String>));
+    let cut_next = cut.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -47,6 +51,10 @@ pub fn start(files: HashMap<String, HashMap<String, PathBuf>>) -> HubServer {
                 .nth(1)
                 .unwrap_or("/")
                 .to_string();
+            let requested = path
+                .split_once("/resolve/")
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map(|(_, file)| file.to_string());
             let found = path.split_once("/resolve/").and_then(|(repo, rest)| {
                 let (_rev, file) = rest.split_once('/')?;
                 files.get(repo.trim_start_matches('/'))?.get(file).cloned()
@@ -80,14 +88,31 @@ pub fn start(files: HashMap<String, HashMap<String, PathBuf>>) -> HubServer {
                 body.len()
             );
             let _ = stream.write_all(head.as_bytes());
+            let mut cut_file = cut_next.lock().unwrap();
+            let is_cut = request_line.starts_with("GET")
+                && body.len() > 1
+                && cut_file.is_some()
+                && *cut_file == requested;
+            if is_cut {
+                *cut_file = None;
+                drop(cut_file);
+                let _ = stream.write_all(&body[..body.len() / 2]);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
             let _ = stream.write_all(&body);
         }
     });
-    HubServer { endpoint, requests }
+    HubServer {
+        endpoint,
+        requests,
+        cut,
+    }
 }
 
-/// The fixture pack as two hub repositories: `test-org/smallcap-tiny` (config + pickle weights)
-/// and `gpt2` (the BPE files).
+/// The fixture pack as two hub repositories: `test-org/smallcap-tiny` (config + pickle weights,
+/// and the FAISS datastore as the hub publishes them: `datastore_index` with
+/// `datastore_index_captions.json`) and `gpt2` (the BPE files).
 pub fn fixture_repos() -> HashMap<String, HashMap<String, PathBuf>> {
     let f = super::fixture;
     HashMap::from([
@@ -98,6 +123,14 @@ pub fn fixture_repos() -> HashMap<String, HashMap<String, PathBuf>> {
                 (
                     "pytorch_model.bin".to_string(),
                     f("model/pytorch_model.bin"),
+                ),
+                (
+                    "datastore_index".to_string(),
+                    f("retrieval/datastore_index"),
+                ),
+                (
+                    "datastore_index_captions.json".to_string(),
+                    f("retrieval/datastore_captions.json"),
                 ),
             ]),
         ),

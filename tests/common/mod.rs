@@ -4,6 +4,7 @@
 pub mod fixture_server;
 pub mod http;
 pub mod hub_server;
+pub mod openai_server;
 pub mod serve_cli;
 
 use std::path::PathBuf;
