@@ -285,8 +285,18 @@ fn caption_can_retrieve_with_the_captioning_vision_tower() {
     let changed = (t[key].clone() + noise).unwrap();
     t.insert(key.into(), changed);
     candle_core::safetensors::save(&t, &path).unwrap();
-    // Same text tower and projections: the store built above still suits it.
-    let out = caption_with_store(&store, &other, true);
+    // A store built with it (one with other weights is refused by their SHA256).
+    let other_store = tmp.path().join("other_store");
+    run(smallcap()
+        .args(["datastore", "build", "--captions"])
+        .arg(&captions)
+        .arg("--encoder")
+        .arg(&other)
+        .arg("--out")
+        .arg(&other_store));
+    let e = caption_with_store(&store, &other, true);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("SHA256"));
+    let out = caption_with_store(&other_store, &other, true);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -215,14 +215,14 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
             let spec = match &a.encoder {
                 Some(s) => s.clone(),
                 None => RetrievalEncoder::spec_of_identity(&ds.manifest().encoder)
+                    .map(|s| RetrievalEncoder::resolve_recorded_spec(s, Some(ds.dir())))
                     .with_context(|| {
                         format!(
                             "{} records the encoder {:?}, which is not loadable; pass --encoder",
                             a.dir.display(),
                             ds.manifest().encoder
                         )
-                    })?
-                    .to_string(),
+                    })?,
             };
             let encoder = RetrievalEncoder::load(&spec, &super::device(&a.device)?)?;
             let caps = load_captions(&a.captions, &a.filter)?;
@@ -268,7 +268,10 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             let opts = StoreOptions {
-                encoder: encoder.map_or_else(|| "unknown".to_string(), |e| e.identity()),
+                encoder: match encoder {
+                    Some(e) => e.identity_for_store(&a.out)?,
+                    None => "unknown".to_string(),
+                },
                 dtype: dtype(a.f16),
             };
             let ds = Datastore::from_faiss(&a.index, &a.captions, &a.out, &opts)?;

@@ -236,18 +236,19 @@ fn with_rows<T>(
 
 fn new_progress(
     encoder: &RetrievalEncoder,
+    store_dir: &Path,
     captions: &[CaptionRecord],
     opts: &BuildOptions,
-) -> Progress {
-    Progress {
-        encoder: encoder.identity(),
+) -> Result<Progress> {
+    Ok(Progress {
+        encoder: encoder.identity_for_store(store_dir)?,
         dim: encoder.dim(),
         count: captions.len(),
         captions_sha256: captions_digest(captions),
         batch_size: opts.batch_size,
         batches_done: 0,
         base: None,
-    }
+    })
 }
 
 /// Encodes `captions` with `encoder` and writes a new datastore at `out` (which must not
@@ -268,7 +269,7 @@ pub fn build_datastore(
         )));
     }
     let work = work_dir(out);
-    let want = new_progress(encoder, captions, opts);
+    let want = new_progress(encoder, out, captions, opts)?;
     let emb_path = encode_resumably(encoder, captions, &work, &want, opts, &mut progress)?;
     let store_opts = StoreOptions {
         encoder: want.encoder.clone(),
@@ -303,12 +304,12 @@ pub fn add_to_datastore(
     }
     let dir = store.dir().to_path_buf();
     super::retriever::check_recorded_encoder(
-        encoder.description(),
+        encoder,
         store.manifest(),
         &dir.display().to_string(),
     )?;
     let work = add_work_dir(&dir);
-    let mut want = new_progress(encoder, captions, opts);
+    let mut want = new_progress(encoder, &dir, captions, opts)?;
     if let Some(base) = recorded_base(&work, &want) {
         if base.embeddings_sha256 != store.manifest().embeddings_sha256
             && store.len() == base.count + captions.len()

@@ -19,13 +19,58 @@ use crate::retrieval::openai_models;
 
 /// Separates the model description from the spec it was loaded from in [`RetrievalEncoder::identity`].
 const IDENTITY_SEP: &str = " @ ";
+/// Separates the spec from the weights' SHA256 in [`RetrievalEncoder::identity`].
+const SHA_SEP: &str = " sha256:";
 
 /// An image/text encoder for retrieval. `Send + Sync`: share one between threads.
 pub struct RetrievalEncoder {
     model: Model,
     description: String,
+    /// An OpenAI model name, a hub id, or the canonical path of a local file or folder.
     spec: String,
+    /// Whether `spec` is a local path.
+    local: bool,
+    /// SHA256 of the weight file.
+    weights_sha256: String,
     device: Device,
+}
+
+/// `to` relative to the folder `from` (both absolute), as `./…` or `../…`.
+fn relative_to(from: &Path, to: &Path) -> String {
+    let (from, to): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = std::path::PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to[common..] {
+        rel.push(c);
+    }
+    let rel = rel.display().to_string();
+    if rel.starts_with("..") {
+        rel
+    } else {
+        format!("./{rel}")
+    }
+}
+
+/// `path` made absolute through its deepest existing ancestor (a store folder being built does
+/// not exist yet).
+fn absolute(path: &Path) -> Result<std::path::PathBuf> {
+    match std::fs::canonicalize(path) {
+        Ok(p) => Ok(p),
+        Err(e) => match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                Ok(absolute(parent)?.join(name))
+            }
+            _ => Err(Error::io(path, e)),
+        },
+    }
 }
 
 enum Model {
@@ -49,22 +94,36 @@ impl RetrievalEncoder {
                 description: format!("openai-clip:{}", model.dims().name()),
                 model: Model::OpenAi(model),
                 spec: spec.to_string(),
+                local: false,
+                weights_sha256: openai_models::sha256_of_name(spec)?,
                 device: device.clone(),
             });
         }
         if path.is_file() {
             let model = OpenAiClip::load(path, device)?;
-            let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+            let sha = openai_models::sha256_of(path)?;
+            // One of the published files, wherever it lies, is recorded by its name.
+            let (spec, local) = match openai_models::name_of_sha256(&sha) {
+                Some(name) => (name.to_string(), false),
+                None => {
+                    let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+                    (canonical.display().to_string(), true)
+                }
+            };
             return Ok(Self {
                 description: format!("openai-clip:{}", model.dims().name()),
                 model: Model::OpenAi(model),
-                spec: canonical.display().to_string(),
+                spec,
+                local,
+                weights_sha256: sha,
                 device: device.clone(),
             });
         }
         let files = hub::model_files(spec)?;
         let model = HfClip::load(&files.config, &files.weights, device)?;
-        let spec = match Path::new(spec).is_dir() {
+        let weights_sha256 = openai_models::sha256_of(&files.weights)?;
+        let local = Path::new(spec).is_dir();
+        let spec = match local {
             true => std::fs::canonicalize(spec)
                 .map_err(|e| Error::io(Path::new(spec), e))?
                 .display()
@@ -83,15 +142,39 @@ impl RetrievalEncoder {
             ),
             model: Model::Hf(model),
             spec,
+            local,
+            weights_sha256,
             device: device.clone(),
         })
     }
 
-    /// `"<description> @ <spec>"`, recorded in datastore manifests: the description
-    /// (`openai-clip:RN50x64`) says which embedding space the store is in, the spec (an absolute
-    /// path or a hub id) where to load the encoder again.
+    /// `"<description> @ <spec> sha256:<hex>"`: the description (`openai-clip:RN50x64`) says
+    /// which embedding space a store is in, the spec (an OpenAI name, a hub id, or here a local
+    /// path) where to load the encoder again, the SHA256 which weights exactly.
     pub fn identity(&self) -> String {
-        format!("{}{IDENTITY_SEP}{}", self.description, self.spec)
+        format!(
+            "{}{IDENTITY_SEP}{}{SHA_SEP}{}",
+            self.description, self.spec, self.weights_sha256
+        )
+    }
+
+    /// [`RetrievalEncoder::identity`] as a store in `store_dir` records it: never an absolute
+    /// path, a local encoder's path relative to the store (`./…`, `../…`), so that a store moved
+    /// together with its encoder still finds it.
+    pub fn identity_for_store(&self, store_dir: &Path) -> Result<String> {
+        let spec = match self.local {
+            true => relative_to(&absolute(store_dir)?, Path::new(&self.spec)),
+            false => self.spec.clone(),
+        };
+        Ok(format!(
+            "{}{IDENTITY_SEP}{spec}{SHA_SEP}{}",
+            self.description, self.weights_sha256
+        ))
+    }
+
+    /// SHA256 (hex) of the encoder's weight file.
+    pub fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
     }
 
     /// The model description, e.g. `openai-clip:RN50x64`.
@@ -99,9 +182,28 @@ impl RetrievalEncoder {
         &self.description
     }
 
-    /// The spec recorded in an identity string written by [`RetrievalEncoder::identity`].
+    /// The spec recorded in an identity string written by [`RetrievalEncoder::identity`] (or
+    /// by earlier versions, which recorded no SHA256).
     pub fn spec_of_identity(identity: &str) -> Option<&str> {
-        identity.split_once(IDENTITY_SEP).map(|(_, s)| s)
+        let (_, rest) = identity.split_once(IDENTITY_SEP)?;
+        Some(rest.rsplit_once(SHA_SEP).map_or(rest, |(s, _)| s))
+    }
+
+    /// The weights' SHA256 recorded in an identity string, if it records one.
+    pub(crate) fn sha256_of_identity(identity: &str) -> Option<&str> {
+        let (_, rest) = identity.split_once(IDENTITY_SEP)?;
+        rest.rsplit_once(SHA_SEP).map(|(_, sha)| sha)
+    }
+
+    /// Where to load the encoder a store records: a relative path (`./…`, `../…`) is relative to
+    /// the store's folder `store_dir`.
+    pub fn resolve_recorded_spec(spec: &str, store_dir: Option<&Path>) -> String {
+        match store_dir {
+            Some(dir) if spec.starts_with("./") || spec.starts_with("../") => {
+                dir.join(spec).display().to_string()
+            }
+            _ => spec.to_string(),
+        }
     }
 
     /// The description part of an identity string.

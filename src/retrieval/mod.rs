@@ -108,6 +108,15 @@ impl CaptionStore {
         self.len() == 0
     }
 
+    /// The folder of a datastore in our format (what a recorded relative encoder path is
+    /// relative to).
+    pub(crate) fn folder(&self) -> Option<&Path> {
+        match self {
+            Self::Datastore(d) => Some(d.dir()),
+            _ => None,
+        }
+    }
+
     /// Where the store is, for messages: its folder, index file or table.
     pub fn location(&self) -> String {
         match self {

@@ -106,7 +106,23 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/clip"))
 }
 
-fn sha256_of(path: &Path) -> Result<String> {
+/// The SHA256 (lower-case hex) the named model's URL carries (`$SMALLCAP_CLIP_MODELS`'s, else
+/// OpenAI's).
+pub(crate) fn sha256_of_name(name: &str) -> Result<String> {
+    Ok(sha_and_file(&url_of(name)?)?.0)
+}
+
+/// The model name whose URL carries `sha256`, if one does: a file given by path that is one of
+/// the published ones is recorded by name.
+pub(crate) fn name_of_sha256(sha256: &str) -> Option<&'static str> {
+    OPENAI_MODELS
+        .iter()
+        .map(|(n, _)| *n)
+        .find(|n| sha256_of_name(n).is_ok_and(|s| s == sha256))
+}
+
+/// The SHA256 (lower-case hex) of a file's bytes.
+pub(crate) fn sha256_of(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

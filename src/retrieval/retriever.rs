@@ -70,17 +70,29 @@ impl QueryEncoder for RetrievalEncoder {
     }
 }
 
-/// Refuses a datastore whose manifest records another encoder model than `encoder`.
+/// Refuses a datastore whose manifest records another encoder than `encoder`: another model,
+/// or (where both are known) other weights of the same model, told apart by SHA256 (RN50 and
+/// RN50x64 are both 1024-dimensional; two checkpoints of one size have one description).
 pub(crate) fn check_recorded_encoder(
-    encoder: &str,
+    encoder: &dyn QueryEncoder,
     manifest: &Manifest,
     store_name: &str,
 ) -> Result<()> {
+    let description = encoder.description();
     let recorded = RetrievalEncoder::description_of_identity(&manifest.encoder);
-    if recorded.contains(':') && recorded != encoder {
+    if recorded.contains(':') && recorded != description {
         return Err(Error::Input(format!(
-            "the datastore {store_name} was built with {recorded}, not {encoder}"
+            "the datastore {store_name} was built with {recorded}, not {description}"
         )));
+    }
+    let recorded_sha = RetrievalEncoder::sha256_of_identity(&manifest.encoder);
+    let sha = encoder.as_clip().map(RetrievalEncoder::weights_sha256);
+    if let (Some(want), Some(got)) = (recorded_sha, sha) {
+        if want != got {
+            return Err(Error::Input(format!(
+                "the datastore {store_name} was built with {recorded} weights of SHA256 {want}; this encoder's weights have SHA256 {got}"
+            )));
+        }
     }
     Ok(())
 }
@@ -124,7 +136,7 @@ impl Retriever {
             }
             if let Some(manifest) = store.manifest() {
                 check_recorded_encoder(
-                    &description,
+                    encoder.as_ref(),
                     manifest,
                     &format!("\"{name}\" ({})", store.location()),
                 )?;
@@ -169,7 +181,8 @@ impl Retriever {
                     .map(|m| m.encoder.clone())
                     .unwrap_or_default();
                 RetrievalEncoder::spec_of_identity(&recorded)
-                    .or(default.filter(|_| recorded.is_empty()))
+                    .map(|s| RetrievalEncoder::resolve_recorded_spec(s, first.folder()))
+                    .or(default.filter(|_| recorded.is_empty()).map(str::to_string))
                     .ok_or_else(|| {
                         Error::Input(if recorded.is_empty() {
                             format!(
@@ -183,7 +196,6 @@ impl Retriever {
                             )
                         })
                     })?
-                    .to_string()
             }
         };
         let enc = RetrievalEncoder::load(&encoder_spec, device)?;
