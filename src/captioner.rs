@@ -101,21 +101,7 @@ impl Captioner {
         weights: WeightType,
     ) -> Result<Self> {
         let files = hub::model_files(model)?;
-        let tokenizer_dir = match tokenizer {
-            Some(spec) => hub::tokenizer_dir(spec)?,
-            None => {
-                let own = files
-                    .config
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default();
-                if own.join("vocab.json").is_file() && own.join("merges.txt").is_file() {
-                    own
-                } else {
-                    hub::tokenizer_dir(hub::GPT2_TOKENIZER_REPO)?
-                }
-            }
-        };
+        let tokenizer_dir = hub::tokenizer_dir_for(&files, tokenizer)?;
         let tokenizer = Gpt2Tokenizer::from_dir(&tokenizer_dir)?;
         let mut model = SmallCap::load(&files, device)?;
         model.pack_decoder(weights)?;

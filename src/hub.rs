@@ -86,6 +86,24 @@ pub(crate) fn offline() -> bool {
         .unwrap_or(false)
 }
 
+/// The tokenizer folder for a checkpoint: `tokenizer` (a folder or hub id) when given, else the
+/// model folder's own `vocab.json`/`merges.txt` when present, else the hub's `gpt2`.
+pub fn tokenizer_dir_for(model: &ModelFiles, tokenizer: Option<&str>) -> Result<PathBuf> {
+    if let Some(spec) = tokenizer {
+        return tokenizer_dir(spec);
+    }
+    let own = model
+        .config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if own.join("vocab.json").is_file() && own.join("merges.txt").is_file() {
+        Ok(own)
+    } else {
+        tokenizer_dir(GPT2_TOKENIZER_REPO)
+    }
+}
+
 fn local_dir(spec: &str) -> Result<Option<PathBuf>> {
     let path = Path::new(spec);
     if path.is_dir() {

@@ -246,3 +246,87 @@ fn unknown_names_and_broken_mirror_files_are_clear_errors() {
     let e = failed(&setup.retrieve("RN50x64"));
     assert!(e.contains("mirror.json") && e.contains("JSON"), "{e}");
 }
+
+/// `smallcap download` fills the caches; the paper command then runs with the servers never
+/// asked again and `HF_HUB_OFFLINE=1`.
+#[test]
+fn download_fills_the_caches_for_an_offline_run() {
+    let (openai, url) = openai_layout(&sha256_hex(&archive()));
+    let hub = hub_server::start(hub_server::fixture_repos());
+    let setup = Setup::new(&url);
+    let out = setup
+        .command(&hub.endpoint)
+        .args([
+            "download",
+            "test-org/smallcap-tiny",
+            "--datastore",
+            "datastore_index",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Every file with its size: checkpoint, tokenizer, the encoder by name, the datastore.
+    let files = [
+        ("checkpoint", fixture("model/config.json")),
+        ("checkpoint", fixture("model/pytorch_model.bin")),
+        ("tokenizer", fixture("tokenizer/vocab.json")),
+        ("tokenizer", fixture("tokenizer/merges.txt")),
+        ("encoder", archive()),
+        ("datastore", fixture("retrieval/datastore_index")),
+        ("datastore", fixture("retrieval/datastore_captions.json")),
+    ];
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), files.len() + 1, "{listing}");
+    let mut total = 0;
+    for ((kind, file), line) in files.iter().zip(&lines) {
+        let n = std::fs::metadata(file).unwrap().len();
+        total += n;
+        assert!(line.starts_with(kind), "{line}");
+        assert!(line.contains(&format!(" {n} bytes")), "{line}");
+    }
+    assert!(
+        lines[files.len()].contains(&format!(" {total} bytes")),
+        "{listing}"
+    );
+
+    let before = (
+        openai.requests.load(Ordering::SeqCst),
+        hub.requests.load(Ordering::SeqCst),
+    );
+    let mut offline = setup.command("http://127.0.0.1:9");
+    offline
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["caption", "--model", "test-org/smallcap-tiny"])
+        .args(["--datastore", "hf://test-org/smallcap-tiny/datastore_index"])
+        .arg(fixture("images/chelsea.png"));
+    let out = offline.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(fixture("pipeline_cases.json")).unwrap()).unwrap();
+    let want = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["image"] == "chelsea.png")
+        .unwrap()
+        .clone();
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["caption"], want["caption"]);
+    assert_eq!(got["retrieved_captions"], want["retrieved_captions"]);
+    assert_eq!(
+        before,
+        (
+            openai.requests.load(Ordering::SeqCst),
+            hub.requests.load(Ordering::SeqCst)
+        )
+    );
+}

@@ -2,6 +2,7 @@
 
 mod caption;
 mod datastore;
+mod download;
 mod eval;
 mod features;
 mod retrieve;
@@ -39,6 +40,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Serve captions over HTTP: a JSON API and a web page.
     Serve(serve::ServeArgs),
+    /// Fetch a checkpoint, its tokenizer, retrieval encoder and datastores into the caches, to
+    /// run offline afterwards.
+    Download(download::DownloadArgs),
 }
 
 /// Runs the command line; the exit code is non-zero when anything failed.
@@ -61,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Features(args) => features::run(args),
         Command::Train(args) => train::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Download(args) => download::run(args),
     };
     match result {
         Ok(code) => code,

@@ -46,6 +46,13 @@ pub enum DatastoreSpec {
     Postgres(String),
 }
 
+/// A hub FAISS file and its `<file>_captions.json`, from the cache or downloaded into it.
+fn fetch_hub(repo: &str, file: &str) -> Result<(PathBuf, PathBuf)> {
+    let index = crate::hub::repo_file(repo, file)?;
+    let captions = crate::hub::repo_file(repo, &format!("{file}_captions.json"))?;
+    Ok((index, captions))
+}
+
 /// `OWNER/REPO[@REVISION]/FILE` of an `hf://` spec.
 fn parse_hub(spec: &str, rest: &str) -> Result<DatastoreSpec> {
     let mut parts = rest.splitn(3, '/');
@@ -137,13 +144,21 @@ impl DatastoreSpec {
             )),
             Self::Faiss { index, captions } => CaptionStore::open_faiss(index, captions),
             Self::Hub { repo, file } => {
-                let index = crate::hub::repo_file(repo, file)?;
-                let captions = crate::hub::repo_file(repo, &format!("{file}_captions.json"))?;
+                let (index, captions) = fetch_hub(repo, file)?;
                 CaptionStore::open_faiss(&index, &captions)
             }
             Self::Postgres(url) => Ok(CaptionStore::Postgres(
                 smallcap_datastore::pgvector::PgStore::connect(url)?,
             )),
+        }
+    }
+
+    /// For a hub spec, its index file and `<file>_captions.json`, from the hub cache or
+    /// downloaded into it; `None` for the other forms (nothing to fetch).
+    pub fn fetch(&self) -> Result<Option<(PathBuf, PathBuf)>> {
+        match self {
+            Self::Hub { repo, file } => fetch_hub(repo, file).map(Some),
+            _ => Ok(None),
         }
     }
 
