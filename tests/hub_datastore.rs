@@ -172,3 +172,50 @@ fn missing_hub_files_and_miscounted_captions_are_clear_errors() {
     let e = run("hf://test-org/stores");
     assert!(e.contains("hf://OWNER/REPO[@REVISION]/FILE"), "{e}");
 }
+
+/// `datastore info` and `datastore export` take a hub datastore: the description and a copy of
+/// the published files, byte for byte.
+#[test]
+fn info_and_export_take_a_hub_datastore() {
+    let server = hub_server::start(hub_server::fixture_repos());
+    let home = tempfile::tempdir().unwrap();
+    let spec = "hf://test-org/smallcap-tiny/datastore_index";
+    let out = smallcap(&server.endpoint, home.path())
+        .args(["datastore", "info", spec])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&success_stdout(&out)).unwrap();
+    let caps: Vec<String> = serde_json::from_slice(
+        &std::fs::read(fixture("retrieval/datastore_captions.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["count"], caps.len());
+    assert_eq!(info["dim"], 32);
+    let index = home.path().join("out_index");
+    let captions = home.path().join("out_captions.json");
+    let out = smallcap(&server.endpoint, home.path())
+        .args(["datastore", "export", spec, "--index"])
+        .arg(&index)
+        .arg("--captions")
+        .arg(&captions)
+        .output()
+        .unwrap();
+    success_stdout(&out);
+    assert_eq!(
+        std::fs::read(&index).unwrap(),
+        std::fs::read(fixture("retrieval/datastore_index")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(&captions).unwrap(),
+        std::fs::read(fixture("retrieval/datastore_captions.json")).unwrap()
+    );
+}
+
+fn success_stdout(out: &Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout.clone()
+}

@@ -76,4 +76,27 @@ fn push_then_retrieve_and_caption_through_pgvector() {
     let line: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
     let want: Vec<Value> = case["top_captions"].as_array().unwrap()[..4].to_vec();
     assert_eq!(line["retrieved_captions"], Value::Array(want));
+
+    // A FAISS file with its captions (a hub one is fetched first) is pushed as it is; it records
+    // no encoder, so retrieval names one.
+    let url2 = pg.url("fixture_faiss");
+    run_ok(
+        smallcap()
+            .args(["datastore", "push"])
+            .arg(format!(
+                "{},captions={}",
+                r.join("datastore_index").display(),
+                r.join("datastore_captions.json").display()
+            ))
+            .args(["--to", &url2]),
+    );
+    let out = run_ok(
+        smallcap()
+            .args(["retrieve", "--datastore", &url2, "--k", "8", "--encoder"])
+            .arg(r.join("clip_resnet.pt"))
+            .arg("--image")
+            .arg(fixture(case["image"].as_str().unwrap())),
+    );
+    let line: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(line["ids"], case["top_ids"]);
 }

@@ -8,6 +8,9 @@
 //!
 //! `cargo run --release --bin bench_retrieval -- [--runs 3] [--n 565497] [--image IMG]`
 
+#[path = "support/measure.rs"]
+mod measure;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,6 +44,88 @@ struct Args {
     /// Skip the RN50x64 rows.
     #[arg(long)]
     no_resnet: bool,
+    /// Only time opening a cached hub datastore (`hf://bench/coco/coco_index`, an `n` × 1024
+    /// FAISS file with COCO-length captions, laid out in a hub cache under `dir`).
+    #[arg(long)]
+    hub_open: bool,
+}
+
+/// A hub cache under `dir/hf` holding `bench/coco` at one commit: `coco_index` (a flat-IP FAISS
+/// file of the random `n` × 1024 store) and `coco_index_captions.json` (`n` captions of about
+/// COCO's length). Made once.
+fn hub_cache(dir: &Path, n: usize) -> anyhow::Result<PathBuf> {
+    let home = dir.join(format!("hf-{n}"));
+    let repo = home.join("hub/models--bench--coco");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    if snapshot.join("coco_index_captions.json").is_file() {
+        return Ok(home);
+    }
+    std::fs::create_dir_all(&snapshot)?;
+    std::fs::create_dir_all(repo.join("refs"))?;
+    let store = random_store(dir, n, 1024)?;
+    let tmp_caps = dir.join("hub-captions.tmp.json");
+    store.to_faiss(snapshot.join("coco_index"), &tmp_caps)?;
+    std::fs::remove_file(&tmp_caps)?;
+    let words = [
+        "a", "man", "riding", "on", "the", "back", "of", "horse", "near", "field",
+    ];
+    let caps: Vec<String> = (0..n)
+        .map(|i| {
+            let w: Vec<&str> = (0..10)
+                .map(|j| words[(i * 7 + j * 3) % words.len()])
+                .collect();
+            format!("{} {i}", w.join(" "))
+        })
+        .collect();
+    std::fs::write(
+        snapshot.join("coco_index_captions.json"),
+        serde_json::to_vec(&caps)?,
+    )?;
+    std::fs::write(repo.join("refs/main"), commit)?;
+    Ok(home)
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Opening `hf://bench/coco/coco_index` from the cache, offline: time and resident memory.
+fn time_hub_open(args: &Args) -> anyhow::Result<()> {
+    let home = hub_cache(&args.dir, args.n)?;
+    std::env::set_var("HF_HOME", &home);
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let spec = "hf://bench/coco/coco_index";
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..args.runs {
+        let before = rss_mib();
+        let t = Instant::now();
+        let store = smallcap::retrieval::CaptionStore::open(spec)?;
+        times.push(t.elapsed().as_secs_f64());
+        rss.push(rss_mib() - before);
+        assert_eq!(store.len(), args.n);
+        drop(store);
+    }
+    let index = home.join(
+        "hub/models--bench--coco/snapshots/0123456789abcdef0123456789abcdef01234567/coco_index",
+    );
+    println!(
+        "| open {spec} ({} × 1024, {:.2} GB file, cached) | {:.3} s | +{:.0} MiB resident (peak {:.0} MiB) |",
+        args.n,
+        std::fs::metadata(index)?.len() as f64 / 1e9,
+        median(times),
+        median(rss),
+        measure::peak_rss_mib()
+    );
+    Ok(())
 }
 
 /// SplitMix64 uniform in [-1, 1).
@@ -270,6 +355,11 @@ fn cpu_seconds() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.hub_open {
+        println!("| what | median wall (runs: {}) | memory |", args.runs);
+        println!("|---|---|---|");
+        return time_hub_open(&args);
+    }
     let dev = Device::Cpu;
     let img = smallcap_image::load(&args.image)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

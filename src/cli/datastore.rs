@@ -13,7 +13,7 @@ use smallcap::retrieval::build::{
     add_to_datastore, build_datastore, dedup, filter_by_gpt2_length, BuildOptions,
     MAX_CAPTION_TOKENS,
 };
-use smallcap::retrieval::RetrievalEncoder;
+use smallcap::retrieval::{DatastoreSpec, RetrievalEncoder};
 use smallcap::Gpt2Tokenizer;
 use smallcap_datastore::captions::read_captions;
 use smallcap_datastore::store::StoreOptions;
@@ -43,8 +43,9 @@ enum DatastoreCommand {
 
 #[derive(Args)]
 struct PushArgs {
-    /// The datastore folder.
-    dir: PathBuf,
+    /// The datastore: a folder, or a FAISS file (local, or hf://OWNER/REPO[@REVISION]/FILE; it
+    /// records no encoder) with its captions.
+    dir: String,
     /// `postgres://user[:password]@host[:port]/db?table=NAME` (see crates/datastore/PGVECTOR.md).
     #[arg(long)]
     to: String,
@@ -117,7 +118,8 @@ struct AddArgs {
 
 #[derive(Args)]
 struct InfoArgs {
-    dir: PathBuf,
+    /// A datastore spec: a folder, a FAISS file (local or hf://…) or a postgres:// URL.
+    dir: String,
     /// Also verify the checksums of the data files.
     #[arg(long)]
     verify: bool,
@@ -125,7 +127,8 @@ struct InfoArgs {
 
 #[derive(Args)]
 struct ExportArgs {
-    dir: PathBuf,
+    /// A datastore folder, or a FAISS file (local or hf://…, copied out as it is).
+    dir: String,
     /// FAISS index file to write.
     #[arg(long)]
     index: PathBuf,
@@ -239,17 +242,42 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
             let store = store?;
             eprintln!("{}: {} captions", a.dir.display(), store.len());
         }
-        DatastoreCommand::Info(a) => {
-            let ds = Datastore::open(&a.dir)?;
-            if a.verify {
-                ds.verify()?;
+        DatastoreCommand::Info(a) => match DatastoreSpec::parse(&a.dir)? {
+            DatastoreSpec::Folder(dir) => {
+                let ds = Datastore::open(&dir)?;
+                if a.verify {
+                    ds.verify()?;
+                }
+                println!("{}", serde_json::to_string_pretty(ds.manifest())?);
             }
-            println!("{}", serde_json::to_string_pretty(ds.manifest())?);
-        }
-        DatastoreCommand::Export(a) => {
-            let ds = Datastore::open(&a.dir)?;
-            ds.to_faiss(&a.index, &a.captions)?;
-        }
+            spec => {
+                let store = spec.open()?;
+                let info = match (store.manifest(), faiss_files(&spec)?) {
+                    (Some(m), _) => serde_json::to_value(m)?,
+                    (None, Some((index, captions))) => serde_json::json!({
+                        "format": "faiss",
+                        "index": index,
+                        "captions": captions,
+                        "dim": store.dim(),
+                        "count": store.len(),
+                    }),
+                    (None, None) => bail!("{}: nothing to describe", a.dir),
+                };
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            }
+        },
+        DatastoreCommand::Export(a) => match DatastoreSpec::parse(&a.dir)? {
+            DatastoreSpec::Folder(dir) => Datastore::open(&dir)?.to_faiss(&a.index, &a.captions)?,
+            spec => {
+                let (index, captions) = faiss_files(&spec)?.with_context(|| {
+                    format!("{}: export reads a datastore folder or a FAISS file", a.dir)
+                })?;
+                // Checked as a pair (counts agree) before anything is written.
+                spec.open()?;
+                copy_atomic(&index, &a.index)?;
+                copy_atomic(&captions, &a.captions)?;
+            }
+        },
         DatastoreCommand::Import(a) => {
             let encoder = match &a.encoder {
                 Some(spec) => Some(RetrievalEncoder::load(spec, &device)?),
@@ -283,7 +311,25 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
             );
         }
         DatastoreCommand::Push(a) => {
-            let ds = Datastore::open(&a.dir)?;
+            let spec = DatastoreSpec::parse(&a.dir)?;
+            let mut _tmp = None;
+            let ds = match (&spec, faiss_files(&spec)?) {
+                (DatastoreSpec::Folder(dir), _) => Datastore::open(dir)?,
+                (_, Some((index, captions))) => {
+                    // A FAISS file goes through a temporary folder of our format (a copy),
+                    // removed when the push is done.
+                    let dir =
+                        std::env::temp_dir().join(format!("smallcap-push-{}", std::process::id()));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    _tmp = Some(TempDir(dir.clone()));
+                    let opts = StoreOptions {
+                        encoder: "unknown".into(),
+                        dtype: Dtype::F32,
+                    };
+                    Datastore::from_faiss(&index, &captions, &dir, &opts)?
+                }
+                _ => bail!("{}: push reads a datastore folder or a FAISS file", a.dir),
+            };
             let opts = smallcap_datastore::pgvector::PushOptions { replace: a.replace };
             let n = smallcap_datastore::pgvector::push(&ds, &a.to, &opts)?;
             let url = smallcap_datastore::pgvector::PgUrl::parse(&a.to)?;
@@ -291,4 +337,41 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The index and captions files of a FAISS spec (a hub one fetched into the cache), else `None`.
+fn faiss_files(spec: &DatastoreSpec) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    Ok(match spec {
+        DatastoreSpec::Faiss { index, captions } => Some((index.clone(), captions.clone())),
+        DatastoreSpec::Hub { .. } => spec.fetch()?,
+        _ => None,
+    })
+}
+
+/// Copies `from` to `to` through a temporary file beside `to`, renamed once complete.
+fn copy_atomic(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    let name = to
+        .file_name()
+        .with_context(|| format!("{}: not a file name", to.display()))?;
+    let tmp = to.with_file_name(format!(
+        ".{}.{}.part",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = std::fs::copy(from, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, to))
+        .with_context(|| format!("cannot write {}", to.display()));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A folder removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
