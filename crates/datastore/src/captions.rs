@@ -128,6 +128,12 @@ fn parse_text(path: &Path, text: &str) -> Result<Vec<CaptionRecord>> {
 }
 
 fn parse_json_list(path: &Path, text: &str) -> Result<Vec<CaptionRecord>> {
+    // The common case (the hub's `<index>_captions.json`, a list of strings) straight into
+    // strings: no JSON value tree for half a million captions. Anything else takes the checked
+    // path below, which also words the errors.
+    if let Ok(list) = serde_json::from_str::<Vec<String>>(text) {
+        return Ok(list.into_iter().map(CaptionRecord::new).collect());
+    }
     let value: serde_json::Value = parse_json(path, text)?;
     match value {
         serde_json::Value::Array(items) => items
