@@ -330,7 +330,13 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
                 }
                 _ => bail!("{}: push reads a datastore folder or a FAISS file", a.dir),
             };
-            let opts = smallcap_datastore::pgvector::PushOptions { replace: a.replace };
+            let opts = smallcap_datastore::pgvector::PushOptions {
+                replace: a.replace,
+                encoder: Some(RetrievalEncoder::identity_for_table(
+                    &ds.manifest().encoder,
+                    ds.dir(),
+                )),
+            };
             let n = smallcap_datastore::pgvector::push(&ds, &a.to, &opts)?;
             let url = smallcap_datastore::pgvector::PgUrl::parse(&a.to)?;
             eprintln!("pushed {n} captions to {}", url.redacted());

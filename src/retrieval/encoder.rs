@@ -189,6 +189,26 @@ impl RetrievalEncoder {
         Some(rest.rsplit_once(SHA_SEP).map_or(rest, |(s, _)| s))
     }
 
+    /// A store's identity as a PostgreSQL table records it: a path relative to the store folder
+    /// `store_dir` becomes absolute (a table has no folder to be relative to); names, hub ids and
+    /// identities without a spec are kept.
+    pub fn identity_for_table(identity: &str, store_dir: &Path) -> String {
+        let Some(spec) = Self::spec_of_identity(identity) else {
+            return identity.to_string();
+        };
+        if !(spec.starts_with("./") || spec.starts_with("../")) {
+            return identity.to_string();
+        }
+        let resolved = Self::resolve_recorded_spec(spec, Some(store_dir));
+        let absolute =
+            std::fs::canonicalize(&resolved).map_or(resolved, |p| p.display().to_string());
+        let description = Self::description_of_identity(identity);
+        match Self::sha256_of_identity(identity) {
+            Some(sha) => format!("{description}{IDENTITY_SEP}{absolute}{SHA_SEP}{sha}"),
+            None => format!("{description}{IDENTITY_SEP}{absolute}"),
+        }
+    }
+
     /// The weights' SHA256 recorded in an identity string, if it records one.
     pub(crate) fn sha256_of_identity(identity: &str) -> Option<&str> {
         let (_, rest) = identity.split_once(IDENTITY_SEP)?;
@@ -320,5 +340,50 @@ impl RetrievalEncoder {
             .to_vec1::<f32>()?;
         normalize_l2(&mut v, self.dim());
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store's relative encoder path is relative to its folder; a table gets it absolute.
+    #[test]
+    fn recorded_paths_are_relative_to_the_store_and_absolute_in_a_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        std::fs::create_dir_all(root.join("clip")).unwrap();
+        std::fs::write(root.join("clip/x.pt"), b"x").unwrap();
+        let store = root.join("stores/coco");
+        std::fs::create_dir_all(&store).unwrap();
+        assert_eq!(
+            relative_to(&store, &root.join("clip/x.pt")),
+            "../../clip/x.pt"
+        );
+        assert_eq!(relative_to(&root, &root.join("clip/x.pt")), "./clip/x.pt");
+        let identity = "openai-clip:RN50 @ ../../clip/x.pt sha256:ab12";
+        assert_eq!(
+            RetrievalEncoder::spec_of_identity(identity),
+            Some("../../clip/x.pt")
+        );
+        assert_eq!(RetrievalEncoder::sha256_of_identity(identity), Some("ab12"));
+        assert_eq!(
+            RetrievalEncoder::identity_for_table(identity, &store),
+            format!(
+                "openai-clip:RN50 @ {} sha256:ab12",
+                root.join("clip/x.pt").display()
+            )
+        );
+        // Names and identities of earlier versions are kept as they are.
+        for kept in [
+            "openai-clip:RN50x64 @ RN50x64 sha256:ab12",
+            "openai-clip:RN50 @ /abs/RN50.pt",
+        ] {
+            assert_eq!(RetrievalEncoder::identity_for_table(kept, &store), kept);
+        }
+        assert_eq!(
+            RetrievalEncoder::spec_of_identity("openai-clip:RN50 @ /abs/RN50.pt"),
+            Some("/abs/RN50.pt")
+        );
     }
 }

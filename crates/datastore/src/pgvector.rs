@@ -156,6 +156,9 @@ fn vector_type(client: &mut Client) -> Result<Type> {
 pub struct PushOptions {
     /// Replace the table when it exists (otherwise pushing to an existing table is an error).
     pub replace: bool,
+    /// The encoder identity to record instead of the store's manifest's (a table has no folder
+    /// that a path relative to the store could be resolved against).
+    pub encoder: Option<String>,
 }
 
 /// Copies a local store into `url`'s table (see the module note for the schema): creates the
@@ -217,7 +220,11 @@ pub fn push(store: &Datastore, url: &str, opts: &PushOptions) -> Result<usize> {
     })?;
     w.finish()
         .map_err(pg(format!("{where_}: finishing COPY into {t}")))?;
-    let manifest = serde_json::to_string(store.manifest())
+    let mut manifest = store.manifest().clone();
+    if let Some(encoder) = &opts.encoder {
+        manifest.encoder = encoder.clone();
+    }
+    let manifest = serde_json::to_string(&manifest)
         .map_err(|e| Error::Invalid(format!("manifest of {}: {e}", store.dir().display())))?;
     tx.execute(
         &format!("INSERT INTO {t}_manifest (manifest) VALUES ($1::text::jsonb)"),

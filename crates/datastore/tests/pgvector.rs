@@ -79,7 +79,15 @@ fn pgvector_back_end_on_a_real_server() {
     assert!(err.to_string().contains("already exists"), "{err}");
     drop(remote);
     assert_eq!(
-        push(&fixture, &url, &PushOptions { replace: true }).unwrap(),
+        push(
+            &fixture,
+            &url,
+            &PushOptions {
+                replace: true,
+                encoder: None
+            }
+        )
+        .unwrap(),
         588
     );
 
