@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 
-use common::{fixture, hub_server};
+use common::{assert_pipeline_cases, fixture, hub_server, pipeline_cases};
 use serde_json::Value;
 
 fn smallcap(endpoint: &str, home: &Path) -> Command {
@@ -52,12 +52,6 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn pipeline_cases() -> Vec<Value> {
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(fixture("pipeline_cases.json")).unwrap()).unwrap();
-    v["cases"].as_array().unwrap().clone()
-}
-
 #[test]
 fn a_hub_datastore_captions_as_the_reference_then_offline() {
     let server = hub_server::start(hub_server::fixture_repos());
@@ -81,16 +75,7 @@ fn a_hub_datastore_captions_as_the_reference_then_offline() {
 
     let out = caption(smallcap(&server.endpoint, home.path()), spec, &images);
     let lines = stdout_lines(&out);
-    assert_eq!(lines.len(), cases.len());
-    for (got, want) in lines.iter().zip(&cases) {
-        let name = want["image"].as_str().unwrap();
-        assert_eq!(
-            got["retrieved_captions"], want["retrieved_captions"],
-            "{name}"
-        );
-        assert_eq!(got["generated_ids"], want["generated_ids"], "{name}");
-        assert_eq!(got["caption"], want["caption"], "{name}");
-    }
+    assert_pipeline_cases(&lines, &cases);
     // In place: the store is the cached file itself, byte for byte the published one.
     let snapshots = home
         .path()

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 
-use common::{fixture, hub_server, openai_server};
+use common::{assert_pipeline_cases, fixture, hub_server, openai_server, pipeline_cases};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -112,9 +112,7 @@ fn the_paper_pipeline_is_one_command_then_runs_offline() {
     let (openai, url) = openai_layout(&sha256_hex(&archive()));
     let hub = hub_server::start(hub_server::fixture_repos());
     let setup = Setup::new(&url);
-    let cases: Value =
-        serde_json::from_slice(&std::fs::read(fixture("pipeline_cases.json")).unwrap()).unwrap();
-    let cases = cases["cases"].as_array().unwrap();
+    let cases = pipeline_cases();
     let caption = |mut c: Command| {
         c.args([
             "caption",
@@ -124,7 +122,7 @@ fn the_paper_pipeline_is_one_command_then_runs_offline() {
             "gpt2",
         ])
         .args(["--datastore", "hf://test-org/smallcap-tiny/datastore_index"]);
-        for case in cases {
+        for case in &cases {
             c.arg(fixture(&format!(
                 "images/{}",
                 case["image"].as_str().unwrap()
@@ -142,16 +140,7 @@ fn the_paper_pipeline_is_one_command_then_runs_offline() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), cases.len());
-    for (got, want) in lines.iter().zip(cases) {
-        let name = want["image"].as_str().unwrap();
-        assert_eq!(
-            got["retrieved_captions"], want["retrieved_captions"],
-            "{name}"
-        );
-        assert_eq!(got["generated_ids"], want["generated_ids"], "{name}");
-        assert_eq!(got["caption"], want["caption"], "{name}");
-    }
+    assert_pipeline_cases(&lines, &cases);
     assert_eq!(setup.cached_files(), ["RN50x64.pt"]);
     assert_eq!(
         std::fs::read(setup.cache().join("RN50x64.pt")).unwrap(),

@@ -136,13 +136,6 @@ pub(crate) fn sha256_of(path: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// The cached file of model `name`, if the cache holds it with the right SHA256 (no network).
-pub fn cached(name: &str) -> Result<Option<PathBuf>> {
-    let (sha, file) = sha_and_file(&url_of(name)?)?;
-    let path = cache_dir()?.join(file);
-    Ok((path.is_file() && sha256_of(&path)? == sha).then_some(path))
-}
-
 /// The file of OpenAI CLIP model `name`, downloaded into the cache unless it is there with the
 /// right SHA256.
 pub fn model_file(name: &str) -> Result<PathBuf> {

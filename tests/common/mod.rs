@@ -141,3 +141,25 @@ pub fn import_fixture_store(out: &std::path::Path) {
             .arg(out),
     );
 }
+
+/// The cases of `pipeline_cases.json` (the reference's live-retrieval pipeline, end to end).
+pub fn pipeline_cases() -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("pipeline_cases.json")).unwrap()).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+/// `caption` output lines against `pipeline_cases.json`: retrieved captions, generated ids and
+/// captions, image by image.
+pub fn assert_pipeline_cases(lines: &[serde_json::Value], cases: &[serde_json::Value]) {
+    assert_eq!(lines.len(), cases.len());
+    for (got, want) in lines.iter().zip(cases) {
+        let name = want["image"].as_str().unwrap();
+        assert_eq!(
+            got["retrieved_captions"], want["retrieved_captions"],
+            "{name}"
+        );
+        assert_eq!(got["generated_ids"], want["generated_ids"], "{name}");
+        assert_eq!(got["caption"], want["caption"], "{name}");
+    }
+}
