@@ -244,7 +244,7 @@ impl Captioner {
                 let mut full = p.prompt_ids.clone();
                 full.extend(&generated_ids);
                 Ok(Caption {
-                    caption: prompt::postprocess(&self.tokenizer.decode(&full)?),
+                    caption: self.tokenizer.caption(&full)?,
                     generated_ids,
                     prompt_ids: p.prompt_ids.clone(),
                     retrieved_captions: p.retrieved_captions.clone(),

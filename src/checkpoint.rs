@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::SmallCapConfig;
+use crate::config::{DecoderArch, DecoderConfig, OptLayout, SmallCapConfig, VisionConfig};
 use crate::error::{Error, Result};
 
 /// Names of the weight files, in the order they are looked for.
@@ -92,16 +92,25 @@ pub struct ExpectedTensor {
 }
 
 /// Every tensor a SmallCap model with this config reads, in checkpoint key names.
-/// `decoder.lm_head.weight` is not listed: it is optional (tied to `wte` when absent).
+/// `decoder.lm_head.weight` is not listed: it is optional (tied to the token embedding when
+/// absent).
 pub fn expected_tensors(cfg: &SmallCapConfig) -> Vec<ExpectedTensor> {
+    let mut out = vision_tensors(&cfg.encoder);
+    out.extend(decoder_tensors(&cfg.decoder));
+    out
+}
+
+fn expect(out: &mut Vec<ExpectedTensor>, name: String, shape: &[usize]) {
+    out.push(ExpectedTensor {
+        name,
+        shape: shape.to_vec(),
+    })
+}
+
+/// The CLIP vision tower's tensors (`encoder.*`).
+pub fn vision_tensors(v: &VisionConfig) -> Vec<ExpectedTensor> {
     let mut out = Vec::new();
-    let mut add = |name: String, shape: &[usize]| {
-        out.push(ExpectedTensor {
-            name,
-            shape: shape.to_vec(),
-        })
-    };
-    let v = &cfg.encoder;
+    let mut add = |name: String, shape: &[usize]| expect(&mut out, name, shape);
     let h = v.hidden_size;
     add("encoder.embeddings.class_embedding".into(), &[h]);
     add(
@@ -131,7 +140,20 @@ pub fn expected_tensors(cfg: &SmallCapConfig) -> Vec<ExpectedTensor> {
         add(format!("{p}.mlp.fc2.weight"), &[h, v.intermediate_size]);
         add(format!("{p}.mlp.fc2.bias"), &[h]);
     }
-    let d = &cfg.decoder;
+    out
+}
+
+/// The decoder's tensors (`decoder.*`), in the names of its family.
+pub fn decoder_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
+    match &d.arch {
+        DecoderArch::Gpt2 => gpt2_tensors(d),
+        DecoderArch::Opt(o) => opt_tensors(d, o),
+    }
+}
+
+fn gpt2_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
+    let mut out = Vec::new();
+    let mut add = |name: String, shape: &[usize]| expect(&mut out, name, shape);
     let e = d.n_embd;
     let c = d.cross_attention_dim();
     add("decoder.transformer.wte.weight".into(), &[d.vocab_size, e]);
@@ -162,7 +184,68 @@ pub fn expected_tensors(cfg: &SmallCapConfig) -> Vec<ExpectedTensor> {
     out
 }
 
-/// Name of the optional LM head; tied to `decoder.transformer.wte.weight` when absent.
+fn opt_tensors(d: &DecoderConfig, o: &OptLayout) -> Vec<ExpectedTensor> {
+    let mut out = Vec::new();
+    let mut add = |name: String, shape: &[usize]| expect(&mut out, name, shape);
+    let h = d.n_embd;
+    let c = d.cross_attention_dim();
+    let x = d.cross_attention_input_dim();
+    let w = o.word_embed_proj_dim;
+    let m = "decoder.model.decoder";
+    add(format!("{m}.embed_tokens.weight"), &[d.vocab_size, w]);
+    add(
+        format!("{m}.embed_positions.weight"),
+        &[d.n_positions + d.position_offset(), h],
+    );
+    if w != h {
+        add(format!("{m}.project_in.weight"), &[h, w]);
+        add(format!("{m}.project_out.weight"), &[w, h]);
+    }
+    if o.final_layer_norm {
+        add(format!("{m}.final_layer_norm.weight"), &[h]);
+        add(format!("{m}.final_layer_norm.bias"), &[h]);
+    }
+    for i in 0..d.n_layer {
+        let p = format!("{m}.layers.{i}");
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            add(format!("{p}.self_attn.{proj}.weight"), &[h, h]);
+            add(format!("{p}.self_attn.{proj}.bias"), &[h]);
+        }
+        for (proj, shape) in [
+            ("q_proj", [c, h]),
+            ("k_proj", [c, x]),
+            ("v_proj", [c, x]),
+            ("out_proj", [h, c]),
+        ] {
+            add(format!("{p}.encoder_attn.{proj}.weight"), &shape);
+            add(format!("{p}.encoder_attn.{proj}.bias"), &[shape[0]]);
+        }
+        for ln in [
+            "self_attn_layer_norm",
+            "encoder_attn_layer_norm",
+            "final_layer_norm",
+        ] {
+            add(format!("{p}.{ln}.weight"), &[h]);
+            add(format!("{p}.{ln}.bias"), &[h]);
+        }
+        add(format!("{p}.fc1.weight"), &[d.n_inner, h]);
+        add(format!("{p}.fc1.bias"), &[d.n_inner]);
+        add(format!("{p}.fc2.weight"), &[h, d.n_inner]);
+        add(format!("{p}.fc2.bias"), &[h]);
+    }
+    out
+}
+
+/// The decoder's token embedding, which an absent LM head is tied to.
+pub fn token_embedding_name(d: &DecoderConfig) -> &'static str {
+    match d.arch {
+        DecoderArch::Gpt2 => "decoder.transformer.wte.weight",
+        DecoderArch::Opt(_) => "decoder.model.decoder.embed_tokens.weight",
+    }
+}
+
+/// Name of the optional LM head; tied to the token embedding ([`token_embedding_name`]) when
+/// absent.
 pub const LM_HEAD: &str = "decoder.lm_head.weight";
 
 /// The tensors a model needs, loaded as f32 and checked against [`expected_tensors`].
@@ -218,7 +301,8 @@ impl StateDict {
                 Some(_) => {}
             }
         }
-        let wte_shape = tensors["decoder.transformer.wte.weight"].dims().to_vec();
+        let embedding = token_embedding_name(&cfg.decoder);
+        let wte_shape = tensors[embedding].dims().to_vec();
         match tensors.get(LM_HEAD) {
             Some(head) if head.dims() != wte_shape.as_slice() => {
                 return Err(Error::checkpoint(
@@ -232,7 +316,7 @@ impl StateDict {
             }
             Some(_) => {}
             None => {
-                let wte = tensors["decoder.transformer.wte.weight"].clone();
+                let wte = tensors[embedding].clone();
                 tensors.insert(LM_HEAD.to_string(), wte);
             }
         }

@@ -1,5 +1,6 @@
 //! `config.json` of a SmallCap checkpoint: the top-level `SmallCapConfig` with its CLIP vision
-//! `encoder` and its GPT-2 `decoder` sections, parsed and checked for consistency.
+//! `encoder` and its `decoder` section (GPT-2, `this_gpt2`, or OPT, `this_opt`, chosen by the
+//! section's `model_type`), parsed and checked for consistency.
 //!
 //! Every model dimension comes from here; nothing is hard-coded to the published sizes.
 
@@ -83,10 +84,43 @@ impl VisionConfig {
     }
 }
 
-/// GPT-2 with SmallCap's cross-attention (`ThisGPT2Config`).
+/// The decoder families of the reference, by the `model_type` of the `decoder` section.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecoderArch {
+    /// `this_gpt2` (`src/gpt2.py`): learned positions from 0, pre-LN blocks, `gelu_new`, GPT-2
+    /// `Conv1D` weights, cross-attention scaled by its reduced head size.
+    Gpt2,
+    /// `this_opt` (`src/opt.py`): learned positions offset by 2, pre- or post-LN blocks, ReLU,
+    /// `nn.Linear` weights, cross-attention reading 768-wide encoder states and scaled by the
+    /// full head size.
+    Opt(OptLayout),
+}
+
+/// What an OPT decoder has beyond the shared sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptLayout {
+    /// Width of the token embeddings (`word_embed_proj_dim`): `project_in` / `project_out` map
+    /// it to and from `hidden_size` when the two differ (opt-350m).
+    pub word_embed_proj_dim: usize,
+    /// `do_layer_norm_before`: pre-LN blocks (opt-125m and most sizes) or post-LN (opt-350m).
+    pub do_layer_norm_before: bool,
+    /// Whether the decoder ends with `final_layer_norm` (pre-LN and not
+    /// `_remove_final_layer_norm`).
+    pub final_layer_norm: bool,
+}
+
+/// The width of the encoder states OPT's cross-attention reads: `src/opt.py` builds its
+/// `k_proj` / `v_proj` as `nn.Linear(768, …)` whatever the config says.
+pub const OPT_CROSS_ATTENTION_INPUT: usize = 768;
+
+/// The decoder with SmallCap's cross-attention (`ThisGPT2Config` or `ThisOPTConfig`), in GPT-2's
+/// names: for OPT `n_embd` is `hidden_size`, `n_layer` `num_hidden_layers`, `n_head`
+/// `num_attention_heads`, `n_inner` `ffn_dim` and `n_positions` `max_position_embeddings`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
-    /// Vocabulary size (50257 for GPT-2).
+    /// The family and its own layout.
+    pub arch: DecoderArch,
+    /// Vocabulary size (50257 for GPT-2; OPT's 50265 tokens padded to 50272).
     pub vocab_size: usize,
     /// Learned positions: the longest prompt plus caption.
     pub n_positions: usize,
@@ -96,7 +130,7 @@ pub struct DecoderConfig {
     pub n_layer: usize,
     /// Attention heads per block.
     pub n_head: usize,
-    /// Width of the MLPs (`4 * n_embd` when `config.json` gives none).
+    /// Width of the MLPs (`4 * n_embd` when a GPT-2 `config.json` gives none).
     pub n_inner: usize,
     /// LayerNorm epsilon.
     pub layer_norm_epsilon: f64,
@@ -105,6 +139,13 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
+    /// The `model_type` of the section (`this_gpt2`, `this_opt`).
+    pub fn model_type(&self) -> &'static str {
+        match self.arch {
+            DecoderArch::Gpt2 => "this_gpt2",
+            DecoderArch::Opt(_) => "this_opt",
+        }
+    }
     /// Size of one self-attention head.
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
@@ -113,9 +154,46 @@ impl DecoderConfig {
     pub fn cross_attention_dim(&self) -> usize {
         self.n_embd / self.cross_attention_reduce_factor
     }
-    /// Head size of the reduced cross-attention (`head_dim / r`), which also sets its softmax scale.
+    /// Head size of the reduced cross-attention (`head_dim / r`).
     pub fn cross_attention_head_dim(&self) -> usize {
         self.head_dim() / self.cross_attention_reduce_factor
+    }
+    /// The cross-attention's softmax scale: `1/√(head_dim / r)` in GPT-2 (transformers divides
+    /// by the reduced value size), `1/√head_dim` in OPT (`src/opt.py` takes it before reducing).
+    pub fn cross_attention_scale(&self) -> f64 {
+        match self.arch {
+            DecoderArch::Gpt2 => 1.0 / (self.cross_attention_head_dim() as f64).sqrt(),
+            DecoderArch::Opt(_) => 1.0 / (self.head_dim() as f64).sqrt(),
+        }
+    }
+    /// Width of the encoder states the cross-attention's keys and values are computed from.
+    pub fn cross_attention_input_dim(&self) -> usize {
+        match self.arch {
+            DecoderArch::Gpt2 => self.n_embd,
+            DecoderArch::Opt(_) => OPT_CROSS_ATTENTION_INPUT,
+        }
+    }
+    /// Width of the token embeddings (and of the LM head's input).
+    pub fn embedding_dim(&self) -> usize {
+        match &self.arch {
+            DecoderArch::Gpt2 => self.n_embd,
+            DecoderArch::Opt(o) => o.word_embed_proj_dim,
+        }
+    }
+    /// Where positions start in the position table (OPT's learned positions are offset by 2).
+    pub fn position_offset(&self) -> usize {
+        match self.arch {
+            DecoderArch::Gpt2 => 0,
+            DecoderArch::Opt(_) => 2,
+        }
+    }
+    /// The part of a decoder parameter's name that train.py trains by default: `crossattention`
+    /// for GPT-2, `encoder_attn` for OPT (its cross-attention layer norm included).
+    pub fn cross_attention_marker(&self) -> &'static str {
+        match self.arch {
+            DecoderArch::Gpt2 => "crossattention",
+            DecoderArch::Opt(_) => "encoder_attn",
+        }
     }
 }
 
@@ -141,7 +219,7 @@ pub struct SmallCapConfig {
 #[derive(Deserialize)]
 struct RawTop {
     encoder: serde_json::Value,
-    decoder: RawDecoder,
+    decoder: serde_json::Value,
     eos_token_id: Option<u32>,
     pad_token_id: Option<u32>,
     k: Option<usize>,
@@ -182,7 +260,7 @@ impl Default for RawVision {
 }
 
 #[derive(Deserialize)]
-struct RawDecoder {
+struct RawGpt2 {
     vocab_size: usize,
     n_positions: usize,
     n_embd: usize,
@@ -199,6 +277,57 @@ struct RawDecoder {
     add_cross_attention: bool,
 }
 
+/// `ThisOPTConfig` as transformers 4.21.1 reads it: absent fields take `OPTConfig`'s defaults.
+#[derive(Deserialize)]
+struct RawOpt {
+    #[serde(default = "opt_vocab")]
+    vocab_size: usize,
+    #[serde(default = "opt_hidden")]
+    hidden_size: usize,
+    #[serde(default = "twelve")]
+    num_hidden_layers: usize,
+    #[serde(default = "opt_ffn")]
+    ffn_dim: usize,
+    #[serde(default = "opt_positions")]
+    max_position_embeddings: usize,
+    #[serde(default = "yes")]
+    do_layer_norm_before: bool,
+    #[serde(default)]
+    _remove_final_layer_norm: bool,
+    word_embed_proj_dim: Option<usize>,
+    #[serde(default = "twelve")]
+    num_attention_heads: usize,
+    #[serde(default = "relu")]
+    activation_function: String,
+    #[serde(default = "yes")]
+    layer_norm_elementwise_affine: bool,
+    #[serde(default = "one")]
+    cross_attention_reduce_factor: usize,
+    #[serde(default)]
+    add_cross_attention: bool,
+}
+
+fn opt_vocab() -> usize {
+    50272
+}
+fn opt_hidden() -> usize {
+    768
+}
+fn opt_ffn() -> usize {
+    3072
+}
+fn opt_positions() -> usize {
+    2048
+}
+fn twelve() -> usize {
+    12
+}
+fn yes() -> bool {
+    true
+}
+fn relu() -> String {
+    "relu".into()
+}
 fn three() -> usize {
     3
 }
@@ -213,6 +342,102 @@ fn quick_gelu() -> String {
 }
 fn gelu_new() -> String {
     "gelu_new".into()
+}
+
+impl DecoderConfig {
+    /// The `decoder` section of a `config.json`, by its `model_type` (`this_gpt2` when absent).
+    pub fn from_value(value: &serde_json::Value) -> std::result::Result<Self, String> {
+        let model_type = value.get("model_type").and_then(|t| t.as_str());
+        let d = match model_type {
+            None | Some("this_gpt2") | Some("gpt2") => Self::gpt2(value)?,
+            Some("this_opt") | Some("opt") => Self::opt(value)?,
+            Some(other) => {
+                return Err(format!(
+                    "decoder.model_type {other:?} is not supported (supported: this_gpt2, this_opt)"
+                ))
+            }
+        };
+        let r = d.cross_attention_reduce_factor;
+        if !REDUCE_FACTORS.contains(&r) {
+            return Err(format!(
+                "decoder.cross_attention_reduce_factor must be one of {REDUCE_FACTORS:?}, found {r}"
+            ));
+        }
+        if d.n_head == 0
+            || !d.n_embd.is_multiple_of(d.n_head)
+            || !(d.n_embd / d.n_head).is_multiple_of(r)
+        {
+            return Err(format!(
+                "decoder: width {} / {} heads / reduce factor {r} do not divide evenly",
+                d.n_embd, d.n_head
+            ));
+        }
+        Ok(d)
+    }
+
+    fn gpt2(value: &serde_json::Value) -> std::result::Result<Self, String> {
+        let d: RawGpt2 =
+            serde_json::from_value(value.clone()).map_err(|e| format!("decoder: {e}"))?;
+        if d.activation_function != "gelu_new" {
+            return Err(format!(
+                "decoder.activation_function: only gelu_new is supported, found {:?}",
+                d.activation_function
+            ));
+        }
+        if !d.add_cross_attention {
+            return Err("decoder.add_cross_attention must be true".into());
+        }
+        Ok(DecoderConfig {
+            arch: DecoderArch::Gpt2,
+            vocab_size: d.vocab_size,
+            n_positions: d.n_positions,
+            n_embd: d.n_embd,
+            n_layer: d.n_layer,
+            n_head: d.n_head,
+            n_inner: d.n_inner.unwrap_or(4 * d.n_embd),
+            layer_norm_epsilon: d.layer_norm_epsilon,
+            cross_attention_reduce_factor: d.cross_attention_reduce_factor,
+        })
+    }
+
+    fn opt(value: &serde_json::Value) -> std::result::Result<Self, String> {
+        let d: RawOpt =
+            serde_json::from_value(value.clone()).map_err(|e| format!("decoder: {e}"))?;
+        if d.activation_function != "relu" {
+            return Err(format!(
+                "decoder.activation_function: only relu is supported for OPT, found {:?}",
+                d.activation_function
+            ));
+        }
+        if !d.add_cross_attention {
+            return Err("decoder.add_cross_attention must be true".into());
+        }
+        if !d.layer_norm_elementwise_affine {
+            return Err(
+                "decoder.layer_norm_elementwise_affine false is not supported (every published OPT checkpoint has affine layer norms)"
+                    .into(),
+            );
+        }
+        let proj = d.word_embed_proj_dim.unwrap_or(d.hidden_size);
+        if proj == 0 || d.hidden_size == 0 {
+            return Err("decoder: hidden_size and word_embed_proj_dim must be positive".into());
+        }
+        Ok(DecoderConfig {
+            arch: DecoderArch::Opt(OptLayout {
+                word_embed_proj_dim: proj,
+                do_layer_norm_before: d.do_layer_norm_before,
+                final_layer_norm: d.do_layer_norm_before && !d._remove_final_layer_norm,
+            }),
+            vocab_size: d.vocab_size,
+            n_positions: d.max_position_embeddings,
+            n_embd: d.hidden_size,
+            n_layer: d.num_hidden_layers,
+            n_head: d.num_attention_heads,
+            n_inner: d.ffn_dim,
+            layer_norm_epsilon: 1e-5,
+            cross_attention_reduce_factor: d.cross_attention_reduce_factor,
+        })
+    }
 }
 
 impl SmallCapConfig {
@@ -242,49 +467,23 @@ impl SmallCapConfig {
             .cloned()
             .unwrap_or(raw.encoder.clone());
         let encoder = VisionConfig::from_value(&vision_value).map_err(bad)?;
-        let d = raw.decoder;
-        if d.activation_function != "gelu_new" {
-            return Err(bad(format!(
-                "decoder.activation_function: only gelu_new is supported, found {:?}",
-                d.activation_function
-            )));
-        }
-        if !d.add_cross_attention {
-            return Err(bad("decoder.add_cross_attention must be true".into()));
-        }
-        let r = d.cross_attention_reduce_factor;
-        if !REDUCE_FACTORS.contains(&r) {
-            return Err(bad(format!(
-                "decoder.cross_attention_reduce_factor must be one of {REDUCE_FACTORS:?}, found {r}"
-            )));
-        }
-        if d.n_head == 0
-            || !d.n_embd.is_multiple_of(d.n_head)
-            || !(d.n_embd / d.n_head).is_multiple_of(r)
-        {
-            return Err(bad(format!(
-                "decoder: n_embd {} / n_head {} / reduce factor {r} do not divide evenly",
-                d.n_embd, d.n_head
-            )));
-        }
-        if encoder.hidden_size != d.n_embd {
-            return Err(bad(format!(
-                "encoder hidden_size {} differs from decoder n_embd {}: SmallCap feeds the encoder states to the cross-attention unprojected",
-                encoder.hidden_size, d.n_embd
-            )));
+        let decoder = DecoderConfig::from_value(&raw.decoder).map_err(bad)?;
+        let needed = decoder.cross_attention_input_dim();
+        if encoder.hidden_size != needed {
+            return Err(bad(match decoder.arch {
+                DecoderArch::Gpt2 => format!(
+                    "encoder hidden_size {} differs from decoder n_embd {needed}: SmallCap feeds the encoder states to the cross-attention unprojected",
+                    encoder.hidden_size
+                ),
+                DecoderArch::Opt(_) => format!(
+                    "encoder hidden_size {} with an OPT decoder: the reference's OPT cross-attention reads {needed}-wide encoder states (nn.Linear(768, …) in src/opt.py), so it cannot run this checkpoint either",
+                    encoder.hidden_size
+                ),
+            }));
         }
         Ok(Self {
             encoder,
-            decoder: DecoderConfig {
-                vocab_size: d.vocab_size,
-                n_positions: d.n_positions,
-                n_embd: d.n_embd,
-                n_layer: d.n_layer,
-                n_head: d.n_head,
-                n_inner: d.n_inner.unwrap_or(4 * d.n_embd),
-                layer_norm_epsilon: d.layer_norm_epsilon,
-                cross_attention_reduce_factor: r,
-            },
+            decoder,
             eos_token_id: raw.eos_token_id.unwrap_or(13),
             pad_token_id: raw.pad_token_id.unwrap_or(0),
             k: raw.k.unwrap_or(4),

@@ -7,8 +7,6 @@ pub const TEMPLATE: &str = "Similar images show\n\n||\n\nThis image shows ";
 pub const SIMPLE_PREFIX: &str = "This image shows ";
 /// GPT-2's pad token string in SmallCap (`!`, id 0).
 pub const PAD_TOKEN: &str = "!";
-/// GPT-2's bos token string.
-pub const BOS_TOKEN: &str = "<|endoftext|>";
 /// SmallCap's eos token string (`.`, id 13).
 pub const EOS_TOKEN: &str = ".";
 
@@ -25,16 +23,17 @@ pub fn prompt_text(captions: Option<&[String]>, k: usize) -> String {
 }
 
 /// infer.py's `postprocess_preds`: the text after the last `This image shows `, every `!`
-/// removed, a leading `<|endoftext|>` and one trailing `.` stripped. When the marker is gone
+/// removed, a leading `bos_token` (GPT-2's `<|endoftext|>`, OPT's `</s>`) and one trailing `.`
+/// stripped. When the marker is gone
 /// (the first token was eos, merged with the space by the decoder's clean-up) the caption is the
 /// whole decoded text, as in the reference.
-pub fn postprocess(decoded: &str) -> String {
+pub fn postprocess(decoded: &str, bos_token: &str) -> String {
     let after = match decoded.rfind(SIMPLE_PREFIX) {
         Some(i) => &decoded[i + SIMPLE_PREFIX.len()..],
         None => decoded,
     };
     let mut pred = after.replace(PAD_TOKEN, "");
-    if let Some(rest) = pred.strip_prefix(BOS_TOKEN) {
+    if let Some(rest) = pred.strip_prefix(bos_token) {
         pred = rest.to_string();
     }
     if let Some(rest) = pred.strip_suffix(EOS_TOKEN) {
@@ -70,12 +69,21 @@ mod tests {
 
     #[test]
     fn postprocess_follows_infer_py() {
-        assert_eq!(postprocess("x This image shows a dog!!."), "a dog");
-        assert_eq!(postprocess("This image shows a.This image shows b."), "b");
-        assert_eq!(postprocess("no marker here."), "no marker here");
+        let gpt2 = "<|endoftext|>";
+        assert_eq!(postprocess("x This image shows a dog!!.", gpt2), "a dog");
         assert_eq!(
-            postprocess("This image shows <|endoftext|>a cat.."),
+            postprocess("This image shows a.This image shows b.", gpt2),
+            "b"
+        );
+        assert_eq!(postprocess("no marker here.", gpt2), "no marker here");
+        assert_eq!(
+            postprocess("This image shows <|endoftext|>a cat..", gpt2),
             "a cat."
+        );
+        // OPT's tokenizer puts </s> first: without the marker, it is stripped.
+        assert_eq!(
+            postprocess("</s>Similar images show a.", "</s>"),
+            "Similar images show a"
         );
     }
 }

@@ -1,5 +1,9 @@
 //! The GPT-2 byte-level BPE tokenizer, as HF `GPT2TokenizerFast` encodes and decodes, built from
-//! `vocab.json` + `merges.txt` (or a `tokenizer.json`).
+//! `vocab.json` + `merges.txt` (or a `tokenizer.json`); also OPT's, which is the same BPE with
+//! fairseq's special tokens (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3) and `add_bos_token`: the
+//! slow `GPT2Tokenizer` transformers 4.21.1 loads for `facebook/opt-*` puts `</s>` before every
+//! text it encodes with special tokens. Both come from the folder's `tokenizer_config.json` and
+//! `special_tokens_map.json` when it has them.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +21,70 @@ pub const ENDOFTEXT: &str = "<|endoftext|>";
 #[derive(Clone)]
 pub struct Gpt2Tokenizer {
     inner: Tokenizer,
+    /// `bos_token` (GPT-2's `<|endoftext|>` when the folder names none).
+    bos_token: String,
+    /// Its id when `encode` puts it first (`add_bos_token`: OPT's `</s>`).
+    bos: Option<u32>,
+    /// Where it was read from, for messages.
+    dir: PathBuf,
+}
+
+/// What `tokenizer_config.json` and `special_tokens_map.json` say.
+#[derive(Default)]
+struct SpecialTokens {
+    /// The special token strings (no-split when encoding).
+    names: Vec<String>,
+    /// `bos_token`.
+    bos_token: Option<String>,
+    /// `add_bos_token`.
+    add_bos: bool,
+}
+
+/// A token in these files is a string or `{"content": …}`.
+fn token_string(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn read_special_tokens(dir: &Path) -> Result<SpecialTokens> {
+    let mut out = SpecialTokens::default();
+    for file in ["special_tokens_map.json", "tokenizer_config.json"] {
+        let path = dir.join(file);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Tokenizer {
+            path: path.clone(),
+            msg: format!("not JSON: {e}"),
+        })?;
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+            if let Some(t) = v.get(key).and_then(token_string) {
+                if key == "bos_token" {
+                    out.bos_token = Some(t.clone());
+                }
+                if !out.names.contains(&t) {
+                    out.names.push(t);
+                }
+            }
+        }
+        if let Some(b) = v.get("add_bos_token") {
+            out.add_bos = b.as_bool().ok_or_else(|| Error::Tokenizer {
+                path: path.clone(),
+                msg: format!("add_bos_token must be true or false, found {b}"),
+            })?;
+        }
+    }
+    if out.add_bos && out.bos_token.is_none() {
+        return Err(Error::Tokenizer {
+            path: dir.join("tokenizer_config.json"),
+            msg: "add_bos_token is true but no bos_token is named".into(),
+        });
+    }
+    Ok(out)
 }
 
 impl Gpt2Tokenizer {
@@ -33,7 +101,7 @@ impl Gpt2Tokenizer {
                 path: json.clone(),
                 msg: e.to_string(),
             })?;
-            return Ok(Self { inner });
+            return Self::with_bos(inner, read_special_tokens(dir)?, dir);
         }
         Err(Error::Tokenizer {
             path: dir.to_path_buf(),
@@ -41,7 +109,8 @@ impl Gpt2Tokenizer {
         })
     }
 
-    /// Builds the tokenizer from the two BPE files.
+    /// Builds the tokenizer from the two BPE files (and the special tokens of the folder they
+    /// are in; GPT-2's `<|endoftext|>` when it names none).
     pub fn from_files(vocab: &Path, merges: &Path) -> Result<Self> {
         let err = |path: &PathBuf, msg: String| Error::Tokenizer {
             path: path.clone(),
@@ -61,14 +130,77 @@ impl Gpt2Tokenizer {
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let dir = vocab.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut specials = read_special_tokens(&dir)?;
+        if specials.names.is_empty() {
+            specials.names.push(ENDOFTEXT.to_string());
+        }
+        for name in &specials.names {
+            if inner.token_to_id(name).is_none() {
+                return Err(err(
+                    &dir,
+                    format!("special token {name:?} is not in {}", vocab.display()),
+                ));
+            }
+        }
+        let tokens: Vec<AddedToken> = specials
+            .names
+            .iter()
+            .map(|n| AddedToken::from(n.clone(), true))
+            .collect();
         let _added: usize = inner
-            .add_special_tokens([AddedToken::from(ENDOFTEXT, true)])
+            .add_special_tokens(tokens)
             .map_err(|e| err(&vocab.to_path_buf(), e.to_string()))?;
-        Ok(Self { inner })
+        Self::with_bos(inner, specials, &dir)
     }
 
-    /// Token ids of `text`, without special tokens (GPT-2 adds no BOS/EOS).
+    fn with_bos(inner: Tokenizer, specials: SpecialTokens, dir: &Path) -> Result<Self> {
+        let bos_token = specials.bos_token.unwrap_or_else(|| ENDOFTEXT.to_string());
+        let bos = if specials.add_bos {
+            Some(
+                inner
+                    .token_to_id(&bos_token)
+                    .ok_or_else(|| Error::Tokenizer {
+                        path: dir.to_path_buf(),
+                        msg: format!("bos_token {bos_token:?} is not in the vocabulary"),
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            inner,
+            bos_token,
+            bos,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// `bos_token`: what `postprocess_preds` strips from the front of a caption.
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// The id `encode` puts first (`add_bos_token`): OPT's `</s>`; none for GPT-2.
+    pub fn added_bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// The folder the tokenizer was read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `tokenizer.encode(text)` of the reference: the text's ids after the bos token where the
+    /// tokenizer adds one (OPT), else exactly the text's ids (GPT-2 adds no BOS/EOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        ids.extend(self.encode_plain(text)?);
+        Ok(ids)
+    }
+
+    /// `tokenizer.encode(text, add_special_tokens=False)`: the text's ids alone.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(text, false)
@@ -79,8 +211,19 @@ impl Gpt2Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// `decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=True)`.
+    /// `decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=True)`. An id with
+    /// no token (the rows OPT pads its embedding with, 50265–50271 in `facebook/opt-*`) is an
+    /// error naming it, as the reference's decode fails on it.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(&bad) = ids.iter().find(|&&id| self.inner.id_to_token(id).is_none()) {
+            return Err(Error::Tokenizer {
+                path: self.dir.clone(),
+                msg: format!(
+                    "generated token id {bad} has no token in this tokenizer ({} tokens): the model's vocabulary is padded beyond it",
+                    self.vocab_size()
+                ),
+            });
+        }
         let text = self
             .inner
             .decode(ids, false)
@@ -89,6 +232,14 @@ impl Gpt2Tokenizer {
                 msg: e.to_string(),
             })?;
         Ok(clean_up_tokenization(&text))
+    }
+
+    /// The caption of a prompt and its generated ids: decoded, then `postprocess_preds`.
+    pub fn caption(&self, ids: &[u32]) -> Result<String> {
+        Ok(crate::prompt::postprocess(
+            &self.decode(ids)?,
+            &self.bos_token,
+        ))
     }
 
     /// The number of tokens.

@@ -111,7 +111,7 @@ fn generated_ids_and_captions_equal_the_reference_with(label: &str, m: &SmallCap
             );
             let mut full = case.prompt_ids.clone();
             full.extend(&alone[0]);
-            let caption = prompt::postprocess(&tok.decode(&full).unwrap());
+            let caption = tok.caption(&full).unwrap();
             assert_eq!(caption, want.caption, "{} {name}", case.id);
         }
     }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
 
-use smallcap::checkpoint::{expected_tensors, read_tensors};
+use smallcap::checkpoint::{read_tensors, vision_tensors};
 use smallcap::config::VisionConfig;
 use smallcap::models::ClipVision;
 use smallcap::train::dataset::{Annotations, KarpathyImage};
@@ -76,28 +76,7 @@ pub fn load_vision(spec: &str, device: &Device) -> anyhow::Result<(ClipVision, V
     let cfg = VisionConfig::from_value(section)
         .map_err(|e| anyhow::anyhow!("{spec}: config.json: {e}"))?;
     // The tensor names of the tower, as a SmallCap checkpoint holds them.
-    let names: Vec<String> = expected_tensors(&smallcap::SmallCapConfig {
-        encoder: cfg.clone(),
-        decoder: smallcap::config::DecoderConfig {
-            vocab_size: 1,
-            n_positions: 1,
-            n_embd: cfg.hidden_size,
-            n_layer: 0,
-            n_head: 1,
-            n_inner: 1,
-            layer_norm_epsilon: 1e-5,
-            cross_attention_reduce_factor: 1,
-        },
-        eos_token_id: 13,
-        pad_token_id: 0,
-        k: 4,
-        rag: true,
-        retrieval_encoder: None,
-    })
-    .into_iter()
-    .map(|t| t.name)
-    .filter(|n| n.starts_with("encoder."))
-    .collect();
+    let names: Vec<String> = vision_tensors(&cfg).into_iter().map(|t| t.name).collect();
     let source = |n: &str| {
         if is_smallcap {
             n.to_string()

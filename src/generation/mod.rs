@@ -7,7 +7,7 @@ pub mod greedy;
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::models::gpt2::{log_softmax, Gpt2, Sequence};
+use crate::models::decoder::{log_softmax, Decoder, Sequence};
 
 pub use beam_search::BeamSearch;
 pub use greedy::Greedy;
@@ -68,7 +68,7 @@ struct Active {
 /// returns them (eos included when emitted). The prompts are run one by one; every later step
 /// runs all unfinished images in one forward pass.
 pub fn generate(
-    decoder: &Gpt2,
+    decoder: &Decoder,
     requests: &[Request],
     cfg: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>> {

@@ -18,31 +18,30 @@ use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::VisionConfig;
 use crate::kernels::packed_linear::{self, WeightType};
-use crate::models::gpt2::Conv1D;
+use crate::models::linear::Linear;
 
-/// An `nn.Linear` (`[out, in]` weight) as a [`Conv1D`] over `[in, out]`.
-fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Conv1D> {
-    let weight = vb.get((d_out, d_in), "weight")?.t()?.contiguous()?;
-    Ok(Conv1D::from_tensors(weight, vb.get(d_out, "bias")?))
+/// An `nn.Linear` (`[out, in]` weight, with bias).
+fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Linear> {
+    Linear::linear(vb, d_in, d_out, true)
 }
 
 #[derive(Debug, Clone)]
 struct Layer {
     layer_norm1: LayerNorm,
-    q_proj: Conv1D,
-    k_proj: Conv1D,
-    v_proj: Conv1D,
-    out_proj: Conv1D,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
     layer_norm2: LayerNorm,
-    fc1: Conv1D,
-    fc2: Conv1D,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 /// SmallCap's frozen CLIP ViT: pixels to `last_hidden_state`.
 #[derive(Debug, Clone)]
 pub struct ClipVision {
     /// The patch convolution as `[channels·patch·patch, hidden]`, without bias.
-    patch_embedding: Conv1D,
+    patch_embedding: Linear,
     class_embedding: Tensor,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
@@ -57,9 +56,9 @@ impl ClipVision {
         let eps = cfg.layer_norm_eps;
         let e = vb.pp("embeddings");
         let conv = e.get((h, c, p, p), "patch_embedding.weight")?;
-        let patch_embedding = Conv1D::from_tensors(
+        let patch_embedding = Linear::from_tensors(
             conv.reshape((h, c * p * p))?.t()?.contiguous()?,
-            Tensor::zeros(h, conv.dtype(), conv.device())?,
+            Some(Tensor::zeros(h, conv.dtype(), conv.device())?),
         );
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -110,9 +109,6 @@ impl ClipVision {
     /// `pixel_values` `[B, 3, size, size]` → `last_hidden_state` `[B, tokens, hidden]`.
     pub fn forward(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
-        if self.layers.is_empty() {
-            candle_core::bail!("the vision tower has no layers");
-        }
         let (b, c, size, _) = pixel_values.dims4()?;
         let (p, h) = (cfg.patch_size, cfg.hidden_size);
         let g = size / p;

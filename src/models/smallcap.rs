@@ -1,4 +1,4 @@
-//! The SmallCap model: the frozen CLIP vision `encoder` and the GPT-2 `decoder` with
+//! The SmallCap model: the frozen CLIP vision `encoder` and the `decoder` (GPT-2 or OPT) with
 //! cross-attention, loaded from a checkpoint folder (`config.json` + weights).
 
 use std::path::Path;
@@ -11,9 +11,9 @@ use crate::config::SmallCapConfig;
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
 use crate::kernels::packed_linear::WeightType;
-use crate::models::{ClipVision, Gpt2};
+use crate::models::{ClipVision, Decoder};
 
-/// The SmallCap model: CLIP vision encoder, GPT-2 decoder with reduced cross-attention.
+/// The SmallCap model: CLIP vision encoder, GPT-2 or OPT decoder with reduced cross-attention.
 #[derive(Debug, Clone)]
 pub struct SmallCap {
     /// Its `config.json`.
@@ -21,7 +21,7 @@ pub struct SmallCap {
     /// The vision tower.
     pub encoder: ClipVision,
     /// The decoder.
-    pub decoder: Gpt2,
+    pub decoder: Decoder,
 }
 
 impl SmallCap {
@@ -47,10 +47,10 @@ impl SmallCap {
     ) -> Result<Self> {
         let path = weights.path.clone();
         let vb = VarBuilder::from_tensors(weights.tensors, DType::F32, device);
-        let build = || -> candle_core::Result<(ClipVision, Gpt2)> {
+        let build = || -> candle_core::Result<(ClipVision, Decoder)> {
             Ok((
                 ClipVision::load(vb.pp("encoder"), &config.encoder)?,
-                Gpt2::load(vb.pp("decoder"), &config.decoder)?,
+                Decoder::load(vb.pp("decoder"), &config.decoder)?,
             ))
         };
         let (encoder, decoder) = build().map_err(|e| Error::checkpoint(&path, e.to_string()))?;

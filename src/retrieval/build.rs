@@ -35,7 +35,7 @@ pub fn filter_by_gpt2_length(
 ) -> Result<Vec<CaptionRecord>> {
     let mut out = Vec::with_capacity(captions.len());
     for c in captions {
-        if tokenizer.encode(&c.text)?.len() <= max_tokens {
+        if tokenizer.encode_plain(&c.text)?.len() <= max_tokens {
             out.push(c);
         }
     }

@@ -168,7 +168,7 @@ pub fn prep_strings(
 ) -> Result<Encoded> {
     let prefix = prompt::prompt_text(retrieved, k);
     let prefix_ids = tokenizer.encode(&prefix)?;
-    let mut text_ids = tokenizer.encode(text)?;
+    let mut text_ids = tokenizer.encode_plain(text)?;
     text_ids.truncate(CAPTION_LENGTH);
     let mut input_ids = prefix_ids.clone();
     input_ids.extend(&text_ids);

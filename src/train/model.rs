@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use crate::checkpoint::{expected_tensors, LM_HEAD};
 use crate::config::SmallCapConfig;
 use crate::error::{Error, Result};
-use crate::models::{Dropout, Gpt2};
+use crate::models::{Decoder, Dropout};
 use crate::train::dataset::IGNORE_INDEX;
 
 /// Which decoder parameters train.
@@ -81,7 +81,7 @@ pub struct TrainModel {
     /// Trainable parameters in checkpoint order (the reference's `named_parameters` order).
     pub params: Vec<(String, Var)>,
     /// The decoder, sharing the tensors above.
-    pub decoder: Gpt2,
+    pub decoder: Decoder,
     /// Whether `decoder.lm_head.weight` is the same tensor as `wte` (a model built from GPT-2).
     pub tied_lm_head: bool,
 }
@@ -123,7 +123,7 @@ impl TrainModel {
             tensors.insert(LM_HEAD.to_string(), wte);
         }
         let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
-        let decoder = Gpt2::load(vb.pp("decoder"), &config.decoder)?;
+        let decoder = Decoder::load(vb.pp("decoder"), &config.decoder)?;
         Ok(Self {
             config,
             tensors,

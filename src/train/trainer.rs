@@ -501,7 +501,7 @@ impl Trainer {
             for (((id, _), p), ids) in chunk.iter().zip(&prompts).zip(generated) {
                 let mut full = p.clone();
                 full.extend(ids);
-                let caption = prompt::postprocess(&v.tokenizer.decode(&full)?);
+                let caption = v.tokenizer.caption(&full)?;
                 let image_id: Value = id
                     .parse::<i64>()
                     .map(Value::from)

@@ -1,0 +1,179 @@
+//! SmallCap with the reference's OPT decoder (`src/opt.py`) against the `opt-tiny` (pre-LN,
+//! opt-125m's shape) and `opt-postln-tiny` (post-LN with `project_in`/`project_out`, opt-350m's
+//! shape) packs: prompt ids, last-position logits, and the generated ids and captions of all
+//! three decode settings, alone and batched, dense and packed. The packs are read from
+//! `../shared/fixtures` (see `common::decoder_pack`).
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::decoder_pack::{decoder_pack, DecoderPack};
+use common::*;
+use smallcap::generation::{generate, GenerationConfig, Request};
+use smallcap::{prompt, Gpt2Tokenizer, SmallCap, WeightType};
+
+const PACKS: [&str; 2] = ["opt-tiny", "opt-postln-tiny"];
+
+fn packs() -> Vec<DecoderPack> {
+    PACKS.iter().filter_map(|p| decoder_pack(p)).collect()
+}
+
+fn model(pack: &DecoderPack) -> SmallCap {
+    SmallCap::load_dir(&pack.path("model"), &Device::Cpu).unwrap()
+}
+
+/// The decoder as loaded (the training path) and packed in f32 for decoding (the captioner's).
+fn models(pack: &DecoderPack) -> Vec<(&'static str, SmallCap)> {
+    let mut packed = model(pack);
+    packed.pack_decoder(WeightType::F32).unwrap();
+    vec![("dense", model(pack)), ("packed f32", packed)]
+}
+
+fn states(pack: &DecoderPack, m: &SmallCap) -> Vec<Tensor> {
+    let px = expected_tensors();
+    pack.cases
+        .iter()
+        .map(|c| {
+            m.encode(&pack.pixel_values(c, &px).unsqueeze(0).unwrap())
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+        })
+        .collect()
+}
+
+fn last_logits(m: &SmallCap, states: &Tensor, prompt_ids: &[u32]) -> Tensor {
+    let mut seq = m.decoder.start(states).unwrap();
+    m.decoder
+        .forward(prompt_ids, prompt_ids.len(), &mut [&mut seq])
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+}
+
+#[test]
+fn the_decoder_is_chosen_by_model_type() {
+    for pack in packs() {
+        let m = model(&pack);
+        assert_eq!(m.decoder.config().model_type(), "this_opt", "{}", pack.name);
+        assert_eq!(m.decoder.config().vocab_size, 50272);
+    }
+}
+
+#[test]
+fn prompt_ids_equal_the_reference() {
+    for pack in packs() {
+        let tok = Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+        assert_eq!(tok.added_bos(), Some(2), "OPT's tokenizer puts </s> first");
+        for case in &pack.cases {
+            let caps = case.retrieved_captions.as_deref();
+            let text = prompt::prompt_text(caps.filter(|_| case.k > 0), case.k);
+            assert_eq!(
+                tok.encode(&text).unwrap(),
+                case.prompt_ids,
+                "{} {}",
+                pack.name,
+                case.id
+            );
+        }
+    }
+}
+
+#[test]
+fn logits_equal_the_reference() {
+    for pack in packs() {
+        for (label, m) in models(&pack) {
+            for (case, s) in pack.cases.iter().zip(states(&pack, &m)) {
+                let logits = last_logits(&m, &s, &case.prompt_ids);
+                let want = &pack.tensors[&format!("{}.logits_last", case.id)];
+                let e = rel_err(&logits, want);
+                assert!(
+                    e < 1e-4,
+                    "{} {} ({label}): logits_last relative error {e}",
+                    pack.name,
+                    case.id
+                );
+            }
+        }
+    }
+}
+
+fn settings_of(m: &SmallCap) -> Vec<(&'static str, GenerationConfig)> {
+    settings()
+        .into_iter()
+        .map(|(name, cfg)| {
+            (
+                name,
+                GenerationConfig {
+                    eos_token_id: m.config.eos_token_id,
+                    pad_token_id: m.config.pad_token_id,
+                    ..cfg
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn generated_ids_and_captions_equal_the_reference() {
+    for pack in packs() {
+        let tok = Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+        for (label, m) in models(&pack) {
+            let states = states(&pack, &m);
+            for (name, cfg) in settings_of(&m) {
+                let requests: Vec<Request> = pack
+                    .cases
+                    .iter()
+                    .zip(&states)
+                    .map(|(c, s)| Request {
+                        prompt_ids: &c.prompt_ids,
+                        encoder_hidden_states: s.clone(),
+                    })
+                    .collect();
+                let batched = generate(&m.decoder, &requests, &cfg).unwrap();
+                for (i, case) in pack.cases.iter().enumerate() {
+                    let want = &case.expected[name];
+                    let what = format!("{} {} {name} ({label}", pack.name, case.id);
+                    assert_eq!(batched[i], want.generated_ids, "{what}, batched)");
+                    let alone = generate(&m.decoder, &requests[i..i + 1], &cfg).unwrap();
+                    assert_eq!(alone[0], want.generated_ids, "{what}, alone)");
+                    let mut full = case.prompt_ids.clone();
+                    full.extend(&alone[0]);
+                    assert_eq!(tok.caption(&full).unwrap(), want.caption, "{what})");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_weights_stay_close_to_the_reference_logits() {
+    // As for GPT-2 (tests/model_reference.rs): rounding to f16 changes a weight by at most
+    // u = 2^-11 of its value, to bf16 by u = 2^-8; two blocks, the projections and the head each
+    // add about u; the bound allows 4u.
+    let u = |bits: i32| 2f32.powi(-bits);
+    for pack in packs() {
+        for (ty, bound) in [
+            (WeightType::F16, 4.0 * u(11)),
+            (WeightType::Bf16, 4.0 * u(8)),
+        ] {
+            let mut m = model(&pack);
+            m.pack_decoder(ty).unwrap();
+            let mut worst = 0f32;
+            for (case, s) in pack.cases.iter().zip(states(&pack, &m)) {
+                let logits = last_logits(&m, &s, &case.prompt_ids);
+                worst = worst.max(rel_err(
+                    &logits,
+                    &pack.tensors[&format!("{}.logits_last", case.id)],
+                ));
+            }
+            eprintln!(
+                "{} {}: worst relative error {worst:.2e}",
+                pack.name,
+                ty.as_str()
+            );
+            assert!(worst < bound, "{} {}: {worst}", pack.name, ty.as_str());
+            assert!(worst > 1e-6, "{} {}: not rounded", pack.name, ty.as_str());
+        }
+    }
+}
