@@ -185,6 +185,8 @@ fn gpt2_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
 }
 
 fn opt_tensors(d: &DecoderConfig, o: &OptLayout) -> Vec<ExpectedTensor> {
+    // In the reference's state-dict order (the order of `OPTDecoder.__init__` and
+    // `ThisOPTDecoderLayer`, whose cross-attention comes last).
     let mut out = Vec::new();
     let mut add = |name: String, shape: &[usize]| expect(&mut out, name, shape);
     let h = d.n_embd;
@@ -198,8 +200,8 @@ fn opt_tensors(d: &DecoderConfig, o: &OptLayout) -> Vec<ExpectedTensor> {
         &[d.n_positions + d.position_offset(), h],
     );
     if w != h {
-        add(format!("{m}.project_in.weight"), &[h, w]);
         add(format!("{m}.project_out.weight"), &[w, h]);
+        add(format!("{m}.project_in.weight"), &[h, w]);
     }
     if o.final_layer_norm {
         add(format!("{m}.final_layer_norm.weight"), &[h]);
@@ -207,31 +209,29 @@ fn opt_tensors(d: &DecoderConfig, o: &OptLayout) -> Vec<ExpectedTensor> {
     }
     for i in 0..d.n_layer {
         let p = format!("{m}.layers.{i}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
             add(format!("{p}.self_attn.{proj}.weight"), &[h, h]);
             add(format!("{p}.self_attn.{proj}.bias"), &[h]);
         }
+        add(format!("{p}.self_attn_layer_norm.weight"), &[h]);
+        add(format!("{p}.self_attn_layer_norm.bias"), &[h]);
+        add(format!("{p}.fc1.weight"), &[d.n_inner, h]);
+        add(format!("{p}.fc1.bias"), &[d.n_inner]);
+        add(format!("{p}.fc2.weight"), &[h, d.n_inner]);
+        add(format!("{p}.fc2.bias"), &[h]);
+        add(format!("{p}.final_layer_norm.weight"), &[h]);
+        add(format!("{p}.final_layer_norm.bias"), &[h]);
         for (proj, shape) in [
-            ("q_proj", [c, h]),
             ("k_proj", [c, x]),
             ("v_proj", [c, x]),
+            ("q_proj", [c, h]),
             ("out_proj", [h, c]),
         ] {
             add(format!("{p}.encoder_attn.{proj}.weight"), &shape);
             add(format!("{p}.encoder_attn.{proj}.bias"), &[shape[0]]);
         }
-        for ln in [
-            "self_attn_layer_norm",
-            "encoder_attn_layer_norm",
-            "final_layer_norm",
-        ] {
-            add(format!("{p}.{ln}.weight"), &[h]);
-            add(format!("{p}.{ln}.bias"), &[h]);
-        }
-        add(format!("{p}.fc1.weight"), &[d.n_inner, h]);
-        add(format!("{p}.fc1.bias"), &[d.n_inner]);
-        add(format!("{p}.fc2.weight"), &[h, d.n_inner]);
-        add(format!("{p}.fc2.bias"), &[h]);
+        add(format!("{p}.encoder_attn_layer_norm.weight"), &[h]);
+        add(format!("{p}.encoder_attn_layer_norm.bias"), &[h]);
     }
     out
 }

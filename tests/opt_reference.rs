@@ -8,6 +8,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::decoder_pack::{decoder_pack, DecoderPack};
+use common::train_steps::{KeyBias, TrainPack};
 use common::*;
 use smallcap::generation::{generate, GenerationConfig, Request};
 use smallcap::{prompt, Gpt2Tokenizer, SmallCap, WeightType};
@@ -175,5 +176,51 @@ fn half_precision_weights_stay_close_to_the_reference_logits() {
             assert!(worst < bound, "{} {}: {worst}", pack.name, ty.as_str());
             assert!(worst > 1e-6, "{} {}: not rounded", pack.name, ty.as_str());
         }
+    }
+}
+
+fn train_model(pack: &DecoderPack) -> smallcap::train::TrainModel {
+    let dir = pack.path("model");
+    let config = smallcap::SmallCapConfig::from_file(&dir.join("config.json")).unwrap();
+    let sd = smallcap::checkpoint::StateDict::load_dir(&dir, &config, &Device::Cpu).unwrap();
+    smallcap::train::TrainModel::new(
+        config,
+        sd.tensors,
+        smallcap::train::Trainable::CrossAttention,
+        false,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn training_samples_are_laid_out_as_the_reference_train_dataset() {
+    for pack in packs() {
+        let tok = Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+        let m = model(&pack);
+        TrainPack::new(&pack.path("train"), Device::Cpu).check_layout(
+            &tok,
+            m.config.eos_token_id,
+            m.config.pad_token_id,
+        );
+    }
+}
+
+#[test]
+fn three_training_steps_match_the_reference() {
+    for pack in packs() {
+        let m = train_model(&pack);
+        // train.py's rule for OPT: every parameter whose name holds encoder_attn, its layer norm
+        // included.
+        let names: Vec<&str> = m.params.iter().map(|(n, _)| n.as_str()).collect();
+        let want = TrainPack::new(&pack.path("train"), Device::Cpu).expected();
+        assert_eq!(names, want.trainable, "{}", pack.name);
+        let steps = TrainPack::new(&pack.path("train"), Device::Cpu);
+        steps.check_three_steps(&m, None, KeyBias::Whole("encoder_attn.k_proj.bias"));
+        steps.check_three_steps(
+            &train_model(&pack),
+            Some(2),
+            KeyBias::Whole("encoder_attn.k_proj.bias"),
+        );
     }
 }

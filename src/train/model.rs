@@ -1,6 +1,6 @@
 //! The model being trained: a SmallCap checkpoint's tensors with the trainable ones turned into
-//! `Var`s (decoder parameters named `crossattention`, or the whole decoder with
-//! `--train-decoder`), the decoder built over them, and the reference's loss.
+//! `Var`s (decoder parameters named `crossattention` for GPT-2, `encoder_attn` for OPT, or the
+//! whole decoder with `--train-decoder`), the decoder built over them, and the reference's loss.
 
 use std::collections::HashMap;
 
@@ -8,8 +8,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
-use crate::checkpoint::{expected_tensors, LM_HEAD};
-use crate::config::SmallCapConfig;
+use crate::checkpoint::{expected_tensors, token_embedding_name, LM_HEAD};
+use crate::config::{DecoderConfig, SmallCapConfig};
 use crate::error::{Error, Result};
 use crate::models::{Decoder, Dropout};
 use crate::train::dataset::IGNORE_INDEX;
@@ -17,18 +17,20 @@ use crate::train::dataset::IGNORE_INDEX;
 /// Which decoder parameters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trainable {
-    /// Only names containing `crossattention` (the reference's default).
+    /// Only the cross-attention, as train.py chooses it by name: `crossattention` for GPT-2,
+    /// `encoder_attn` for OPT (its layer norm included); see
+    /// [`DecoderConfig::cross_attention_marker`].
     CrossAttention,
     /// Every decoder parameter (`--train_decoder`).
     Decoder,
 }
 
 impl Trainable {
-    /// The reference's filter on `model.decoder.named_parameters()`.
-    pub fn trains(self, name: &str) -> bool {
+    /// The reference's filter on `model.decoder.named_parameters()` for a decoder `cfg`.
+    pub fn trains(self, name: &str, cfg: &DecoderConfig) -> bool {
         name.starts_with("decoder.")
             && match self {
-                Trainable::CrossAttention => name.contains("crossattention"),
+                Trainable::CrossAttention => name.contains(cfg.cross_attention_marker()),
                 Trainable::Decoder => true,
             }
     }
@@ -82,7 +84,8 @@ pub struct TrainModel {
     pub params: Vec<(String, Var)>,
     /// The decoder, sharing the tensors above.
     pub decoder: Decoder,
-    /// Whether `decoder.lm_head.weight` is the same tensor as `wte` (a model built from GPT-2).
+    /// Whether `decoder.lm_head.weight` is the same tensor as the token embedding (a model
+    /// built from a pretrained GPT-2 or OPT).
     pub tied_lm_head: bool,
 }
 
@@ -110,7 +113,7 @@ impl TrainModel {
                 .ok_or_else(|| Error::Input(format!("missing tensor {name}")))?
                 .to_device(device)?
                 .to_dtype(DType::F32)?;
-            if trainable.trains(name) {
+            if trainable.trains(name, &config.decoder) {
                 let var = Var::from_tensor(&t)?;
                 tensors.insert(name.clone(), var.as_tensor().clone());
                 params.push((name.clone(), var));
@@ -119,7 +122,7 @@ impl TrainModel {
             }
         }
         if tied_lm_head {
-            let wte = tensors["decoder.transformer.wte.weight"].clone();
+            let wte = tensors[token_embedding_name(&config.decoder)].clone();
             tensors.insert(LM_HEAD.to_string(), wte);
         }
         let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);

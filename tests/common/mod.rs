@@ -7,6 +7,7 @@ pub mod http;
 pub mod hub_server;
 pub mod openai_server;
 pub mod serve_cli;
+pub mod train_steps;
 
 use std::path::PathBuf;
 
