@@ -78,6 +78,7 @@ impl Captioner {
     /// Wraps a loaded model; its decoder is packed for decoding in f32 unless
     /// [`SmallCap::pack_decoder`] already chose a weight type.
     pub fn new(mut model: SmallCap, tokenizer: Gpt2Tokenizer, device: Device) -> Result<Self> {
+        tokenizer.check_for(&model.config.decoder)?;
         model.pack_decoder(WeightType::F32)?;
         Ok(Self {
             model,
@@ -88,7 +89,7 @@ impl Captioner {
 
     /// Loads from a model folder or hub id, and a tokenizer folder or hub id. Without a
     /// tokenizer, the model folder's own `vocab.json`/`merges.txt` are used when present,
-    /// otherwise the hub's `gpt2`.
+    /// otherwise the hub's `gpt2` (`facebook/opt-125m` for an OPT checkpoint).
     pub fn from_specs(model: &str, tokenizer: Option<&str>, device: &Device) -> Result<Self> {
         Self::from_specs_with_weights(model, tokenizer, device, WeightType::F32)
     }
@@ -113,7 +114,7 @@ impl Captioner {
         &self.model
     }
 
-    /// The GPT-2 tokenizer.
+    /// The decoder's tokenizer (GPT-2's BPE, or OPT's).
     pub fn tokenizer(&self) -> &Gpt2Tokenizer {
         &self.tokenizer
     }

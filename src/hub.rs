@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 
 /// The hub repository of the default GPT-2 tokenizer.
 pub const GPT2_TOKENIZER_REPO: &str = "gpt2";
+/// OPT's tokenizer on the hub.
+pub const OPT_TOKENIZER_REPO: &str = "facebook/opt-125m";
 
 /// The files of a SmallCap checkpoint, wherever they live.
 #[derive(Debug, Clone)]
@@ -70,7 +72,24 @@ pub fn tokenizer_dir(spec: &str) -> Result<PathBuf> {
             "{spec}: vocab.json and merges.txt resolved to different snapshots"
         )));
     }
+    // Where a repo has them, the special tokens and `add_bos_token` (OPT's tokenizer puts
+    // `</s>` first); GPT-2's repo needs neither, so their absence is no error here.
+    for optional in TOKENIZER_CONFIG_FILES {
+        let _ = hub.fetch(optional);
+    }
     Ok(dir)
+}
+
+/// The tokenizer files read beside `vocab.json` and `merges.txt` when present.
+pub const TOKENIZER_CONFIG_FILES: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+
+/// The hub tokenizer of a decoder family, as infer.py's `--decoder_name` gives it: `gpt2`, or
+/// `facebook/opt-125m` for OPT (every OPT size shares it).
+pub fn default_tokenizer_repo(decoder: &crate::config::DecoderArch) -> &'static str {
+    match decoder {
+        crate::config::DecoderArch::Gpt2 => GPT2_TOKENIZER_REPO,
+        crate::config::DecoderArch::Opt(_) => OPT_TOKENIZER_REPO,
+    }
 }
 
 /// The file `file` of hub repository `repo` (`owner/name[@revision]`), from the cache or
@@ -87,7 +106,8 @@ pub(crate) fn offline() -> bool {
 }
 
 /// The tokenizer folder for a checkpoint: `tokenizer` (a folder or hub id) when given, else the
-/// model folder's own `vocab.json`/`merges.txt` when present, else the hub's `gpt2`.
+/// model folder's own `vocab.json`/`merges.txt` when present, else the hub's tokenizer of the
+/// checkpoint's decoder family ([`default_tokenizer_repo`]).
 pub fn tokenizer_dir_for(model: &ModelFiles, tokenizer: Option<&str>) -> Result<PathBuf> {
     if let Some(spec) = tokenizer {
         return tokenizer_dir(spec);
@@ -98,10 +118,15 @@ pub fn tokenizer_dir_for(model: &ModelFiles, tokenizer: Option<&str>) -> Result<
         .map(Path::to_path_buf)
         .unwrap_or_default();
     if own.join("vocab.json").is_file() && own.join("merges.txt").is_file() {
-        Ok(own)
-    } else {
-        tokenizer_dir(GPT2_TOKENIZER_REPO)
+        return Ok(own);
     }
+    // The decoder family decides the default; a config that does not parse is reported by the
+    // model's own load.
+    let arch = std::fs::read_to_string(&model.config)
+        .ok()
+        .and_then(|t| crate::config::SmallCapConfig::from_json(&t).ok())
+        .map_or(crate::config::DecoderArch::Gpt2, |c| c.decoder.arch);
+    tokenizer_dir(default_tokenizer_repo(&arch))
 }
 
 fn local_dir(spec: &str) -> Result<Option<PathBuf>> {

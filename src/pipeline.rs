@@ -100,7 +100,8 @@ pub struct PipelineCaption {
 pub struct PipelineOptions {
     /// A SmallCap checkpoint folder or hub id.
     pub model: String,
-    /// The GPT-2 tokenizer folder or hub id (default: the model folder's, else the hub's `gpt2`).
+    /// The decoder's tokenizer folder or hub id (default: the model folder's, else the hub's
+    /// `gpt2`, or `facebook/opt-125m` for an OPT checkpoint).
     pub tokenizer: Option<String>,
     /// How the decoder's weights are held while decoding.
     pub decoder_weights: WeightType,

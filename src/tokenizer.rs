@@ -132,7 +132,7 @@ impl Gpt2Tokenizer {
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let dir = vocab.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut specials = read_special_tokens(&dir)?;
-        if specials.names.is_empty() {
+        if specials.names.is_empty() && inner.token_to_id(ENDOFTEXT).is_some() {
             specials.names.push(ENDOFTEXT.to_string());
         }
         for name in &specials.names {
@@ -240,6 +240,54 @@ impl Gpt2Tokenizer {
             &self.decode(ids)?,
             &self.bos_token,
         ))
+    }
+
+    /// Checks that this tokenizer is one the decoder `cfg` was trained with: OPT's prompts start
+    /// with `</s>` (`add_bos_token`, from the folder's `tokenizer_config.json`), GPT-2's with
+    /// nothing, and no token id may lie outside the decoder's vocabulary.
+    pub fn check_for(&self, cfg: &crate::config::DecoderConfig) -> Result<()> {
+        let bad = |msg: String| {
+            Err(Error::Tokenizer {
+                path: self.dir.clone(),
+                msg,
+            })
+        };
+        match (&cfg.arch, self.bos) {
+            (crate::config::DecoderArch::Opt(_), None) => {
+                return bad(format!(
+                    "the checkpoint's decoder is OPT ({}), whose tokenizer puts </s> before every prompt, but this tokenizer adds no bos token: its folder needs OPT's tokenizer_config.json (add_bos_token, bos_token) and special_tokens_map.json, as {} has them",
+                    cfg.model_type(),
+                    crate::hub::OPT_TOKENIZER_REPO
+                ))
+            }
+            (crate::config::DecoderArch::Gpt2, Some(id)) => {
+                return bad(format!(
+                    "the checkpoint's decoder is GPT-2 ({}), whose tokenizer adds no bos token, but this one puts {:?} (id {id}) first (add_bos_token in tokenizer_config.json): give GPT-2's tokenizer",
+                    cfg.model_type(),
+                    self.bos_token
+                ))
+            }
+            _ => {}
+        }
+        if self.vocab_size() > cfg.vocab_size {
+            return bad(format!(
+                "{} tokens, more than the decoder's vocabulary of {}: not this checkpoint's tokenizer",
+                self.vocab_size(),
+                cfg.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// The id of `text` when it is a single token (`.` and `!`, SmallCap's eos and pad).
+    pub fn single_token(&self, text: &str) -> Result<u32> {
+        match self.encode_plain(text)?.as_slice() {
+            [id] => Ok(*id),
+            ids => Err(Error::Tokenizer {
+                path: self.dir.clone(),
+                msg: format!("{text:?} is {} tokens, not one", ids.len()),
+            }),
+        }
     }
 
     /// The number of tokens.

@@ -17,7 +17,8 @@ use smallcap::SmallCapConfig;
 pub struct DownloadArgs {
     /// A SmallCap checkpoint hub id such as Yova/SmallCap7M (or a local folder).
     model: String,
-    /// GPT-2 tokenizer folder or hub id (default: the model folder's own files, else the hub's gpt2).
+    /// The decoder's tokenizer folder or hub id (default: the model folder's own files, else the
+    /// hub's gpt2, or facebook/opt-125m for an OPT checkpoint).
     #[arg(long)]
     tokenizer: Option<String>,
     /// The retrieval encoder (default: the checkpoint's retrieval_encoder, RN50x64 for

@@ -83,8 +83,9 @@ pub struct CaptionerArgs {
     /// A SmallCap checkpoint folder, or a hub id such as Yova/SmallCap7M.
     #[arg(long)]
     pub model: String,
-    /// GPT-2 tokenizer: a folder with vocab.json + merges.txt, or a hub id (default: the model
-    /// folder's own files, else the hub's gpt2).
+    /// The decoder's tokenizer: a folder with vocab.json + merges.txt (and, for OPT, its
+    /// tokenizer_config.json), or a hub id (default: the model folder's own files, else the hub's
+    /// gpt2, or facebook/opt-125m for an OPT checkpoint).
     #[arg(long)]
     pub tokenizer: Option<String>,
     /// How the decoder's weights are kept in memory: f32 (the reference's results), or f16 or

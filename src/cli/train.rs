@@ -12,7 +12,7 @@ use smallcap::hub;
 use smallcap::retrieved::RetrievedCaptions;
 use smallcap::train::dataset::Annotations;
 use smallcap::train::features::FeatureStore;
-use smallcap::train::init::{from_pretrained, reduce_factor, Pretrained};
+use smallcap::train::init::{from_pretrained, reduce_factor, Pretrained, SpecialIds};
 use smallcap::train::trainer::{TrainOptions, Trainer, Validation};
 use smallcap::train::{TrainDataset, TrainModel, Trainable};
 use smallcap::{Gpt2Tokenizer, SmallCapConfig};
@@ -111,17 +111,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let features = FeatureStore::open(&args.features)?;
     let k_used = retrieved.as_ref().map(|_| args.k);
 
-    let tokenizer_spec = match (&args.tokenizer, &args.init, &args.resume) {
-        (Some(t), _, _) => t.clone(),
-        (None, Some(init), _) if std::path::Path::new(init).join("vocab.json").is_file() => {
-            init.clone()
+    // The tokenizer: --tokenizer, else the checkpoint's own (or its decoder family's hub
+    // tokenizer) for --init and --resume, else the pretrained --decoder's.
+    let tokenizer_dir = match (&args.tokenizer, &args.init, &args.resume) {
+        (Some(t), _, _) => hub::tokenizer_dir(t)?,
+        (None, Some(spec), _) => hub::tokenizer_dir_for(&hub::model_files(spec)?, None)?,
+        (None, None, Some(dir)) => {
+            hub::tokenizer_dir_for(&hub::model_files(&dir.to_string_lossy())?, None)?
         }
-        _ => args.decoder.clone(),
+        (None, None, None) => hub::tokenizer_dir(&args.decoder)?,
     };
-    let tokenizer = Gpt2Tokenizer::from_dir(&hub::tokenizer_dir(&tokenizer_spec)?)?;
+    let tokenizer = Gpt2Tokenizer::from_dir(&tokenizer_dir)?;
 
     let mut trainer = if let Some(dir) = &args.resume {
         let config = SmallCapConfig::from_file(&dir.join("config.json"))?;
+        tokenizer.check_for(&config.decoder)?;
         let data = TrainDataset::new(
             samples,
             retrieved.clone(),
@@ -136,7 +140,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         trainer
     } else {
-        let (config_json, model) = new_model(&args, k_used, &device)?;
+        let (config_json, model) = new_model(&args, k_used, &tokenizer, &device)?;
+        tokenizer.check_for(&model.config.decoder)?;
         let (eos, pad) = (model.config.eos_token_id, model.config.pad_token_id);
         let data = TrainDataset::new(
             samples,
@@ -195,6 +200,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 fn new_model(
     args: &TrainArgs,
     k_used: Option<usize>,
+    tokenizer: &Gpt2Tokenizer,
     device: &candle_core::Device,
 ) -> anyhow::Result<(serde_json::Value, TrainModel)> {
     let trainable = if args.train_decoder {
@@ -229,8 +235,13 @@ fn new_model(
             let r = reduce_factor(args.attention_size.unwrap_or(7.0))?;
             let enc = Pretrained::resolve(&args.encoder)?;
             let dec = Pretrained::resolve(&args.decoder)?;
+            // train.py: tokenizer.pad_token = '!', tokenizer.eos_token = '.'.
+            let ids = SpecialIds {
+                eos: tokenizer.single_token(".")?,
+                pad: tokenizer.single_token("!")?,
+            };
             let (json, config, tensors) =
-                from_pretrained(&enc, &dec, r, k_used, args.seed, device)?;
+                from_pretrained(&enc, &dec, r, k_used, ids, args.seed, device)?;
             (
                 json,
                 TrainModel::new(config, tensors, trainable, true, device)?,
@@ -258,7 +269,7 @@ fn validation(
     val_features.check(
         ids.iter().map(String::as_str),
         cfg.encoder.num_positions(),
-        cfg.decoder.n_embd,
+        cfg.encoder.hidden_size,
     )?;
     let (eos, pad) = (cfg.eos_token_id, cfg.pad_token_id);
     let val_data = TrainDataset::new(

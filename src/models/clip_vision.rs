@@ -22,7 +22,7 @@ use crate::models::linear::Linear;
 
 /// An `nn.Linear` (`[out, in]` weight, with bias).
 fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Linear> {
-    Linear::linear(vb, d_in, d_out, true)
+    Linear::nn_linear(vb, d_in, d_out, true)
 }
 
 #[derive(Debug, Clone)]

@@ -38,7 +38,7 @@ impl Linear {
 
     /// `nn.Linear`: weight `[d_out, d_in]` (read through its transpose, which shares a
     /// trainable weight's storage) and, with `bias`, bias `[d_out]`.
-    pub fn linear(
+    pub fn nn_linear(
         vb: VarBuilder,
         d_in: usize,
         d_out: usize,

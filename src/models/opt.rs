@@ -52,11 +52,11 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
             ln_self: Ln::load(b.pp("self_attn_layer_norm"), h, eps)?,
             attn: SelfAttention {
                 qkv: Projections::separate(vec![
-                    Linear::linear(sa.pp("q_proj"), h, h, true)?,
-                    Linear::linear(sa.pp("k_proj"), h, h, true)?,
-                    Linear::linear(sa.pp("v_proj"), h, h, true)?,
+                    Linear::nn_linear(sa.pp("q_proj"), h, h, true)?,
+                    Linear::nn_linear(sa.pp("k_proj"), h, h, true)?,
+                    Linear::nn_linear(sa.pp("v_proj"), h, h, true)?,
                 ])?,
-                out: Linear::linear(sa.pp("out_proj"), h, h, true)?,
+                out: Linear::nn_linear(sa.pp("out_proj"), h, h, true)?,
                 n_head: cfg.n_head,
                 head_dim: cfg.head_dim(),
                 scale: query_scale,
@@ -64,12 +64,12 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
             },
             ln_cross: Ln::load(b.pp("encoder_attn_layer_norm"), h, eps)?,
             cross: CrossAttention {
-                q: Linear::linear(xa.pp("q_proj"), h, c, true)?,
+                q: Linear::nn_linear(xa.pp("q_proj"), h, c, true)?,
                 kv: Projections::separate(vec![
-                    Linear::linear(xa.pp("k_proj"), x_in, c, true)?,
-                    Linear::linear(xa.pp("v_proj"), x_in, c, true)?,
+                    Linear::nn_linear(xa.pp("k_proj"), x_in, c, true)?,
+                    Linear::nn_linear(xa.pp("v_proj"), x_in, c, true)?,
                 ])?,
-                out: Linear::linear(xa.pp("out_proj"), c, h, true)?,
+                out: Linear::nn_linear(xa.pp("out_proj"), c, h, true)?,
                 n_head: cfg.n_head,
                 head_dim: cfg.cross_attention_head_dim(),
                 scale: AttentionScale::Query(cfg.cross_attention_scale()),
@@ -77,8 +77,8 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
             },
             ln_mlp: Ln::load(b.pp("final_layer_norm"), h, eps)?,
             mlp: Mlp {
-                fc_in: Linear::linear(b.pp("fc1"), h, cfg.n_inner, true)?,
-                fc_out: Linear::linear(b.pp("fc2"), cfg.n_inner, h, true)?,
+                fc_in: Linear::nn_linear(b.pp("fc1"), h, cfg.n_inner, true)?,
+                fc_out: Linear::nn_linear(b.pp("fc2"), cfg.n_inner, h, true)?,
                 activation: Activation::Relu,
             },
             layout: block_layout,
@@ -93,7 +93,7 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
         )?,
         position_offset: cfg.position_offset(),
         project_in: if projected {
-            Some(Linear::linear(d.pp("project_in"), w, h, false)?)
+            Some(Linear::nn_linear(d.pp("project_in"), w, h, false)?)
         } else {
             None
         },
@@ -105,7 +105,7 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
         None
     };
     let project_out = if projected {
-        Some(Linear::linear(d.pp("project_out"), h, w, false)?)
+        Some(Linear::nn_linear(d.pp("project_out"), h, w, false)?)
     } else {
         None
     };

@@ -1,8 +1,10 @@
 //! A new SmallCap to train, as the reference's `SmallCap.from_encoder_decoder_pretrained`: the
-//! CLIP vision tower of a CLIP checkpoint (`vision_model.*` → `encoder.*`), GPT-2 (`h.*`, `wte`,
-//! … → `decoder.transformer.*`, with the LM head tied to `wte`), and new cross-attention layers
-//! initialised as GPT-2's `_init_weights` does: Conv1D weights N(0, initializer_range),
-//! `c_proj.weight` N(0, initializer_range/√(2·n_layer)), biases 0, LayerNorms 1 and 0.
+//! CLIP vision tower of a CLIP checkpoint (`vision_model.*` → `encoder.*`), the decoder (GPT-2:
+//! `h.*`, `wte`, … → `decoder.transformer.*`; OPT, as `facebook/opt-*` holds it: `decoder.*` or
+//! `model.decoder.*` → `decoder.model.decoder.*`), its LM head tied to the token embedding, and
+//! new cross-attention layers initialised as the decoder's `_init_weights` does: GPT-2's Conv1D
+//! weights N(0, initializer_range) and `c_proj.weight` N(0, initializer_range/√(2·n_layer)),
+//! OPT's Linear weights N(0, init_std); biases 0, LayerNorms 1 and 0.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,8 +12,10 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use crate::checkpoint::{expected_tensors, read_tensors, ExpectedTensor, LM_HEAD};
-use crate::config::SmallCapConfig;
+use crate::checkpoint::{
+    expected_tensors, read_tensors, token_embedding_name, ExpectedTensor, LM_HEAD,
+};
+use crate::config::{DecoderArch, SmallCapConfig};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -54,33 +58,65 @@ impl Pretrained {
     }
 }
 
-/// The new model's `config.json`, in the layout `save_pretrained` gives a SmallCap.
+/// SmallCap's end and padding tokens (`.` and `!`, as train.py sets them on the tokenizer).
+#[derive(Debug, Clone, Copy)]
+pub struct SpecialIds {
+    /// The id of `.`.
+    pub eos: u32,
+    /// The id of `!`.
+    pub pad: u32,
+}
+
+/// The new model's `config.json`, in the layout `save_pretrained` gives a SmallCap: the
+/// decoder's section becomes `this_gpt2` or `this_opt` by its `model_type`.
 pub(crate) fn smallcap_config_json(
     encoder: &Value,
     decoder: &Value,
     r: usize,
     k: Option<usize>,
-) -> Value {
+    ids: SpecialIds,
+) -> Result<Value> {
     let mut dec = decoder.clone();
+    let model_type = dec
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("gpt2");
+    let (this, class, default_vocab) = match model_type {
+        "gpt2" | "this_gpt2" => ("this_gpt2", "ThisGPT2LMHeadModel", 50257),
+        "opt" | "this_opt" => ("this_opt", "ThisOPTForCausalLM", 50272),
+        other => {
+            return Err(Error::Input(format!(
+                "--decoder: model_type {other:?} is not supported (supported: gpt2, opt)"
+            )))
+        }
+    };
     if let Some(d) = dec.as_object_mut() {
-        d.insert("model_type".into(), json!("this_gpt2"));
-        d.insert("architectures".into(), json!(["ThisGPT2LMHeadModel"]));
+        d.insert("model_type".into(), json!(this));
+        d.insert("architectures".into(), json!([class]));
         d.insert("add_cross_attention".into(), json!(true));
         d.insert("is_decoder".into(), json!(true));
         d.insert("cross_attention_reduce_factor".into(), json!(r));
+        if this == "this_opt" {
+            // src/opt.py reads it; OPTConfig has it only after transformers 4.21.1.
+            d.entry("layer_norm_elementwise_affine")
+                .or_insert(json!(true));
+        }
     }
-    let vocab = dec.get("vocab_size").cloned().unwrap_or(json!(50257));
+    let vocab = dec
+        .get("vocab_size")
+        .cloned()
+        .unwrap_or(json!(default_vocab));
     let mut top = json!({
         "architectures": ["SmallCap"], "model_type": "smallcap", "is_encoder_decoder": true,
         "encoder": encoder, "decoder": dec, "vocab_size": vocab, "decoder_start_token_id": null,
-        "pad_token_id": 0, "eos_token_id": 13, "max_length": 25, "rag": k.is_some(),
+        "pad_token_id": ids.pad, "eos_token_id": ids.eos, "max_length": 25, "rag": k.is_some(),
         "tie_word_embeddings": false,
     });
     if let Some(k) = k {
         top["k"] = json!(k);
         top["retrieval_encoder"] = json!("RN50x64");
     }
-    top
+    Ok(top)
 }
 
 /// New cross-attention (and anything else missing) initialised like GPT-2's `_init_weights`.
@@ -100,7 +136,7 @@ fn init_value(
     };
     if name.ends_with(".bias") {
         Ok(Tensor::zeros(shape, DType::F32, device)?)
-    } else if name.contains("ln_") {
+    } else if name.contains("ln_") || name.contains("layer_norm") {
         Ok(Tensor::ones(shape, DType::F32, device)?)
     } else if name.ends_with("c_proj.weight") {
         normal(std / ((2 * n_layer) as f64).sqrt(), rng)
@@ -109,18 +145,22 @@ fn init_value(
     }
 }
 
-/// Builds the tensors of a new SmallCap from pretrained CLIP and GPT-2 checkpoints. Returns the
-/// config JSON, the parsed config and the tensors (the LM head is `wte`).
+/// Builds the tensors of a new SmallCap from pretrained CLIP and GPT-2 or OPT checkpoints.
+/// Returns the config JSON, the parsed config and the tensors (the LM head is the token
+/// embedding).
 pub fn from_pretrained(
     encoder: &Pretrained,
     decoder: &Pretrained,
     r: usize,
     k: Option<usize>,
+    ids: SpecialIds,
     seed: u64,
     device: &Device,
 ) -> Result<(Value, SmallCapConfig, HashMap<String, Tensor>)> {
-    let json = smallcap_config_json(&encoder.config, &decoder.config, r, k);
+    let json = smallcap_config_json(&encoder.config, &decoder.config, r, k, ids)?;
     let config = SmallCapConfig::from_json(&json.to_string())?;
+    let is_opt = matches!(config.decoder.arch, DecoderArch::Opt(_));
+    let marker = config.decoder.cross_attention_marker();
     let expected = expected_tensors(&config);
     // Source names in the pretrained files for each SmallCap name.
     let sources = |name: &str| -> Vec<(PathBuf, String)> {
@@ -130,6 +170,11 @@ pub fn from_pretrained(
             vec![
                 (decoder.weights.clone(), rest.to_string()),
                 (decoder.weights.clone(), format!("transformer.{rest}")),
+            ]
+        } else if let Some(rest) = name.strip_prefix("decoder.model.decoder.") {
+            vec![
+                (decoder.weights.clone(), format!("decoder.{rest}")),
+                (decoder.weights.clone(), format!("model.decoder.{rest}")),
             ]
         } else {
             vec![]
@@ -148,7 +193,11 @@ pub fn from_pretrained(
     }
     let std = decoder
         .config
-        .get("initializer_range")
+        .get(if is_opt {
+            "init_std"
+        } else {
+            "initializer_range"
+        })
         .and_then(Value::as_f64)
         .unwrap_or(0.02);
     let mut rng = Rng::new(seed);
@@ -157,7 +206,7 @@ pub fn from_pretrained(
         let found = sources(&t.name)
             .into_iter()
             .find_map(|(file, src)| loaded.get(&file).and_then(|m| m.get(&src)).cloned());
-        let new_part = t.name.contains("crossattention") || t.name.contains("ln_cross_attn");
+        let new_part = t.name.contains(marker) || t.name.contains("ln_cross_attn");
         let value = match found {
             Some(v) if !new_part => {
                 if v.dims() != t.shape.as_slice() {
@@ -192,7 +241,7 @@ pub fn from_pretrained(
         };
         tensors.insert(t.name.clone(), value);
     }
-    let wte = tensors["decoder.transformer.wte.weight"].clone();
-    tensors.insert(LM_HEAD.to_string(), wte);
+    let embedding = tensors[token_embedding_name(&config.decoder)].clone();
+    tensors.insert(LM_HEAD.to_string(), embedding);
     Ok((json, config, tensors))
 }

@@ -247,7 +247,7 @@ impl Trainer {
         features.check(
             data.samples.iter().map(|s| s.image.as_str()),
             cfg.encoder.num_positions(),
-            cfg.decoder.n_embd,
+            cfg.encoder.hidden_size,
         )?;
         let log = prepare_out(out)?;
         let opt = AdamW::new(model.params.clone(), AdamWConfig::default())?;

@@ -1,0 +1,525 @@
+//! An OPT SmallCap (`opt-tiny` from `../shared/fixtures`, see `common::decoder_pack`) through the
+//! command line and the server as a GPT-2 one: `caption` and `serve` give the reference's ids
+//! and captions, `train --init` trains its `encoder_attn` and the result captions, `train
+//! --decoder` builds a new one from a pretrained OPT, and bad inputs get clear errors.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use common::decoder_pack::{decoder_pack, DecoderPack};
+use common::http::{self, Part};
+use common::serve_cli::spawn_serve;
+use common::{fixture, Case};
+
+fn smallcap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smallcap"))
+        .env("HF_HUB_OFFLINE", "1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = smallcap(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = smallcap(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn prompt_args(case: &Case) -> Vec<String> {
+    match &case.retrieved_captions {
+        Some(caps) if case.k > 0 => {
+            let mut a: Vec<String> = caps
+                .iter()
+                .flat_map(|c| ["--captions".to_string(), c.clone()])
+                .collect();
+            a.extend(["--k".into(), case.k.to_string()]);
+            a
+        }
+        _ => vec!["--no-retrieval".into()],
+    }
+}
+
+fn image(pack: &DecoderPack, case: &Case) -> std::path::PathBuf {
+    pack.path(&case.image)
+}
+
+#[test]
+fn caption_gives_the_reference_ids_and_captions() {
+    let Some(pack) = decoder_pack("opt-tiny") else {
+        return;
+    };
+    let (model, tok) = (pack.path("model"), pack.path("tokenizer"));
+    for case in &pack.cases {
+        for (setting, extra) in [("beam3_early", "--early-stopping"), ("greedy", "--beams=1")] {
+            let img = image(&pack, case);
+            let mut args = vec![
+                "caption",
+                "--model",
+                s(&model),
+                "--tokenizer",
+                s(&tok),
+                extra,
+            ];
+            let prompt = prompt_args(case);
+            args.extend(prompt.iter().map(String::as_str));
+            args.push(s(&img));
+            let line: serde_json::Value = serde_json::from_str(ok(&args).trim()).unwrap();
+            let want = &case.expected[setting];
+            assert_eq!(
+                line["generated_ids"],
+                serde_json::json!(want.generated_ids),
+                "{} {setting}",
+                case.id
+            );
+            assert_eq!(
+                line["caption"],
+                want.caption.as_str(),
+                "{} {setting}",
+                case.id
+            );
+        }
+    }
+}
+
+#[test]
+fn serve_gives_the_reference_captions() {
+    let Some(pack) = decoder_pack("opt-tiny") else {
+        return;
+    };
+    let args: Vec<std::ffi::OsString> = vec![
+        "--model".into(),
+        pack.path("model").into(),
+        "--tokenizer".into(),
+        pack.path("tokenizer").into(),
+    ];
+    let (_child, addr, _lines) = spawn_serve(&args);
+    for case in pack.cases.iter().take(6) {
+        let bytes = std::fs::read(image(&pack, case)).unwrap();
+        let mut fields: Vec<(&str, String)> = match &case.retrieved_captions {
+            Some(caps) if case.k > 0 => {
+                let mut f: Vec<(&str, String)> =
+                    caps.iter().map(|c| ("captions", c.clone())).collect();
+                f.push(("k", case.k.to_string()));
+                f
+            }
+            _ => vec![("no_retrieval", "true".into())],
+        };
+        fields.push(("beams", "3".into()));
+        fields.push(("early_stopping", "true".into()));
+        let mut parts = vec![Part::File {
+            name: "image",
+            filename: "image.png",
+            bytes: &bytes,
+        }];
+        parts.extend(
+            fields
+                .iter()
+                .map(|(n, v)| Part::Field { name: n, value: v }),
+        );
+        let r = http::post_multipart(&format!("http://{addr}/v1/captions"), &parts);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let want = &case.expected["beam3_early"];
+        assert_eq!(v["caption"], want.caption.as_str(), "{}", case.id);
+    }
+}
+
+/// Annotations, retrieved captions and features (from the pack's own encoder) for the first
+/// `n` images of the GPT-2 fixture.
+fn training_data(pack: &DecoderPack, dir: &Path, n: usize) -> (String, String, String) {
+    let names: Vec<String> = std::fs::read_dir(fixture("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".png") || n.ends_with(".jpg"))
+        .take(n)
+        .collect();
+    let images: Vec<serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            serde_json::json!({"filename": f, "cocoid": i, "split": "train", "sentences": [
+                {"raw": "a cat on a mat.", "tokens": ["a", "cat", "on", "a", "mat"]},
+                {"raw": "a dog.", "tokens": ["a", "dog"]}]})
+        })
+        .collect();
+    let ann = dir.join("dataset.json");
+    std::fs::write(&ann, serde_json::json!({ "images": images }).to_string()).unwrap();
+    let ret: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| {
+            (
+                i.to_string(),
+                serde_json::json!(["a cat", "a dog", "a mat", "a bed"]),
+            )
+        })
+        .collect();
+    let retp = dir.join("retrieved.json");
+    std::fs::write(&retp, serde_json::Value::Object(ret).to_string()).unwrap();
+    let feats = dir.join("features");
+    ok(&[
+        "features",
+        "--images",
+        s(&fixture("images")),
+        "--annotations",
+        s(&ann),
+        "--encoder",
+        s(&pack.path("model")),
+        "--out",
+        s(&feats),
+    ]);
+    let p = |x: &Path| x.to_string_lossy().to_string();
+    (p(&ann), p(&retp), p(&feats))
+}
+
+fn load(dir: &Path) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn train_init_trains_encoder_attn_and_the_result_captions() {
+    let Some(pack) = decoder_pack("opt-tiny") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (ann, ret, feats) = training_data(&pack, tmp.path(), 3);
+    let out = tmp.path().join("out");
+    ok(&[
+        "train",
+        "--annotations",
+        &ann,
+        "--features",
+        &feats,
+        "--retrieved",
+        &ret,
+        "--out",
+        s(&out),
+        "--init",
+        s(&pack.path("model")),
+        "--tokenizer",
+        s(&pack.path("tokenizer")),
+        "--batch-size",
+        "3",
+        "--epochs",
+        "1",
+    ]);
+    let ck = out.join("checkpoint-2");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["decoder"]["model_type"], "this_opt");
+    let cfg_parsed = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
+    let init =
+        smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg_parsed, &Device::Cpu)
+            .unwrap();
+    let trained = load(&ck);
+    for (name, t) in &trained {
+        let d = max_diff(t, &init.tensors[name]);
+        assert_eq!(
+            d > 0.0,
+            name.contains("encoder_attn"),
+            "{name} changed by {d}"
+        );
+    }
+    // Both weight files load, and the checkpoint captions.
+    smallcap::checkpoint::StateDict::load_file(
+        &ck.join("pytorch_model.bin"),
+        &cfg_parsed,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let line = ok(&[
+        "caption",
+        "--model",
+        s(&ck),
+        "--tokenizer",
+        s(&pack.path("tokenizer")),
+        "--no-retrieval",
+        "--max-new-tokens",
+        "3",
+        s(&fixture("images/chelsea.png")),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["generated_ids"].as_array().map(Vec::len), Some(3), "{v}");
+}
+
+/// A "pretrained" OPT folder as `facebook/opt-*` holds one (`decoder.*` names, `model_type`
+/// `opt`), cut from the pack's decoder.
+fn pretrained_opt(pack: &DecoderPack, dir: &Path) -> std::path::PathBuf {
+    let cfg_parsed = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
+    let sd =
+        smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg_parsed, &Device::Cpu)
+            .unwrap();
+    let part: std::collections::HashMap<String, Tensor> = sd
+        .tensors
+        .iter()
+        .filter(|(k, _)| !k.contains("encoder_attn"))
+        .filter_map(|(k, v)| {
+            k.strip_prefix("decoder.model.")
+                .map(|r| (r.to_string(), v.clone()))
+        })
+        .collect();
+    let out = dir.join("opt");
+    std::fs::create_dir_all(&out).unwrap();
+    candle_core::safetensors::save(&part, out.join("model.safetensors")).unwrap();
+    let full: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pack.path("model/config.json")).unwrap())
+            .unwrap();
+    let mut dec = full["decoder"].clone();
+    let d = dec.as_object_mut().unwrap();
+    for k in [
+        "add_cross_attention",
+        "cross_attention_reduce_factor",
+        "is_decoder",
+        "layer_norm_elementwise_affine",
+    ] {
+        d.remove(k);
+    }
+    d.insert("model_type".into(), "opt".into());
+    std::fs::write(out.join("config.json"), dec.to_string()).unwrap();
+    // The CLIP side: the pack's vision tower as a CLIP checkpoint (`vision_model.*`).
+    let clip = dir.join("clip");
+    std::fs::create_dir_all(&clip).unwrap();
+    let vision: std::collections::HashMap<String, Tensor> = sd
+        .tensors
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("encoder.")
+                .map(|r| (format!("vision_model.{r}"), v.clone()))
+        })
+        .collect();
+    candle_core::safetensors::save(&vision, clip.join("model.safetensors")).unwrap();
+    std::fs::write(clip.join("config.json"), full["encoder"].to_string()).unwrap();
+    out
+}
+
+#[test]
+fn train_decoder_builds_a_new_opt_smallcap() {
+    let Some(pack) = decoder_pack("opt-tiny") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (ann, ret, feats) = training_data(&pack, tmp.path(), 3);
+    let opt = pretrained_opt(&pack, tmp.path());
+    let clip = tmp.path().join("clip");
+    let out = tmp.path().join("out");
+    ok(&[
+        "train",
+        "--annotations",
+        &ann,
+        "--features",
+        &feats,
+        "--retrieved",
+        &ret,
+        "--out",
+        s(&out),
+        "--encoder",
+        s(&clip),
+        "--decoder",
+        s(&opt),
+        "--tokenizer",
+        s(&pack.path("tokenizer")),
+        "--batch-size",
+        "3",
+        "--epochs",
+        "1",
+    ]);
+    let ck = out.join("checkpoint-2");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["decoder"]["model_type"], "this_opt");
+    assert_eq!(cfg["decoder"]["layer_norm_elementwise_affine"], true);
+    // train.py's eos '.' and pad '!' in this vocabulary (GPT-2's ids shifted by 4).
+    assert_eq!(
+        (cfg["eos_token_id"].clone(), cfg["pad_token_id"].clone()),
+        (17.into(), 4.into())
+    );
+    let t = load(&ck);
+    // The LM head is the token embedding (OPT ties them), and the new layer norm starts at 1.
+    let m = "decoder.model.decoder";
+    assert_eq!(
+        max_diff(
+            &t["decoder.lm_head.weight"],
+            &t[&format!("{m}.embed_tokens.weight")]
+        ),
+        0.0
+    );
+    let ln = &t[&format!("{m}.layers.0.encoder_attn_layer_norm.weight")];
+    assert!(max_diff(ln, &ln.ones_like().unwrap()) < 0.01);
+    ok(&[
+        "caption",
+        "--model",
+        s(&ck),
+        "--tokenizer",
+        s(&pack.path("tokenizer")),
+        "--no-retrieval",
+        "--max-new-tokens",
+        "2",
+        s(&fixture("images/chelsea.png")),
+    ]);
+}
+
+/// A copy of the pack's model folder with its config changed by `edit`.
+fn edited_model(pack: &DecoderPack, dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> String {
+    let out = dir.join("model");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(
+        pack.path("model/pytorch_model.bin"),
+        out.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pack.path("model/config.json")).unwrap())
+            .unwrap();
+    edit(&mut cfg);
+    std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
+    out.to_string_lossy().to_string()
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let Some(pack) = decoder_pack("opt-tiny") else {
+        return;
+    };
+    let tok = pack.path("tokenizer");
+    let img = fixture("images/chelsea.png");
+    let caption = |model: &str, tok: &Path| {
+        fails(&[
+            "caption",
+            "--model",
+            model,
+            "--tokenizer",
+            s(tok),
+            "--no-retrieval",
+            s(&img),
+        ])
+    };
+    // A decoder type that is not supported, named.
+    let tmp = tempfile::tempdir().unwrap();
+    let m = edited_model(&pack, &tmp.path().join("a"), |c| {
+        c["decoder"]["model_type"] = "this_xglm".into()
+    });
+    let e = caption(&m, &tok);
+    assert!(e.contains("\"this_xglm\" is not supported"), "{e}");
+    // An OPT config whose sizes disagree with the tensors.
+    let m = edited_model(&pack, &tmp.path().join("b"), |c| {
+        c["decoder"]["ffn_dim"] = 48.into()
+    });
+    let e = caption(&m, &tok);
+    assert!(e.contains("fc1.weight") && e.contains("[48, 32]"), "{e}");
+    // An encoder width other than 768 with an OPT decoder: the reference cannot run it either.
+    let m = edited_model(&pack, &tmp.path().join("c"), |c| {
+        c["encoder"]["vision_config"]["hidden_size"] = 64.into();
+        c["encoder"]["vision_config"]["num_attention_heads"] = 4.into();
+    });
+    let e = caption(&m, &tok);
+    assert!(e.contains("768") && e.contains("cannot run"), "{e}");
+    // An OPT tokenizer folder without its configs.
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(tok.join(f), bare.join(f)).unwrap();
+    }
+    let e = caption(s(&pack.path("model")), &bare);
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("OPT"),
+        "{e}"
+    );
+    // A GPT-2 checkpoint with OPT's tokenizer.
+    let e = caption(s(&fixture("model")), &tok);
+    assert!(e.contains("GPT-2") && e.contains("</s>"), "{e}");
+}
+
+#[test]
+fn a_token_without_an_entry_is_an_error_naming_its_id() {
+    let Some(pack) = decoder_pack("opt-tiny") else {
+        return;
+    };
+    let tok = smallcap::Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+    // OPT pads its embedding past its tokens (here 50260 tokens for 50272 rows).
+    let e = tok.caption(&[2, 100, 50265]).unwrap_err().to_string();
+    assert!(e.contains("50265"), "{e}");
+}
+
+#[test]
+fn live_retrieval_prompts_an_opt_smallcap() {
+    let Some(pack) = decoder_pack("opt-tiny") else {
+        return;
+    };
+    let store = format!(
+        "{},captions={}",
+        fixture("retrieval/datastore_index").display(),
+        fixture("retrieval/datastore_captions.json").display()
+    );
+    let encoder = fixture("retrieval/clip_resnet_jit_fp16.pt");
+    let (model, tok) = (pack.path("model"), pack.path("tokenizer"));
+    for want in common::pipeline_cases().iter().take(3) {
+        let img = fixture(&format!("images/{}", want["image"].as_str().unwrap()));
+        let base = [
+            "caption",
+            "--model",
+            s(&model),
+            "--tokenizer",
+            s(&tok),
+            "--early-stopping",
+        ];
+        let mut live = base.to_vec();
+        live.extend([
+            "--datastore",
+            &store,
+            "--retrieval-encoder",
+            s(&encoder),
+            s(&img),
+        ]);
+        let got: serde_json::Value = serde_json::from_str(ok(&live).trim()).unwrap();
+        // The reference's top-4 for this image, in the OPT model's prompt.
+        assert_eq!(
+            got["retrieved_captions"], want["retrieved_captions"],
+            "{}",
+            want["image"]
+        );
+        let caps: Vec<String> = want["retrieved_captions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        let mut given = base.to_vec();
+        for c in &caps {
+            given.extend(["--captions", c.as_str()]);
+        }
+        given.push(s(&img));
+        let same: serde_json::Value = serde_json::from_str(ok(&given).trim()).unwrap();
+        assert_eq!(
+            got["generated_ids"], same["generated_ids"],
+            "{}",
+            want["image"]
+        );
+        assert_eq!(got["caption"], same["caption"]);
+    }
+}
