@@ -22,7 +22,7 @@ pub mod spec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use smallcap_datastore::captions::read_captions;
+use smallcap_datastore::captions::{read_caption_list, read_captions, CaptionList};
 use smallcap_datastore::pgvector::PgStore;
 use smallcap_datastore::{CaptionRecord, Datastore, FaissIndex};
 
@@ -46,7 +46,7 @@ pub enum CaptionStore {
         /// Its file.
         index_path: PathBuf,
         /// Its captions, by FAISS id.
-        captions: Vec<CaptionRecord>,
+        captions: CaptionList,
     },
 }
 
@@ -54,7 +54,7 @@ impl CaptionStore {
     /// Opens a FAISS index and its captions file, checking that their counts agree.
     pub fn open_faiss(index: &Path, captions: &Path) -> Result<Self> {
         let idx = FaissIndex::open(index)?;
-        let caps = read_captions(captions, None)?;
+        let caps = read_caption_list(captions, None)?;
         if caps.len() != idx.len() {
             return Err(Error::Input(format!(
                 "{} has {} vectors but {} has {} captions",
@@ -153,8 +153,7 @@ impl CaptionStore {
                 .pop()
                 .ok_or_else(|| Error::Input(format!("{}: no caption id {id}", self.location()))),
             Self::Faiss { captions, .. } => captions
-                .get(i)
-                .cloned()
+                .record(i)
                 .ok_or_else(|| Error::Input(format!("{}: no caption id {id}", self.location()))),
         }
     }

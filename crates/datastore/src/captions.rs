@@ -28,6 +28,137 @@ impl CaptionRecord {
     }
 }
 
+/// Captions held in one text buffer with their end offsets (and image ids where the file has
+/// them): opening the hub's 565,497-caption COCO store allocates two buffers instead of half a
+/// million strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaptionList {
+    text: String,
+    /// `ends[i]` is where caption `i` ends in `text` (it starts where `i - 1` ends).
+    ends: Vec<usize>,
+    /// Per caption, once any caption has one.
+    image_ids: Option<Vec<Option<i64>>>,
+}
+
+impl CaptionList {
+    /// The number of captions.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Caption `i`'s text.
+    pub fn text(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.text[start..end])
+    }
+
+    /// Caption `i` with its image id.
+    pub fn record(&self, i: usize) -> Option<CaptionRecord> {
+        Some(CaptionRecord {
+            text: self.text(i)?.to_string(),
+            image_id: self.image_ids.as_ref().and_then(|ids| ids[i]),
+        })
+    }
+
+    /// Appends a caption.
+    pub fn push(&mut self, text: &str, image_id: Option<i64>) {
+        if image_id.is_some() && self.image_ids.is_none() {
+            self.image_ids = Some(vec![None; self.ends.len()]);
+        }
+        self.text.push_str(text);
+        self.ends.push(self.text.len());
+        if let Some(ids) = &mut self.image_ids {
+            ids.push(image_id);
+        }
+    }
+}
+
+impl From<Vec<CaptionRecord>> for CaptionList {
+    fn from(records: Vec<CaptionRecord>) -> Self {
+        let mut list = CaptionList::default();
+        for r in &records {
+            list.push(&r.text, r.image_id);
+        }
+        list
+    }
+}
+
+/// Reads captions as [`read_captions`] does, into a [`CaptionList`]; a JSON list of strings
+/// (the hub's `<index>_captions.json`) goes straight into the list's buffer.
+pub fn read_caption_list(
+    path: impl AsRef<Path>,
+    format: Option<CaptionFormat>,
+) -> Result<CaptionList> {
+    let path = path.as_ref();
+    let text = read_utf8(path)?;
+    let format = format.unwrap_or_else(|| detect_format(path, &text));
+    if format == CaptionFormat::JsonList && text.trim_start().starts_with('[') {
+        let mut list = CaptionList::default();
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let parsed = serde::de::DeserializeSeed::deserialize(ListSeed(&mut list), &mut de)
+            .and_then(|()| de.end());
+        if parsed.is_ok() {
+            return Ok(list);
+        }
+    }
+    // Anything else, and a list that is not all strings (whose error the checked path words).
+    let records = match format {
+        CaptionFormat::Text => parse_text(path, &text),
+        CaptionFormat::JsonList => parse_json_list(path, &text),
+        CaptionFormat::Coco => parse_coco(path, &text),
+        CaptionFormat::Karpathy => parse_karpathy(path, &text),
+    }?;
+    Ok(records.into())
+}
+
+/// A JSON list of strings, appended to a [`CaptionList`] without a string per item.
+struct ListSeed<'a>(&'a mut CaptionList);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ListSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ListSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of strings")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while seq.next_element_seed(ItemSeed(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// One string of the list, appended where it is read.
+struct ItemSeed<'a>(&'a mut CaptionList);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ItemSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a caption string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.0.push(v, None);
+        Ok(())
+    }
+}
+
 /// Caption file formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CaptionFormat {
@@ -261,4 +392,58 @@ fn parse_karpathy(path: &Path, text: &str) -> Result<Vec<CaptionRecord>> {
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_caption_list_holds_what_the_records_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        // Escapes, non-ASCII, an empty caption, whitespace around the items.
+        let list = r#" [ "a \"dog\"\n", "café ☕ \u00e9\ud83d\ude00", "", "plain" ] "#;
+        for (name, text) in [
+            ("list.json", list),
+            ("keyed.json", r#"{"1": "b", "0": "a"}"#),
+            ("lines.txt", "one\ntwo\r\nthree\n"),
+            (
+                "coco.json",
+                r#"{"annotations": [{"image_id": 7, "caption": "x"}, {"image_id": 9, "caption": "y"}]}"#,
+            ),
+        ] {
+            let p = write(dir.path(), name, text);
+            let records = read_captions(&p, None).unwrap();
+            let compact = read_caption_list(&p, None).unwrap();
+            assert_eq!(compact.len(), records.len(), "{name}");
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(compact.record(i).as_ref(), Some(r), "{name} {i}");
+            }
+            assert_eq!(compact.record(records.len()), None);
+        }
+        let p = write(dir.path(), "list.json", list);
+        assert_eq!(read_caption_list(&p, None).unwrap().text(1), Some("café ☕ é😀"));
+    }
+
+    #[test]
+    fn a_bad_list_gets_the_checked_paths_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, want) in [
+            (r#"["a", 3]"#, "item 1 is not a string but a number"),
+            (r#"["a", "b""#, "JSON"),
+            (r#"["a"] x"#, "JSON"),
+        ] {
+            let p = write(dir.path(), "bad.json", text);
+            let e = read_caption_list(&p, None).unwrap_err().to_string();
+            let checked = read_captions(&p, None).unwrap_err().to_string();
+            assert_eq!(e, checked);
+            assert!(e.contains(want) || e.to_lowercase().contains(&want.to_lowercase()), "{e}");
+        }
+    }
 }

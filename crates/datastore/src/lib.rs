@@ -31,7 +31,7 @@ pub mod pgvector;
 pub mod search;
 pub mod store;
 
-pub use captions::CaptionRecord;
+pub use captions::{CaptionList, CaptionRecord};
 pub use error::{Error, Result};
 pub use faiss::{FaissIndex, FlatIndex, IvfFlatIndex, Metric};
 pub use search::{recall_at_k, top_k, Dtype, VectorSet};
