@@ -132,7 +132,10 @@ impl<'de> serde::de::Visitor<'de> for ListSeed<'_> {
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a list of strings")
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
         while seq.next_element_seed(ItemSeed(&mut *self.0))?.is_some() {}
         Ok(())
     }
@@ -428,7 +431,10 @@ mod tests {
             assert_eq!(compact.record(records.len()), None);
         }
         let p = write(dir.path(), "list.json", list);
-        assert_eq!(read_caption_list(&p, None).unwrap().text(1), Some("café ☕ é😀"));
+        assert_eq!(
+            read_caption_list(&p, None).unwrap().text(1),
+            Some("café ☕ é😀")
+        );
     }
 
     #[test]
@@ -443,7 +449,10 @@ mod tests {
             let e = read_caption_list(&p, None).unwrap_err().to_string();
             let checked = read_captions(&p, None).unwrap_err().to_string();
             assert_eq!(e, checked);
-            assert!(e.contains(want) || e.to_lowercase().contains(&want.to_lowercase()), "{e}");
+            assert!(
+                e.contains(want) || e.to_lowercase().contains(&want.to_lowercase()),
+                "{e}"
+            );
         }
     }
 }
