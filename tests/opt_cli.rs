@@ -187,6 +187,34 @@ fn training_data(pack: &DecoderPack, dir: &Path, n: usize) -> (String, String, S
     (p(&ann), p(&retp), p(&feats))
 }
 
+/// `smallcap train` of one epoch over `training_data` (3 images, batch 3: 2 steps) with the
+/// pack's tokenizer and `model_args` choosing the model; returns the last checkpoint.
+fn train(pack: &DecoderPack, dir: &Path, model_args: &[&str]) -> std::path::PathBuf {
+    let (ann, ret, feats) = training_data(pack, dir, 3);
+    let out = dir.join("out");
+    let tok = pack.path("tokenizer");
+    let mut args = vec![
+        "train",
+        "--annotations",
+        &ann,
+        "--features",
+        &feats,
+        "--retrieved",
+        &ret,
+        "--out",
+        s(&out),
+        "--tokenizer",
+        s(&tok),
+        "--batch-size",
+        "3",
+        "--epochs",
+        "1",
+    ];
+    args.extend(model_args);
+    ok(&args);
+    out.join("checkpoint-2")
+}
+
 fn load(dir: &Path) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
 }
@@ -208,28 +236,7 @@ fn train_init_trains_encoder_attn_and_the_result_captions() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (ann, ret, feats) = training_data(&pack, tmp.path(), 3);
-    let out = tmp.path().join("out");
-    ok(&[
-        "train",
-        "--annotations",
-        &ann,
-        "--features",
-        &feats,
-        "--retrieved",
-        &ret,
-        "--out",
-        s(&out),
-        "--init",
-        s(&pack.path("model")),
-        "--tokenizer",
-        s(&pack.path("tokenizer")),
-        "--batch-size",
-        "3",
-        "--epochs",
-        "1",
-    ]);
-    let ck = out.join("checkpoint-2");
+    let ck = train(&pack, tmp.path(), &["--init", s(&pack.path("model"))]);
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["decoder"]["model_type"], "this_opt");
@@ -324,32 +331,13 @@ fn train_decoder_builds_a_new_opt_smallcap() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (ann, ret, feats) = training_data(&pack, tmp.path(), 3);
     let opt = pretrained_opt(&pack, tmp.path());
     let clip = tmp.path().join("clip");
-    let out = tmp.path().join("out");
-    ok(&[
-        "train",
-        "--annotations",
-        &ann,
-        "--features",
-        &feats,
-        "--retrieved",
-        &ret,
-        "--out",
-        s(&out),
-        "--encoder",
-        s(&clip),
-        "--decoder",
-        s(&opt),
-        "--tokenizer",
-        s(&pack.path("tokenizer")),
-        "--batch-size",
-        "3",
-        "--epochs",
-        "1",
-    ]);
-    let ck = out.join("checkpoint-2");
+    let ck = train(
+        &pack,
+        tmp.path(),
+        &["--encoder", s(&clip), "--decoder", s(&opt)],
+    );
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["decoder"]["model_type"], "this_opt");
