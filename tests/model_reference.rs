@@ -5,7 +5,6 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use smallcap::generation::{generate, Request};
 use smallcap::WeightType;
 use smallcap::{prompt, Gpt2Tokenizer, SmallCap};
 
@@ -85,36 +84,7 @@ fn generated_ids_and_captions_equal_the_reference_with(label: &str, m: &SmallCap
                 .unwrap()
         })
         .collect();
-    for (name, cfg) in settings() {
-        let requests: Vec<Request> = cases
-            .iter()
-            .zip(&states)
-            .map(|(c, s)| Request {
-                prompt_ids: &c.prompt_ids,
-                encoder_hidden_states: s.clone(),
-            })
-            .collect();
-        // All cases in one batch, and each alone: the same ids either way.
-        let batched = generate(&m.decoder, &requests, &cfg).unwrap();
-        for (i, case) in cases.iter().enumerate() {
-            let want = &case.expected[name];
-            assert_eq!(
-                batched[i], want.generated_ids,
-                "{} {name} ({label}, batched)",
-                case.id
-            );
-            let alone = generate(&m.decoder, &requests[i..i + 1], &cfg).unwrap();
-            assert_eq!(
-                alone[0], want.generated_ids,
-                "{} {name} ({label}, alone)",
-                case.id
-            );
-            let mut full = case.prompt_ids.clone();
-            full.extend(&alone[0]);
-            let caption = tok.caption(&full).unwrap();
-            assert_eq!(caption, want.caption, "{} {name}", case.id);
-        }
-    }
+    assert_cases_decode(label, &cases, &states, &m.decoder, &tok, &settings());
 }
 
 #[test]

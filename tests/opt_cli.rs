@@ -112,17 +112,7 @@ fn serve_gives_the_reference_captions() {
     let (_child, addr, _lines) = spawn_serve(&args);
     for case in pack.cases.iter().take(6) {
         let bytes = std::fs::read(image(&pack, case)).unwrap();
-        let mut fields: Vec<(&str, String)> = match &case.retrieved_captions {
-            Some(caps) if case.k > 0 => {
-                let mut f: Vec<(&str, String)> =
-                    caps.iter().map(|c| ("captions", c.clone())).collect();
-                f.push(("k", case.k.to_string()));
-                f
-            }
-            _ => vec![("no_retrieval", "true".into())],
-        };
-        fields.push(("beams", "3".into()));
-        fields.push(("early_stopping", "true".into()));
+        let fields = common::case_fields(case, "beam3_early");
         let mut parts = vec![Part::File {
             name: "image",
             filename: "image.png",
@@ -215,6 +205,27 @@ fn train(pack: &DecoderPack, dir: &Path, model_args: &[&str]) -> std::path::Path
     out.join("checkpoint-2")
 }
 
+/// `smallcap caption` of one fixture image with a trained checkpoint, without retrieval.
+fn caption_without_retrieval(
+    pack: &DecoderPack,
+    ck: &Path,
+    max_new_tokens: usize,
+) -> serde_json::Value {
+    let n = max_new_tokens.to_string();
+    let line = ok(&[
+        "caption",
+        "--model",
+        s(ck),
+        "--tokenizer",
+        s(&pack.path("tokenizer")),
+        "--no-retrieval",
+        "--max-new-tokens",
+        &n,
+        s(&fixture("images/chelsea.png")),
+    ]);
+    serde_json::from_str(line.trim()).unwrap()
+}
+
 fn load(dir: &Path) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
 }
@@ -260,19 +271,12 @@ fn train_init_trains_encoder_attn_and_the_result_captions() {
         &Device::Cpu,
     )
     .unwrap();
-    let line = ok(&[
-        "caption",
-        "--model",
-        s(&ck),
-        "--tokenizer",
-        s(&pack.path("tokenizer")),
-        "--no-retrieval",
-        "--max-new-tokens",
-        "3",
-        s(&fixture("images/chelsea.png")),
-    ]);
-    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(v["generated_ids"].as_array().map(Vec::len), Some(3), "{v}");
+    let line = caption_without_retrieval(&pack, &ck, 3);
+    assert_eq!(
+        line["generated_ids"].as_array().map(Vec::len),
+        Some(3),
+        "{line}"
+    );
 }
 
 /// A "pretrained" OPT folder as `facebook/opt-*` holds one (`decoder.*` names, `model_type`
@@ -359,17 +363,7 @@ fn train_decoder_builds_a_new_opt_smallcap() {
     );
     let ln = &t[&format!("{m}.layers.0.encoder_attn_layer_norm.weight")];
     assert!(max_diff(ln, &ln.ones_like().unwrap()) < 0.01);
-    ok(&[
-        "caption",
-        "--model",
-        s(&ck),
-        "--tokenizer",
-        s(&pack.path("tokenizer")),
-        "--no-retrieval",
-        "--max-new-tokens",
-        "2",
-        s(&fixture("images/chelsea.png")),
-    ]);
+    caption_without_retrieval(&pack, &ck, 2);
 }
 
 /// A copy of the pack's model folder with its config changed by `edit`.

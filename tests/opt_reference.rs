@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use common::decoder_pack::{decoder_pack, DecoderPack};
 use common::train_steps::{KeyBias, TrainPack};
 use common::*;
-use smallcap::generation::{generate, GenerationConfig, Request};
+use smallcap::generation::GenerationConfig;
 use smallcap::{prompt, Gpt2Tokenizer, SmallCap, WeightType};
 
 const PACKS: [&str; 2] = ["opt-tiny", "opt-postln-tiny"];
@@ -120,29 +120,16 @@ fn generated_ids_and_captions_equal_the_reference() {
     for pack in packs() {
         let tok = Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
         for (label, m) in models(&pack) {
+            let label = format!("{} ({label})", pack.name);
             let states = states(&pack, &m);
-            for (name, cfg) in settings_of(&m) {
-                let requests: Vec<Request> = pack
-                    .cases
-                    .iter()
-                    .zip(&states)
-                    .map(|(c, s)| Request {
-                        prompt_ids: &c.prompt_ids,
-                        encoder_hidden_states: s.clone(),
-                    })
-                    .collect();
-                let batched = generate(&m.decoder, &requests, &cfg).unwrap();
-                for (i, case) in pack.cases.iter().enumerate() {
-                    let want = &case.expected[name];
-                    let what = format!("{} {} {name} ({label}", pack.name, case.id);
-                    assert_eq!(batched[i], want.generated_ids, "{what}, batched)");
-                    let alone = generate(&m.decoder, &requests[i..i + 1], &cfg).unwrap();
-                    assert_eq!(alone[0], want.generated_ids, "{what}, alone)");
-                    let mut full = case.prompt_ids.clone();
-                    full.extend(&alone[0]);
-                    assert_eq!(tok.caption(&full).unwrap(), want.caption, "{what})");
-                }
-            }
+            assert_cases_decode(
+                &label,
+                &pack.cases,
+                &states,
+                &m.decoder,
+                &tok,
+                &settings_of(&m),
+            );
         }
     }
 }

@@ -30,33 +30,6 @@ fn no_retrieval_case() -> Case {
     cases().into_iter().find(|c| c.k == 0).unwrap()
 }
 
-/// Form fields for a case's captions and a decode setting of the fixture pack.
-fn case_fields(case: &Case, setting: &str) -> Vec<(&'static str, String)> {
-    let mut f: Vec<(&'static str, String)> = Vec::new();
-    match &case.retrieved_captions {
-        Some(caps) => {
-            for c in caps {
-                f.push(("captions", c.clone()));
-            }
-            f.push(("k", case.k.to_string()));
-        }
-        None => f.push(("no_retrieval", "true".into())),
-    }
-    match setting {
-        "beam3_early" => {
-            f.push(("beams", "3".into()));
-            f.push(("early_stopping", "true".into()));
-        }
-        "beam3" => {
-            f.push(("beams", "3".into()));
-            f.push(("early_stopping", "false".into()));
-        }
-        "greedy" => f.push(("beams", "1".into())),
-        other => panic!("unknown setting {other}"),
-    }
-    f
-}
-
 fn post_case(server: &Server, case: &Case, setting: &str) -> http::Resp {
     let bytes = image_bytes(&case.image);
     let name = file_name(&case.image);

@@ -165,3 +165,64 @@ pub fn assert_pipeline_cases(lines: &[serde_json::Value], cases: &[serde_json::V
         assert_eq!(got["caption"], want["caption"], "{name}");
     }
 }
+
+/// Every case decoded in every setting, all cases in one batch and each alone (`states` are the
+/// cases' encoder states): the generated ids and captions equal the pack's, either way.
+pub fn assert_cases_decode(
+    label: &str,
+    cases: &[Case],
+    states: &[Tensor],
+    decoder: &smallcap::models::Decoder,
+    tok: &smallcap::Gpt2Tokenizer,
+    settings: &[(&str, smallcap::GenerationConfig)],
+) {
+    use smallcap::generation::{generate, Request};
+    for (name, cfg) in settings {
+        let requests: Vec<Request> = cases
+            .iter()
+            .zip(states)
+            .map(|(c, s)| Request {
+                prompt_ids: &c.prompt_ids,
+                encoder_hidden_states: s.clone(),
+            })
+            .collect();
+        let batched = generate(decoder, &requests, cfg).unwrap();
+        for (i, case) in cases.iter().enumerate() {
+            let want = &case.expected[*name];
+            let what = format!("{label} {} {name}", case.id);
+            assert_eq!(batched[i], want.generated_ids, "{what}, batched");
+            let alone = generate(decoder, &requests[i..i + 1], cfg).unwrap();
+            assert_eq!(alone[0], want.generated_ids, "{what}, alone");
+            let mut full = case.prompt_ids.clone();
+            full.extend(&alone[0]);
+            assert_eq!(tok.caption(&full).unwrap(), want.caption, "{what}");
+        }
+    }
+}
+
+/// Form fields of `/v1/captions` for a case's prompt and a decode setting of the pack.
+pub fn case_fields(case: &Case, setting: &str) -> Vec<(&'static str, String)> {
+    let mut f: Vec<(&'static str, String)> = Vec::new();
+    match &case.retrieved_captions {
+        Some(caps) if case.k > 0 => {
+            for c in caps {
+                f.push(("captions", c.clone()));
+            }
+            f.push(("k", case.k.to_string()));
+        }
+        _ => f.push(("no_retrieval", "true".into())),
+    }
+    match setting {
+        "beam3_early" => {
+            f.push(("beams", "3".into()));
+            f.push(("early_stopping", "true".into()));
+        }
+        "beam3" => {
+            f.push(("beams", "3".into()));
+            f.push(("early_stopping", "false".into()));
+        }
+        "greedy" => f.push(("beams", "1".into())),
+        other => panic!("unknown setting {other}"),
+    }
+    f
+}
