@@ -29,7 +29,7 @@ use crate::hub;
 use crate::kernels::packed_linear::WeightType;
 use crate::models::SmallCap;
 use crate::prompt;
-use crate::tokenizer::Gpt2Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 /// Where an image's prompt captions come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,14 +70,14 @@ pub struct Caption {
 /// A loaded SmallCap and its tokenizer: prepared images in, captions out.
 pub struct Captioner {
     model: SmallCap,
-    tokenizer: Gpt2Tokenizer,
+    tokenizer: Tokenizer,
     device: Device,
 }
 
 impl Captioner {
     /// Wraps a loaded model; its decoder is packed for decoding in f32 unless
     /// [`SmallCap::pack_decoder`] already chose a weight type.
-    pub fn new(mut model: SmallCap, tokenizer: Gpt2Tokenizer, device: Device) -> Result<Self> {
+    pub fn new(mut model: SmallCap, tokenizer: Tokenizer, device: Device) -> Result<Self> {
         tokenizer.check_for(&model.config.decoder)?;
         model.pack_decoder(WeightType::F32)?;
         Ok(Self {
@@ -103,7 +103,7 @@ impl Captioner {
     ) -> Result<Self> {
         let files = hub::model_files(model)?;
         let tokenizer_dir = hub::tokenizer_dir_for(&files, tokenizer)?;
-        let tokenizer = Gpt2Tokenizer::from_dir(&tokenizer_dir)?;
+        let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
         let mut model = SmallCap::load(&files, device)?;
         model.pack_decoder(weights)?;
         Self::new(model, tokenizer, device.clone())
@@ -115,7 +115,7 @@ impl Captioner {
     }
 
     /// The decoder's tokenizer (GPT-2's BPE, or OPT's).
-    pub fn tokenizer(&self) -> &Gpt2Tokenizer {
+    pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{DecoderArch, DecoderConfig, OptLayout, SmallCapConfig, VisionConfig};
+use crate::config::{DecoderArch, DecoderConfig, OptLayout, SmallCapConfig, VisionConfig, XglmLayout};
 use crate::error::{Error, Result};
 
 /// Names of the weight files, in the order they are looked for.
@@ -148,6 +148,7 @@ pub fn decoder_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
     match &d.arch {
         DecoderArch::Gpt2 => gpt2_tensors(d),
         DecoderArch::Opt(o) => opt_tensors(d, o),
+        DecoderArch::Xglm(_) => xglm_tensors(d),
     }
 }
 
@@ -184,14 +185,63 @@ fn gpt2_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
     out
 }
 
+/// XGLM's sinusoidal position table, a persistent buffer of the reference's state dict: computed
+/// ([`crate::models::xglm::sinusoidal_positions`]) when a checkpoint does not hold it.
+pub const XGLM_POSITIONS: &str = "decoder.model.embed_positions.weights";
+
+fn xglm_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
+    // In the reference's state-dict order (`XGLMModel.__init__`, then `ThisXGLMDecoderLayer`,
+    // whose cross-attention comes last).
+    let mut out = Vec::new();
+    let mut add = |name: String, shape: &[usize]| expect(&mut out, name, shape);
+    let h = d.n_embd;
+    add("decoder.model.embed_tokens.weight".into(), &[d.vocab_size, h]);
+    add(XGLM_POSITIONS.into(), &[d.n_positions + d.position_offset(), h]);
+    for i in 0..d.n_layer {
+        fairseq_layer_tensors(&mut add, &format!("decoder.model.layers.{i}"), d);
+    }
+    add("decoder.model.layer_norm.weight".into(), &[h]);
+    add("decoder.model.layer_norm.bias".into(), &[h]);
+    out
+}
+
+/// One block of OPT or XGLM (the same names and order): self-attention, its layer norm, the MLP
+/// and its layer norm, then SmallCap's cross-attention and its layer norm.
+fn fairseq_layer_tensors(add: &mut impl FnMut(String, &[usize]), p: &str, d: &DecoderConfig) {
+    let h = d.n_embd;
+    let c = d.cross_attention_dim();
+    let x = d.cross_attention_input_dim();
+    for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
+        add(format!("{p}.self_attn.{proj}.weight"), &[h, h]);
+        add(format!("{p}.self_attn.{proj}.bias"), &[h]);
+    }
+    add(format!("{p}.self_attn_layer_norm.weight"), &[h]);
+    add(format!("{p}.self_attn_layer_norm.bias"), &[h]);
+    add(format!("{p}.fc1.weight"), &[d.n_inner, h]);
+    add(format!("{p}.fc1.bias"), &[d.n_inner]);
+    add(format!("{p}.fc2.weight"), &[h, d.n_inner]);
+    add(format!("{p}.fc2.bias"), &[h]);
+    add(format!("{p}.final_layer_norm.weight"), &[h]);
+    add(format!("{p}.final_layer_norm.bias"), &[h]);
+    for (proj, shape) in [
+        ("k_proj", [c, x]),
+        ("v_proj", [c, x]),
+        ("q_proj", [c, h]),
+        ("out_proj", [h, c]),
+    ] {
+        add(format!("{p}.encoder_attn.{proj}.weight"), &shape);
+        add(format!("{p}.encoder_attn.{proj}.bias"), &[shape[0]]);
+    }
+    add(format!("{p}.encoder_attn_layer_norm.weight"), &[h]);
+    add(format!("{p}.encoder_attn_layer_norm.bias"), &[h]);
+}
+
 fn opt_tensors(d: &DecoderConfig, o: &OptLayout) -> Vec<ExpectedTensor> {
     // In the reference's state-dict order (the order of `OPTDecoder.__init__` and
     // `ThisOPTDecoderLayer`, whose cross-attention comes last).
     let mut out = Vec::new();
     let mut add = |name: String, shape: &[usize]| expect(&mut out, name, shape);
     let h = d.n_embd;
-    let c = d.cross_attention_dim();
-    let x = d.cross_attention_input_dim();
     let w = o.word_embed_proj_dim;
     let m = "decoder.model.decoder";
     add(format!("{m}.embed_tokens.weight"), &[d.vocab_size, w]);
@@ -208,30 +258,7 @@ fn opt_tensors(d: &DecoderConfig, o: &OptLayout) -> Vec<ExpectedTensor> {
         add(format!("{m}.final_layer_norm.bias"), &[h]);
     }
     for i in 0..d.n_layer {
-        let p = format!("{m}.layers.{i}");
-        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-            add(format!("{p}.self_attn.{proj}.weight"), &[h, h]);
-            add(format!("{p}.self_attn.{proj}.bias"), &[h]);
-        }
-        add(format!("{p}.self_attn_layer_norm.weight"), &[h]);
-        add(format!("{p}.self_attn_layer_norm.bias"), &[h]);
-        add(format!("{p}.fc1.weight"), &[d.n_inner, h]);
-        add(format!("{p}.fc1.bias"), &[d.n_inner]);
-        add(format!("{p}.fc2.weight"), &[h, d.n_inner]);
-        add(format!("{p}.fc2.bias"), &[h]);
-        add(format!("{p}.final_layer_norm.weight"), &[h]);
-        add(format!("{p}.final_layer_norm.bias"), &[h]);
-        for (proj, shape) in [
-            ("k_proj", [c, x]),
-            ("v_proj", [c, x]),
-            ("q_proj", [c, h]),
-            ("out_proj", [h, c]),
-        ] {
-            add(format!("{p}.encoder_attn.{proj}.weight"), &shape);
-            add(format!("{p}.encoder_attn.{proj}.bias"), &[shape[0]]);
-        }
-        add(format!("{p}.encoder_attn_layer_norm.weight"), &[h]);
-        add(format!("{p}.encoder_attn_layer_norm.bias"), &[h]);
+        fairseq_layer_tensors(&mut add, &format!("{m}.layers.{i}"), d);
     }
     out
 }
@@ -241,6 +268,7 @@ pub fn token_embedding_name(d: &DecoderConfig) -> &'static str {
     match d.arch {
         DecoderArch::Gpt2 => "decoder.transformer.wte.weight",
         DecoderArch::Opt(_) => "decoder.model.decoder.embed_tokens.weight",
+        DecoderArch::Xglm(_) => "decoder.model.embed_tokens.weight",
     }
 }
 
@@ -279,6 +307,18 @@ impl StateDict {
         let mut wanted: Vec<&str> = expected.iter().map(|t| t.name.as_str()).collect();
         wanted.push(LM_HEAD);
         let mut tensors = read_tensors(path, &wanted, device)?;
+        if let DecoderArch::Xglm(XglmLayout { padding_idx, .. }) = cfg.decoder.arch {
+            if !tensors.contains_key(XGLM_POSITIONS) {
+                let d = &cfg.decoder;
+                let table = crate::models::xglm::sinusoidal_positions(
+                    d.n_positions + d.position_offset(),
+                    d.n_embd,
+                    padding_idx as usize,
+                    device,
+                )?;
+                tensors.insert(XGLM_POSITIONS.to_string(), table);
+            }
+        }
         for t in &expected {
             match tensors.get(&t.name) {
                 None => {

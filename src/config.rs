@@ -1,6 +1,6 @@
 //! `config.json` of a SmallCap checkpoint: the top-level `SmallCapConfig` with its CLIP vision
-//! `encoder` and its `decoder` section (GPT-2, `this_gpt2`, or OPT, `this_opt`, chosen by the
-//! section's `model_type`), parsed and checked for consistency.
+//! `encoder` and its `decoder` section (GPT-2, `this_gpt2`; OPT, `this_opt`; XGLM, `this_xglm`;
+//! chosen by the section's `model_type`), parsed and checked for consistency.
 //!
 //! Every model dimension comes from here; nothing is hard-coded to the published sizes.
 
@@ -94,6 +94,20 @@ pub enum DecoderArch {
     /// `nn.Linear` weights, cross-attention reading 768-wide encoder states and scaled by the
     /// full head size.
     Opt(OptLayout),
+    /// `this_xglm` (`src/xglm.py`): sinusoidal positions offset by 2, token embeddings scaled by
+    /// `√d_model`, pre-LN blocks, GELU, `nn.Linear` weights, the cross-attention as OPT's.
+    Xglm(XglmLayout),
+}
+
+/// What an XGLM decoder has beyond the shared sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XglmLayout {
+    /// `scale_embedding`: token embeddings multiplied by `√d_model`.
+    pub scale_embedding: bool,
+    /// The decoder's `pad_token_id` (1), XGLM's `padding_idx`: a token with this id sits at
+    /// position `padding_idx` (a zero row), and the others are numbered from `padding_idx + 1`
+    /// without counting it.
+    pub padding_idx: u32,
 }
 
 /// What an OPT decoder has beyond the shared sizes.
@@ -109,13 +123,15 @@ pub struct OptLayout {
     pub final_layer_norm: bool,
 }
 
-/// The width of the encoder states OPT's cross-attention reads: `src/opt.py` builds its
-/// `k_proj` / `v_proj` as `nn.Linear(768, …)` whatever the config says.
+/// The width of the encoder states OPT's and XGLM's cross-attention reads: `src/opt.py` and
+/// `src/xglm.py` build its `k_proj` / `v_proj` as `nn.Linear(768, …)` whatever the config says.
 pub const OPT_CROSS_ATTENTION_INPUT: usize = 768;
 
-/// The decoder with SmallCap's cross-attention (`ThisGPT2Config` or `ThisOPTConfig`), in GPT-2's
-/// names: for OPT `n_embd` is `hidden_size`, `n_layer` `num_hidden_layers`, `n_head`
-/// `num_attention_heads`, `n_inner` `ffn_dim` and `n_positions` `max_position_embeddings`.
+/// The decoder with SmallCap's cross-attention (`ThisGPT2Config`, `ThisOPTConfig` or
+/// `ThisXGLMConfig`), in GPT-2's names: for OPT `n_embd` is `hidden_size`, `n_layer`
+/// `num_hidden_layers`, `n_head` `num_attention_heads`, `n_inner` `ffn_dim` and `n_positions`
+/// `max_position_embeddings`; for XGLM `d_model`, `num_layers`, `attention_heads`, `ffn_dim`,
+/// `max_position_embeddings`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
     /// The family and its own layout.
@@ -139,12 +155,19 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
-    /// The `model_type` of the section (`this_gpt2`, `this_opt`).
+    /// The `model_type` of the section (`this_gpt2`, `this_opt`, `this_xglm`).
     pub fn model_type(&self) -> &'static str {
         match self.arch {
             DecoderArch::Gpt2 => "this_gpt2",
             DecoderArch::Opt(_) => "this_opt",
+            DecoderArch::Xglm(_) => "this_xglm",
         }
+    }
+
+    /// Whether the decoder is one of the fairseq families (OPT, XGLM), which share the
+    /// reference's cross-attention (768-wide input, full-head scale, `encoder_attn` names).
+    fn fairseq(&self) -> bool {
+        !matches!(self.arch, DecoderArch::Gpt2)
     }
     /// Size of one self-attention head.
     pub fn head_dim(&self) -> usize {
@@ -159,40 +182,46 @@ impl DecoderConfig {
         self.head_dim() / self.cross_attention_reduce_factor
     }
     /// The cross-attention's softmax scale: `1/√(head_dim / r)` in GPT-2 (transformers divides
-    /// by the reduced value size), `1/√head_dim` in OPT (`src/opt.py` takes it before reducing).
+    /// by the reduced value size), `1/√head_dim` in OPT and XGLM (`src/opt.py` and `src/xglm.py`
+    /// take it before reducing).
     pub fn cross_attention_scale(&self) -> f64 {
-        match self.arch {
-            DecoderArch::Gpt2 => 1.0 / (self.cross_attention_head_dim() as f64).sqrt(),
-            DecoderArch::Opt(_) => 1.0 / (self.head_dim() as f64).sqrt(),
+        if self.fairseq() {
+            1.0 / (self.head_dim() as f64).sqrt()
+        } else {
+            1.0 / (self.cross_attention_head_dim() as f64).sqrt()
         }
     }
     /// Width of the encoder states the cross-attention's keys and values are computed from.
     pub fn cross_attention_input_dim(&self) -> usize {
-        match self.arch {
-            DecoderArch::Gpt2 => self.n_embd,
-            DecoderArch::Opt(_) => OPT_CROSS_ATTENTION_INPUT,
+        if self.fairseq() {
+            OPT_CROSS_ATTENTION_INPUT
+        } else {
+            self.n_embd
         }
     }
     /// Width of the token embeddings (and of the LM head's input).
     pub fn embedding_dim(&self) -> usize {
         match &self.arch {
-            DecoderArch::Gpt2 => self.n_embd,
+            DecoderArch::Gpt2 | DecoderArch::Xglm(_) => self.n_embd,
             DecoderArch::Opt(o) => o.word_embed_proj_dim,
         }
     }
-    /// Where positions start in the position table (OPT's learned positions are offset by 2).
+    /// Where positions start in the position table (OPT's learned and XGLM's sinusoidal
+    /// positions are offset by 2).
     pub fn position_offset(&self) -> usize {
-        match self.arch {
-            DecoderArch::Gpt2 => 0,
-            DecoderArch::Opt(_) => 2,
+        if self.fairseq() {
+            2
+        } else {
+            0
         }
     }
     /// The part of a decoder parameter's name that train.py trains by default: `crossattention`
-    /// for GPT-2, `encoder_attn` for OPT (its cross-attention layer norm included).
+    /// for GPT-2, `encoder_attn` for OPT and XGLM (their cross-attention layer norm included).
     pub fn cross_attention_marker(&self) -> &'static str {
-        match self.arch {
-            DecoderArch::Gpt2 => "crossattention",
-            DecoderArch::Opt(_) => "encoder_attn",
+        if self.fairseq() {
+            "encoder_attn"
+        } else {
+            "crossattention"
         }
     }
 }
@@ -307,6 +336,55 @@ struct RawOpt {
     add_cross_attention: bool,
 }
 
+/// `ThisXGLMConfig` as transformers 4.21.1 reads it: absent fields take `XGLMConfig`'s defaults
+/// (xglm-564M's sizes).
+#[derive(Deserialize)]
+struct RawXglm {
+    #[serde(default = "xglm_vocab")]
+    vocab_size: usize,
+    #[serde(default = "opt_positions")]
+    max_position_embeddings: usize,
+    #[serde(default = "xglm_width")]
+    d_model: usize,
+    #[serde(default = "xglm_ffn")]
+    ffn_dim: usize,
+    #[serde(default = "xglm_layers")]
+    num_layers: usize,
+    #[serde(default = "xglm_heads")]
+    attention_heads: usize,
+    #[serde(default = "gelu")]
+    activation_function: String,
+    #[serde(default = "yes")]
+    scale_embedding: bool,
+    #[serde(default = "one_u32")]
+    pad_token_id: u32,
+    #[serde(default = "one")]
+    cross_attention_reduce_factor: usize,
+    #[serde(default)]
+    add_cross_attention: bool,
+}
+
+fn xglm_vocab() -> usize {
+    256008
+}
+fn xglm_width() -> usize {
+    1024
+}
+fn xglm_ffn() -> usize {
+    4096
+}
+fn xglm_layers() -> usize {
+    24
+}
+fn xglm_heads() -> usize {
+    16
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+fn one_u32() -> u32 {
+    1
+}
 fn opt_vocab() -> usize {
     50272
 }
@@ -351,9 +429,10 @@ impl DecoderConfig {
         let d = match model_type {
             None | Some("this_gpt2") | Some("gpt2") => Self::gpt2(value)?,
             Some("this_opt") | Some("opt") => Self::opt(value)?,
+            Some("this_xglm") | Some("xglm") => Self::xglm(value)?,
             Some(other) => {
                 return Err(format!(
-                    "decoder.model_type {other:?} is not supported (supported: this_gpt2, this_opt)"
+                    "decoder.model_type {other:?} is not supported (supported: this_gpt2, this_opt, this_xglm)"
                 ))
             }
         };
@@ -440,6 +519,48 @@ impl DecoderConfig {
     }
 }
 
+impl DecoderConfig {
+    fn xglm(value: &serde_json::Value) -> std::result::Result<Self, String> {
+        let d: RawXglm =
+            serde_json::from_value(value.clone()).map_err(|e| format!("decoder: {e}"))?;
+        if d.activation_function != "gelu" {
+            return Err(format!(
+                "decoder.activation_function: only gelu is supported for XGLM, found {:?}",
+                d.activation_function
+            ));
+        }
+        if !d.add_cross_attention {
+            return Err("decoder.add_cross_attention must be true".into());
+        }
+        if d.d_model < 4 || !d.d_model.is_multiple_of(2) {
+            return Err(format!(
+                "decoder.d_model must be even and at least 4 (sinusoidal positions), found {}",
+                d.d_model
+            ));
+        }
+        if d.pad_token_id as usize >= d.vocab_size {
+            return Err(format!(
+                "decoder.pad_token_id {} is outside the vocabulary of {}",
+                d.pad_token_id, d.vocab_size
+            ));
+        }
+        Ok(DecoderConfig {
+            arch: DecoderArch::Xglm(XglmLayout {
+                scale_embedding: d.scale_embedding,
+                padding_idx: d.pad_token_id,
+            }),
+            vocab_size: d.vocab_size,
+            n_positions: d.max_position_embeddings,
+            n_embd: d.d_model,
+            n_layer: d.num_layers,
+            n_head: d.attention_heads,
+            n_inner: d.ffn_dim,
+            layer_norm_epsilon: 1e-5,
+            cross_attention_reduce_factor: d.cross_attention_reduce_factor,
+        })
+    }
+}
+
 impl SmallCapConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -475,9 +596,10 @@ impl SmallCapConfig {
                     "encoder hidden_size {} differs from decoder n_embd {needed}: SmallCap feeds the encoder states to the cross-attention unprojected",
                     encoder.hidden_size
                 ),
-                DecoderArch::Opt(_) => format!(
-                    "encoder hidden_size {} with an OPT decoder: the reference's OPT cross-attention reads {needed}-wide encoder states (nn.Linear(768, …) in src/opt.py), so it cannot run this checkpoint either",
-                    encoder.hidden_size
+                DecoderArch::Opt(_) | DecoderArch::Xglm(_) => format!(
+                    "encoder hidden_size {} with a {} decoder: the reference's cross-attention for it reads {needed}-wide encoder states (nn.Linear(768, …) in src/opt.py and src/xglm.py), so it cannot run this checkpoint either",
+                    encoder.hidden_size,
+                    decoder.model_type()
                 ),
             }));
         }

@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 pub const GPT2_TOKENIZER_REPO: &str = "gpt2";
 /// OPT's tokenizer on the hub.
 pub const OPT_TOKENIZER_REPO: &str = "facebook/opt-125m";
+/// XGLM's tokenizer on the hub (every XGLM size shares it).
+pub const XGLM_TOKENIZER_REPO: &str = "facebook/xglm-564M";
 
 /// The files of a SmallCap checkpoint, wherever they live.
 #[derive(Debug, Clone)]
@@ -57,20 +59,26 @@ pub fn model_files(spec: &str) -> Result<ModelFiles> {
     Ok(ModelFiles { config, weights })
 }
 
-/// A tokenizer folder (`vocab.json` + `merges.txt`), or a hub id whose BPE files are fetched.
-/// Returns the folder that holds them.
+/// A tokenizer folder, or a hub id whose tokenizer files are fetched: `vocab.json` +
+/// `merges.txt` (GPT-2, OPT), else `sentencepiece.bpe.model` (XGLM), else `tokenizer.json`.
 pub fn tokenizer_dir(spec: &str) -> Result<PathBuf> {
     if let Some(dir) = local_dir(spec)? {
         return Ok(dir);
     }
     let hub = HubRepo::parse(spec)?;
-    let vocab = hub.fetch("vocab.json")?;
-    let merges = hub.fetch("merges.txt")?;
-    let dir = vocab.parent().map(Path::to_path_buf).unwrap_or_default();
-    if merges.parent() != Some(dir.as_path()) {
-        return Err(Error::Hub(format!(
-            "{spec}: vocab.json and merges.txt resolved to different snapshots"
-        )));
+    let first = hub.fetch_first(&[
+        "vocab.json",
+        crate::tokenizer::sentencepiece::MODEL_FILE,
+        "tokenizer.json",
+    ])?;
+    let dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
+    if first.ends_with("vocab.json") {
+        let merges = hub.fetch("merges.txt")?;
+        if merges.parent() != Some(dir.as_path()) {
+            return Err(Error::Hub(format!(
+                "{spec}: vocab.json and merges.txt resolved to different snapshots"
+            )));
+        }
     }
     // Where a repo has them, the special tokens and `add_bos_token` (OPT's tokenizer puts
     // `</s>` first); GPT-2's repo needs neither, so their absence is no error here.
@@ -80,15 +88,16 @@ pub fn tokenizer_dir(spec: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The tokenizer files read beside `vocab.json` and `merges.txt` when present.
+/// The tokenizer files read beside the vocabulary when present.
 pub const TOKENIZER_CONFIG_FILES: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
 
 /// The hub tokenizer of a decoder family, as infer.py's `--decoder_name` gives it: `gpt2`, or
-/// `facebook/opt-125m` for OPT (every OPT size shares it).
+/// `facebook/opt-125m` for OPT (every OPT size shares it), `facebook/xglm-564M` for XGLM.
 pub fn default_tokenizer_repo(decoder: &crate::config::DecoderArch) -> &'static str {
     match decoder {
         crate::config::DecoderArch::Gpt2 => GPT2_TOKENIZER_REPO,
         crate::config::DecoderArch::Opt(_) => OPT_TOKENIZER_REPO,
+        crate::config::DecoderArch::Xglm(_) => XGLM_TOKENIZER_REPO,
     }
 }
 
@@ -106,7 +115,7 @@ pub(crate) fn offline() -> bool {
 }
 
 /// The tokenizer folder for a checkpoint: `tokenizer` (a folder or hub id) when given, else the
-/// model folder's own `vocab.json`/`merges.txt` when present, else the hub's tokenizer of the
+/// model folder's own tokenizer files when present, else the hub's tokenizer of the
 /// checkpoint's decoder family ([`default_tokenizer_repo`]).
 pub fn tokenizer_dir_for(model: &ModelFiles, tokenizer: Option<&str>) -> Result<PathBuf> {
     if let Some(spec) = tokenizer {
@@ -117,7 +126,7 @@ pub fn tokenizer_dir_for(model: &ModelFiles, tokenizer: Option<&str>) -> Result<
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    if own.join("vocab.json").is_file() && own.join("merges.txt").is_file() {
+    if crate::tokenizer::is_tokenizer_dir(&own) {
         return Ok(own);
     }
     // The decoder family decides the default; a config that does not parse is reported by the

@@ -49,4 +49,4 @@ pub use models::SmallCap;
 pub use pipeline::{ImageInput, Pipeline, PipelineCaption, PipelineOptions, PromptSource};
 pub use retrieval::{DatastoreSpec, Retrieved, Retriever};
 pub use rng::Rng;
-pub use tokenizer::Gpt2Tokenizer;
+pub use tokenizer::Tokenizer;

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use candle_core::Device;
 use common::{fixture, hub_server};
-use smallcap::{hub, Gpt2Tokenizer, SmallCap};
+use smallcap::{hub, Tokenizer, SmallCap};
 
 #[test]
 fn model_and_tokenizer_come_from_the_hub_then_from_the_cache() {
@@ -31,7 +31,7 @@ fn model_and_tokenizer_come_from_the_hub_then_from_the_cache() {
 
     let tok_dir = hub::tokenizer_dir(hub::GPT2_TOKENIZER_REPO).unwrap();
     assert!(tok_dir.starts_with(home.path().join("hub/models--gpt2")));
-    let tok = Gpt2Tokenizer::from_dir(&tok_dir).unwrap();
+    let tok = Tokenizer::from_dir(&tok_dir).unwrap();
     assert_eq!(
         tok.encode("This image shows ").unwrap(),
         vec![1212, 2939, 2523, 220]

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use smallcap::WeightType;
-use smallcap::{prompt, Gpt2Tokenizer, SmallCap};
+use smallcap::{prompt, Tokenizer, SmallCap};
 
 fn model() -> SmallCap {
     SmallCap::load_dir(&fixture("model"), &Device::Cpu).unwrap()
@@ -26,7 +26,7 @@ fn image_key(case: &Case) -> String {
 
 #[test]
 fn prompt_ids_equal_the_reference() {
-    let tok = Gpt2Tokenizer::from_dir(&fixture("tokenizer")).unwrap();
+    let tok = Tokenizer::from_dir(&fixture("tokenizer")).unwrap();
     for case in cases() {
         let caps = case.retrieved_captions.as_deref();
         let text = prompt::prompt_text(caps.filter(|_| case.k > 0), case.k);
@@ -72,7 +72,7 @@ fn generated_ids_and_captions_equal_the_reference() {
 }
 
 fn generated_ids_and_captions_equal_the_reference_with(label: &str, m: &SmallCap) {
-    let tok = Gpt2Tokenizer::from_dir(&fixture("tokenizer")).unwrap();
+    let tok = Tokenizer::from_dir(&fixture("tokenizer")).unwrap();
     let t = expected_tensors();
     let cases = cases();
     let states: Vec<Tensor> = cases

@@ -404,10 +404,10 @@ fn bad_inputs_give_clear_errors() {
     // A decoder type that is not supported, named.
     let tmp = tempfile::tempdir().unwrap();
     let m = edited_model(&pack, &tmp.path().join("a"), |c| {
-        c["decoder"]["model_type"] = "this_xglm".into()
+        c["decoder"]["model_type"] = "this_bloom".into()
     });
     let e = caption(&m, &tok);
-    assert!(e.contains("\"this_xglm\" is not supported"), "{e}");
+    assert!(e.contains("\"this_bloom\" is not supported"), "{e}");
     // An OPT config whose sizes disagree with the tensors.
     let m = edited_model(&pack, &tmp.path().join("b"), |c| {
         c["decoder"]["ffn_dim"] = 48.into()
@@ -442,7 +442,7 @@ fn a_token_without_an_entry_is_an_error_naming_its_id() {
     let Some(pack) = decoder_pack("opt-tiny") else {
         return;
     };
-    let tok = smallcap::Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+    let tok = smallcap::Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
     // OPT pads its embedding past its tokens (here 50260 tokens for 50272 rows).
     let e = tok.caption(&[2, 100, 50265]).unwrap_err().to_string();
     assert!(e.contains("50265"), "{e}");

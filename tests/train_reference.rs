@@ -12,7 +12,7 @@ use common::train_steps::{KeyBias, TrainPack};
 use smallcap::checkpoint::StateDict;
 use smallcap::models::Dropout;
 use smallcap::train::{TrainModel, Trainable};
-use smallcap::{Gpt2Tokenizer, SmallCapConfig};
+use smallcap::{Tokenizer, SmallCapConfig};
 
 /// The CPU, or the first GPU when `SMALLCAP_TEST_CUDA` is set (scripts/gpu-train-check.sh).
 fn device() -> Device {
@@ -43,7 +43,7 @@ fn model() -> TrainModel {
 
 #[test]
 fn samples_are_laid_out_as_the_reference_train_dataset() {
-    let tok = Gpt2Tokenizer::from_dir(&fixture("tokenizer")).unwrap();
+    let tok = Tokenizer::from_dir(&fixture("tokenizer")).unwrap();
     pack().check_layout(&tok, 13, 0);
 }
 

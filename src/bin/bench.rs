@@ -23,7 +23,7 @@ use clap::Parser;
 
 use smallcap::captioner::{Captioner, Prepared, Retrieval};
 use smallcap::WeightType;
-use smallcap::{Gpt2Tokenizer, SmallCap};
+use smallcap::{Tokenizer, SmallCap};
 
 #[derive(Parser)]
 struct Args {
@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut model = SmallCap::load_dir(&model_dir, &dev)?;
     model.pack_decoder(args.decoder_weights)?;
-    let tokenizer = Gpt2Tokenizer::from_dir(&args.tokenizer)?;
+    let tokenizer = Tokenizer::from_dir(&args.tokenizer)?;
     let captioner = Captioner::new(model, tokenizer, dev)?;
     let load_s = t0.elapsed().as_secs_f64();
     let generation = captioner.default_generation();

@@ -26,7 +26,7 @@ use smallcap::models::Dropout;
 use smallcap::train::dataset::{max_length, prep_strings};
 use smallcap::train::{clip_grad_norm, AdamW, AdamWConfig, Batch, TrainModel, Trainable};
 use smallcap::Rng;
-use smallcap::{Gpt2Tokenizer, SmallCapConfig};
+use smallcap::{Tokenizer, SmallCapConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         false,
         &device,
     )?;
-    let tok = Gpt2Tokenizer::from_dir(&args.tokenizer)?;
+    let tok = Tokenizer::from_dir(&args.tokenizer)?;
     let max_len = max_length(&tok, Some(4))?;
     let words: Vec<&str> =
         "a the man woman dog cat bus train on near with riding standing street beach table"

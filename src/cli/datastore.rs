@@ -14,7 +14,7 @@ use smallcap::retrieval::build::{
     MAX_CAPTION_TOKENS,
 };
 use smallcap::retrieval::{DatastoreSpec, RetrievalEncoder};
-use smallcap::Gpt2Tokenizer;
+use smallcap::Tokenizer;
 use smallcap_datastore::captions::read_captions;
 use smallcap_datastore::store::StoreOptions;
 use smallcap_datastore::{Datastore, Dtype};
@@ -171,7 +171,7 @@ fn load_captions(
     let mut caps = read_captions(path, None)?;
     let read = caps.len();
     if let Some(max) = f.max_gpt2_tokens {
-        let tok = Gpt2Tokenizer::from_dir(&hub::tokenizer_dir(&f.tokenizer)?)?;
+        let tok = Tokenizer::from_dir(&hub::tokenizer_dir(&f.tokenizer)?)?;
         caps = filter_by_gpt2_length(caps, &tok, max)?;
     }
     if f.dedup {

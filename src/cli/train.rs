@@ -15,7 +15,7 @@ use smallcap::train::features::FeatureStore;
 use smallcap::train::init::{from_pretrained, reduce_factor, Pretrained, SpecialIds};
 use smallcap::train::trainer::{TrainOptions, Trainer, Validation};
 use smallcap::train::{TrainDataset, TrainModel, Trainable};
-use smallcap::{Gpt2Tokenizer, SmallCapConfig};
+use smallcap::{Tokenizer, SmallCapConfig};
 
 const TRAIN_SPLITS: &[&str] = &["train", "restval"];
 
@@ -121,7 +121,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None, None) => hub::tokenizer_dir(&args.decoder)?,
     };
-    let tokenizer = Gpt2Tokenizer::from_dir(&tokenizer_dir)?;
+    let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
 
     let mut trainer = if let Some(dir) = &args.resume {
         let config = SmallCapConfig::from_file(&dir.join("config.json"))?;
@@ -200,7 +200,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 fn new_model(
     args: &TrainArgs,
     k_used: Option<usize>,
-    tokenizer: &Gpt2Tokenizer,
+    tokenizer: &Tokenizer,
     device: &candle_core::Device,
 ) -> anyhow::Result<(serde_json::Value, TrainModel)> {
     let trainable = if args.train_decoder {
@@ -256,7 +256,7 @@ fn validation(
     val_path: &std::path::Path,
     cfg: &SmallCapConfig,
     retrieved: &Option<RetrievedCaptions>,
-    tokenizer: Gpt2Tokenizer,
+    tokenizer: Tokenizer,
 ) -> anyhow::Result<Validation> {
     let val_ann = Annotations::from_file(val_path)?;
     let val_samples = val_ann.samples(&["val"])?;

@@ -1,9 +1,9 @@
 //! The decoder with SmallCap's reduced cross-attention, as every decoder family of the reference
 //! builds it: token (and learned position) embeddings, blocks of causal self-attention,
 //! cross-attention to the image's `encoder_hidden_states` and an MLP, then the LM head.
-//! [`gpt2`](super::gpt2) and [`opt`](super::opt) map their checkpoints' names and layouts onto
-//! this one [`Decoder`]; what differs between them is data here ([`BlockLayout`], the scales,
-//! the optional projections), so beam search, greedy decoding, the packed decoding kernels and
+//! [`gpt2`](super::gpt2), [`opt`](super::opt) and [`xglm`](super::xglm) map their checkpoints'
+//! names and layouts onto this one [`Decoder`]; what differs between them is data here
+//! ([`BlockLayout`], the scales, [`PositionIds`], the optional projections), so beam search, greedy decoding, the packed decoding kernels and
 //! training drive every family through the same code.
 //!
 //! The forward pass works on several [`Sequence`]s at once (one per image, each with its own
@@ -204,6 +204,8 @@ pub enum Activation {
     GeluNew,
     /// OPT's ReLU.
     Relu,
+    /// XGLM's `gelu` (the exact, erf-based GELU).
+    Gelu,
 }
 
 /// `fc_out(act(fc_in(x)))`.
@@ -246,15 +248,47 @@ pub struct Block {
     pub layout: BlockLayout,
 }
 
+/// Which row of the position table each token reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionIds {
+    /// Position `p` reads row `p + offset` (GPT-2 0, OPT 2).
+    Offset(usize),
+    /// XGLM's `create_position_ids_from_input_ids`: a `padding_idx` token reads row
+    /// `padding_idx`; the others are counted, without the padding ones, from `padding_idx + 1`
+    /// (so from row 2) after the cached past.
+    NonPadding {
+        /// The decoder's `pad_token_id`.
+        padding_idx: u32,
+    },
+}
+
+impl PositionIds {
+    /// The rows read by `ids`, new tokens of one row after `past` cached ones.
+    fn rows(self, past: usize, ids: &[u32]) -> impl Iterator<Item = u32> + '_ {
+        let mut counted = 0u32;
+        let past = past as u32;
+        ids.iter().enumerate().map(move |(i, &id)| match self {
+            PositionIds::Offset(offset) => past + i as u32 + offset as u32,
+            PositionIds::NonPadding { padding_idx } if id == padding_idx => padding_idx,
+            PositionIds::NonPadding { padding_idx } => {
+                counted += 1;
+                past + counted + padding_idx
+            }
+        })
+    }
+}
+
 /// The token and position embeddings.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
     /// `[vocab, embedding_dim]`.
     pub tokens: Tensor,
-    /// `[positions, n_embd]`; position `p` reads row `p + position_offset`.
+    /// What the token embeddings are multiplied by (XGLM's `√d_model` with `scale_embedding`).
+    pub token_scale: Option<f64>,
+    /// `[rows, n_embd]`: learned (GPT-2, OPT) or sinusoidal (XGLM).
     pub positions: Tensor,
-    /// OPT's 2, GPT-2's 0.
-    pub position_offset: usize,
+    /// Which row each token reads.
+    pub position_ids: PositionIds,
     /// OPT's `project_in` from a narrower embedding.
     pub project_in: Option<Linear>,
     /// Whether training drops the summed embeddings (GPT-2's `embd_pdrop`).
@@ -329,11 +363,12 @@ impl Decoder {
         match cfg.arch {
             DecoderArch::Gpt2 => super::gpt2::load(vb, cfg),
             DecoderArch::Opt(_) => super::opt::load(vb, cfg),
+            DecoderArch::Xglm(_) => super::xglm::load(vb, cfg),
         }
     }
 
     /// Assembles a decoder from its loaded parts (see [`super::gpt2::load`],
-    /// [`super::opt::load`]).
+    /// [`super::opt::load`], [`super::xglm::load`]).
     pub fn new(
         embeddings: Embeddings,
         blocks: Vec<Block>,
@@ -413,7 +448,8 @@ impl Decoder {
         })
     }
 
-    /// Token plus position embeddings of `n` rows (`pos` already offset), then every block.
+    /// Token plus position embeddings of `n` rows (`pos`: their position-table rows), then every
+    /// block.
     fn run_blocks(
         &self,
         ids: &Tensor,
@@ -422,6 +458,10 @@ impl Decoder {
     ) -> candle_core::Result<Tensor> {
         let e = &self.embeddings;
         let tokens = e.tokens.index_select(ids, 0)?;
+        let tokens = match e.token_scale {
+            Some(scale) => tokens.affine(scale, 0.0)?,
+            None => tokens,
+        };
         let tokens = match &e.project_in {
             Some(p) => p.forward(&tokens)?,
             None => tokens,
@@ -434,11 +474,6 @@ impl Decoder {
         Ok(h)
     }
 
-    /// Position-table rows of positions `start..start + t`.
-    fn position_rows(&self, start: usize, t: usize) -> impl Iterator<Item = u32> {
-        let offset = self.embeddings.position_offset;
-        (start..start + t).map(move |p| (p + offset) as u32)
-    }
 
     /// Runs `t` new tokens for every row of every sequence and returns the logits of each row's
     /// last new position, `[Σ rows, vocab]`, in sequence order. `input_ids` holds, for each
@@ -468,6 +503,7 @@ impl Decoder {
             );
         }
         let mut positions = Vec::with_capacity(n);
+        let mut row_ids = input_ids.chunks(t.max(1));
         for s in seqs.iter() {
             if s.past_len + t > self.cfg.n_positions {
                 candle_core::bail!(
@@ -477,7 +513,8 @@ impl Decoder {
                 );
             }
             for _ in 0..s.rows {
-                positions.extend(self.position_rows(s.past_len, t));
+                let ids = row_ids.next().unwrap_or_default();
+                positions.extend(self.embeddings.position_ids.rows(s.past_len, ids));
             }
         }
         let ids = Tensor::new(input_ids, device)?;
@@ -527,7 +564,11 @@ impl Decoder {
             .map(|block| block.cross.keys_values(encoder_hidden_states))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let device = self.embeddings.tokens.device();
-        let positions: Vec<u32> = (0..b).flat_map(|_| self.position_rows(0, t)).collect();
+        let rows = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let positions: Vec<u32> = rows
+            .iter()
+            .flat_map(|ids| self.embeddings.position_ids.rows(0, ids))
+            .collect();
         let pos = Tensor::new(positions.as_slice(), device)?;
         let ids = input_ids.flatten_all()?;
         let mut pass = Pass::Train {
@@ -753,6 +794,7 @@ impl Mlp {
         let h = match self.activation {
             Activation::GeluNew => gelu_new(&h)?,
             Activation::Relu => h.relu()?,
+            Activation::Gelu => h.gelu_erf()?,
         };
         self.fc_out.forward(&h)
     }

@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use crate::config::DecoderConfig;
 use crate::models::decoder::{
     Activation, AttentionScale, Block, BlockLayout, CrossAttention, Decoder, Embeddings, Linear,
-    Ln, Mlp, Projections, SelfAttention,
+    Ln, Mlp, PositionIds, Projections, SelfAttention,
 };
 
 /// Loads `decoder.*` of a GPT-2 SmallCap: `vb` points at `decoder` (so `vb.pp("transformer")`
@@ -59,8 +59,9 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
     }
     let embeddings = Embeddings {
         tokens: t.get((cfg.vocab_size, e), "wte.weight")?,
+        token_scale: None,
         positions: t.get((cfg.n_positions, e), "wpe.weight")?,
-        position_offset: 0,
+        position_ids: PositionIds::Offset(0),
         project_in: None,
         dropout: true,
     };

@@ -1,6 +1,6 @@
 //! The networks, one per file: the CLIP ViT ([`clip_vision`], SmallCap's encoder and every ViT
 //! retrieval tower), the decoder with the reduced cross-attention ([`decoder`]) as GPT-2
-//! ([`gpt2`]) and OPT ([`opt`]) checkpoints hold it, the [`smallcap`] model that joins them; the CLIP retrieval encoders, OpenAI's ([`clip_openai`]: `clip_resnet` or
+//! ([`gpt2`]), OPT ([`opt`]) and XGLM ([`xglm`]) checkpoints hold it, the [`smallcap`] model that joins them; the CLIP retrieval encoders, OpenAI's ([`clip_openai`]: `clip_resnet` or
 //! the ViT, and [`clip_text`] over `clip_transformer`) and Hugging Face's ([`clip_hf`]), whose
 //! checkpoints `clip_layout` renames into each tower's names; CLIP's BPE ([`clip_tokenizer`],
 //! with ftfy's clean-up in `clip_text_clean`). The CPU kernels they run on are in `src/kernels/`.
@@ -20,6 +20,7 @@ pub mod gpt2;
 pub mod linear;
 pub mod opt;
 pub mod smallcap;
+pub mod xglm;
 
 pub use crate::kernels::dropout::Dropout;
 pub use clip_vision::ClipVision;

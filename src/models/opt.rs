@@ -22,7 +22,7 @@ use candle_nn::VarBuilder;
 use crate::config::{DecoderArch, DecoderConfig};
 use crate::models::decoder::{
     Activation, AttentionScale, Block, BlockLayout, CrossAttention, Decoder, Embeddings, Linear,
-    Ln, Mlp, Projections, SelfAttention,
+    Ln, Mlp, PositionIds, Projections, SelfAttention,
 };
 
 /// Loads `decoder.*` of an OPT SmallCap: `vb` points at `decoder` (so
@@ -34,64 +34,24 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
     let h = cfg.n_embd;
     let w = layout.word_embed_proj_dim;
     let eps = cfg.layer_norm_epsilon;
-    let c = cfg.cross_attention_dim();
-    let x_in = cfg.cross_attention_input_dim();
     let d = vb.pp("model").pp("decoder");
-    let query_scale = AttentionScale::Query(1.0 / (cfg.head_dim() as f64).sqrt());
     let block_layout = if layout.do_layer_norm_before {
         BlockLayout::PreLn
     } else {
         BlockLayout::PostLn
     };
-    let mut blocks = Vec::with_capacity(cfg.n_layer);
-    for i in 0..cfg.n_layer {
-        let b = d.pp("layers").pp(i);
-        let sa = b.pp("self_attn");
-        let xa = b.pp("encoder_attn");
-        blocks.push(Block {
-            ln_self: Ln::load(b.pp("self_attn_layer_norm"), h, eps)?,
-            attn: SelfAttention {
-                qkv: Projections::separate(vec![
-                    Linear::nn_linear(sa.pp("q_proj"), h, h, true)?,
-                    Linear::nn_linear(sa.pp("k_proj"), h, h, true)?,
-                    Linear::nn_linear(sa.pp("v_proj"), h, h, true)?,
-                ])?,
-                out: Linear::nn_linear(sa.pp("out_proj"), h, h, true)?,
-                n_head: cfg.n_head,
-                head_dim: cfg.head_dim(),
-                scale: query_scale,
-                dropout_probs: false,
-            },
-            ln_cross: Ln::load(b.pp("encoder_attn_layer_norm"), h, eps)?,
-            cross: CrossAttention {
-                q: Linear::nn_linear(xa.pp("q_proj"), h, c, true)?,
-                kv: Projections::separate(vec![
-                    Linear::nn_linear(xa.pp("k_proj"), x_in, c, true)?,
-                    Linear::nn_linear(xa.pp("v_proj"), x_in, c, true)?,
-                ])?,
-                out: Linear::nn_linear(xa.pp("out_proj"), c, h, true)?,
-                n_head: cfg.n_head,
-                head_dim: cfg.cross_attention_head_dim(),
-                scale: AttentionScale::Query(cfg.cross_attention_scale()),
-                dropout_probs: false,
-            },
-            ln_mlp: Ln::load(b.pp("final_layer_norm"), h, eps)?,
-            mlp: Mlp {
-                fc_in: Linear::nn_linear(b.pp("fc1"), h, cfg.n_inner, true)?,
-                fc_out: Linear::nn_linear(b.pp("fc2"), cfg.n_inner, h, true)?,
-                activation: Activation::Relu,
-            },
-            layout: block_layout,
-        });
-    }
+    let blocks = (0..cfg.n_layer)
+        .map(|i| block(d.pp("layers").pp(i), cfg, block_layout, Activation::Relu, false))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let projected = w != h;
     let embeddings = Embeddings {
         tokens: d.get((cfg.vocab_size, w), "embed_tokens.weight")?,
+        token_scale: None,
         positions: d.get(
             (cfg.n_positions + cfg.position_offset(), h),
             "embed_positions.weight",
         )?,
-        position_offset: cfg.position_offset(),
+        position_ids: PositionIds::Offset(cfg.position_offset()),
         project_in: if projected {
             Some(Linear::nn_linear(d.pp("project_in"), w, h, false)?)
         } else {
@@ -111,4 +71,59 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
     };
     let lm_head = vb.get((cfg.vocab_size, w), "lm_head.weight")?;
     Decoder::new(embeddings, blocks, final_ln, project_out, lm_head, cfg)
+}
+
+/// One block as OPT's `OPTDecoderLayer` names it (`self_attn`, `encoder_attn` and their layer
+/// norms, `fc1`, `fc2`, `final_layer_norm`), which XGLM's `XGLMDecoderLayer` shares: separate
+/// `nn.Linear` projections with biases, queries scaled by `head_dim^-0.5`, the cross-attention
+/// from [`DecoderConfig::cross_attention_input_dim`]-wide states scaled by the full head size.
+/// `attention_dropout`: whether training drops attention probabilities.
+pub(super) fn block(
+    b: VarBuilder,
+    cfg: &DecoderConfig,
+    layout: BlockLayout,
+    activation: Activation,
+    attention_dropout: bool,
+) -> candle_core::Result<Block> {
+    let h = cfg.n_embd;
+    let eps = cfg.layer_norm_epsilon;
+    let c = cfg.cross_attention_dim();
+    let x_in = cfg.cross_attention_input_dim();
+    let sa = b.pp("self_attn");
+    let xa = b.pp("encoder_attn");
+    Ok(Block {
+        ln_self: Ln::load(b.pp("self_attn_layer_norm"), h, eps)?,
+        attn: SelfAttention {
+            qkv: Projections::separate(vec![
+                Linear::nn_linear(sa.pp("q_proj"), h, h, true)?,
+                Linear::nn_linear(sa.pp("k_proj"), h, h, true)?,
+                Linear::nn_linear(sa.pp("v_proj"), h, h, true)?,
+            ])?,
+            out: Linear::nn_linear(sa.pp("out_proj"), h, h, true)?,
+            n_head: cfg.n_head,
+            head_dim: cfg.head_dim(),
+            scale: AttentionScale::Query(1.0 / (cfg.head_dim() as f64).sqrt()),
+            dropout_probs: attention_dropout,
+        },
+        ln_cross: Ln::load(b.pp("encoder_attn_layer_norm"), h, eps)?,
+        cross: CrossAttention {
+            q: Linear::nn_linear(xa.pp("q_proj"), h, c, true)?,
+            kv: Projections::separate(vec![
+                Linear::nn_linear(xa.pp("k_proj"), x_in, c, true)?,
+                Linear::nn_linear(xa.pp("v_proj"), x_in, c, true)?,
+            ])?,
+            out: Linear::nn_linear(xa.pp("out_proj"), c, h, true)?,
+            n_head: cfg.n_head,
+            head_dim: cfg.cross_attention_head_dim(),
+            scale: AttentionScale::Query(cfg.cross_attention_scale()),
+            dropout_probs: attention_dropout,
+        },
+        ln_mlp: Ln::load(b.pp("final_layer_norm"), h, eps)?,
+        mlp: Mlp {
+            fc_in: Linear::nn_linear(b.pp("fc1"), h, cfg.n_inner, true)?,
+            fc_out: Linear::nn_linear(b.pp("fc2"), cfg.n_inner, h, true)?,
+            activation,
+        },
+        layout,
+    })
 }

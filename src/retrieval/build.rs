@@ -21,7 +21,7 @@ use smallcap_datastore::{CaptionRecord, Datastore, Dtype, VectorSet};
 
 use super::RetrievalEncoder;
 use crate::error::{Error, Result};
-use crate::tokenizer::Gpt2Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 /// The reference's caption-length limit in GPT-2 tokens (`retrieve_caps.py`).
 pub const MAX_CAPTION_TOKENS: usize = 25;
@@ -30,7 +30,7 @@ pub const MAX_CAPTION_TOKENS: usize = 25;
 /// as the published COCO store implies; see SMALLCAP.md §2.1).
 pub fn filter_by_gpt2_length(
     captions: Vec<CaptionRecord>,
-    tokenizer: &Gpt2Tokenizer,
+    tokenizer: &Tokenizer,
     max_tokens: usize,
 ) -> Result<Vec<CaptionRecord>> {
     let mut out = Vec::with_capacity(captions.len());

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::prompt;
 use crate::retrieved::RetrievedCaptions;
-use crate::tokenizer::Gpt2Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 /// Caption tokens kept per target (`CAPTION_LENGTH` in the reference).
 pub const CAPTION_LENGTH: usize = 25;
@@ -133,7 +133,7 @@ impl Annotations {
 
 /// The reference's `max_target_length`: 25 without retrieval, else
 /// `25 + 25·k + len(encode(template)) + len(encode("\n\n"))·(k−1)`.
-pub fn max_length(tokenizer: &Gpt2Tokenizer, k: Option<usize>) -> Result<usize> {
+pub fn max_length(tokenizer: &Tokenizer, k: Option<usize>) -> Result<usize> {
     Ok(match k {
         None => CAPTION_LENGTH,
         Some(k) => {
@@ -158,7 +158,7 @@ pub struct Encoded {
 /// `[-100]·(len(prompt)−1) + caption + [eos]`, padded with `pad` / −100 up to `max_len` (a
 /// longer sample is left unpadded, as in the reference).
 pub fn prep_strings(
-    tokenizer: &Gpt2Tokenizer,
+    tokenizer: &Tokenizer,
     text: &str,
     retrieved: Option<&[String]>,
     k: usize,
@@ -192,7 +192,7 @@ pub struct TrainDataset {
     k: usize,
     /// Length every sample is padded to (train.py's `max_length`).
     pub max_len: usize,
-    tokenizer: Gpt2Tokenizer,
+    tokenizer: Tokenizer,
     eos: u32,
     pad: u32,
 }
@@ -204,7 +204,7 @@ impl TrainDataset {
         samples: Vec<Sample>,
         retrieved: Option<RetrievedCaptions>,
         k: usize,
-        tokenizer: Gpt2Tokenizer,
+        tokenizer: Tokenizer,
         eos: u32,
         pad: u32,
     ) -> Result<Self> {

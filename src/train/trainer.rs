@@ -25,7 +25,7 @@ use crate::models::Dropout;
 use crate::prompt;
 use crate::retrieved::RetrievedCaptions;
 use crate::rng::Rng;
-use crate::tokenizer::Gpt2Tokenizer;
+use crate::tokenizer::Tokenizer;
 use crate::train::dataset::IGNORE_INDEX;
 use crate::train::features::FeatureStore;
 use crate::train::model::{Batch, TrainModel, Trainable};
@@ -114,7 +114,7 @@ pub struct Validation {
     /// Captions in each prompt.
     pub k: usize,
     /// The tokenizer.
-    pub tokenizer: Gpt2Tokenizer,
+    pub tokenizer: Tokenizer,
     /// Decoding settings for the validation captions.
     pub generation: GenerationConfig,
 }
@@ -127,7 +127,7 @@ impl Validation {
         image_ids: Vec<String>,
         retrieved: Option<&RetrievedCaptions>,
         k: usize,
-        tokenizer: Gpt2Tokenizer,
+        tokenizer: Tokenizer,
     ) -> Result<Self> {
         let images = image_ids
             .into_iter()

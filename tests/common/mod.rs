@@ -173,7 +173,7 @@ pub fn assert_cases_decode(
     cases: &[Case],
     states: &[Tensor],
     decoder: &smallcap::models::Decoder,
-    tok: &smallcap::Gpt2Tokenizer,
+    tok: &smallcap::Tokenizer,
     settings: &[(&str, smallcap::GenerationConfig)],
 ) {
     use smallcap::generation::{generate, Request};

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use smallcap::models::Dropout;
 use smallcap::train::dataset::{max_length, prep_strings};
 use smallcap::train::{clip_grad_norm, linear_lr, AdamW, AdamWConfig, Batch, TrainModel};
-use smallcap::Gpt2Tokenizer;
+use smallcap::Tokenizer;
 
 use super::rel_err;
 
@@ -78,7 +78,7 @@ impl TrainPack {
     }
 
     /// `prep_strings` and `max_length` against the batch's `input_ids` and `labels`.
-    pub fn check_layout(&self, tok: &Gpt2Tokenizer, eos: u32, pad: u32) {
+    pub fn check_layout(&self, tok: &Tokenizer, eos: u32, pad: u32) {
         let exp = self.expected();
         assert_eq!(max_length(tok, Some(exp.k)).unwrap(), exp.max_len);
         let b = self.batch_tensors();

@@ -1,7 +1,9 @@
-//! SmallCap with the reference's OPT decoder (`src/opt.py`) against the `opt-tiny` (pre-LN,
-//! opt-125m's shape) and `opt-postln-tiny` (post-LN with `project_in`/`project_out`, opt-350m's
-//! shape) packs: prompt ids, last-position logits, and the generated ids and captions of all
-//! three decode settings, alone and batched, dense and packed. The packs are read from
+//! SmallCap with the reference's other decoders against their packs: OPT (`src/opt.py`) in
+//! `opt-tiny` (pre-LN, opt-125m's shape) and `opt-postln-tiny` (post-LN with
+//! `project_in`/`project_out`, opt-350m's shape), and XGLM (`src/xglm.py`) in `xglm-tiny`
+//! (sinusoidal positions, scaled embeddings, GELU, a SentencePiece tokenizer): prompt ids,
+//! last-position logits, the generated ids and captions of all three decode settings, alone and
+//! batched, dense and packed, and three training steps. The packs are read from
 //! `../shared/fixtures` (see `common::decoder_pack`).
 
 mod common;
@@ -11,12 +13,17 @@ use common::decoder_pack::{decoder_pack, DecoderPack};
 use common::train_steps::{KeyBias, TrainPack};
 use common::*;
 use smallcap::generation::GenerationConfig;
-use smallcap::{prompt, Gpt2Tokenizer, SmallCap, WeightType};
+use smallcap::{prompt, Tokenizer, SmallCap, WeightType};
 
-const PACKS: [&str; 2] = ["opt-tiny", "opt-postln-tiny"];
+/// Each pack with its decoder's `model_type` and vocabulary size.
+const PACKS: [(&str, &str, usize); 3] = [
+    ("opt-tiny", "this_opt", 50272),
+    ("opt-postln-tiny", "this_opt", 50272),
+    ("xglm-tiny", "this_xglm", 143),
+];
 
 fn packs() -> Vec<DecoderPack> {
-    PACKS.iter().filter_map(|p| decoder_pack(p)).collect()
+    PACKS.iter().filter_map(|p| decoder_pack(p.0)).collect()
 }
 
 fn model(pack: &DecoderPack) -> SmallCap {
@@ -55,17 +62,25 @@ fn last_logits(m: &SmallCap, states: &Tensor, prompt_ids: &[u32]) -> Tensor {
 #[test]
 fn the_decoder_is_chosen_by_model_type() {
     for pack in packs() {
+        let (_, model_type, vocab) = PACKS.iter().find(|p| p.0 == pack.name).unwrap();
         let m = model(&pack);
-        assert_eq!(m.decoder.config().model_type(), "this_opt", "{}", pack.name);
-        assert_eq!(m.decoder.config().vocab_size, 50272);
+        assert_eq!(m.decoder.config().model_type(), *model_type, "{}", pack.name);
+        assert_eq!(m.decoder.config().vocab_size, *vocab, "{}", pack.name);
+        let tok = Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+        tok.check_for(m.decoder.config()).unwrap();
     }
 }
 
 #[test]
 fn prompt_ids_equal_the_reference() {
     for pack in packs() {
-        let tok = Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
-        assert_eq!(tok.added_bos(), Some(2), "OPT's tokenizer puts </s> first");
+        let tok = Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+        assert_eq!(
+            tok.added_bos(),
+            Some(2),
+            "{}: OPT's and XGLM's tokenizers put </s> first",
+            pack.name
+        );
         for case in &pack.cases {
             let caps = case.retrieved_captions.as_deref();
             let text = prompt::prompt_text(caps.filter(|_| case.k > 0), case.k);
@@ -118,7 +133,7 @@ fn settings_of(m: &SmallCap) -> Vec<(&'static str, GenerationConfig)> {
 #[test]
 fn generated_ids_and_captions_equal_the_reference() {
     for pack in packs() {
-        let tok = Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+        let tok = Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
         for (label, m) in models(&pack) {
             let label = format!("{} ({label})", pack.name);
             let states = states(&pack, &m);
@@ -183,7 +198,7 @@ fn train_model(pack: &DecoderPack) -> smallcap::train::TrainModel {
 #[test]
 fn training_samples_are_laid_out_as_the_reference_train_dataset() {
     for pack in packs() {
-        let tok = Gpt2Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
+        let tok = Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
         let m = model(&pack);
         TrainPack::new(&pack.path("train"), Device::Cpu).check_layout(
             &tok,
@@ -197,8 +212,8 @@ fn training_samples_are_laid_out_as_the_reference_train_dataset() {
 fn three_training_steps_match_the_reference() {
     for pack in packs() {
         let m = train_model(&pack);
-        // train.py's rule for OPT: every parameter whose name holds encoder_attn, its layer norm
-        // included.
+        // train.py's rule for OPT and XGLM: every parameter whose name holds encoder_attn, its
+        // layer norm included.
         let names: Vec<&str> = m.params.iter().map(|(n, _)| n.as_str()).collect();
         let want = TrainPack::new(&pack.path("train"), Device::Cpu).expected();
         assert_eq!(names, want.trainable, "{}", pack.name);
@@ -210,4 +225,37 @@ fn three_training_steps_match_the_reference() {
             KeyBias::Whole("encoder_attn.k_proj.bias"),
         );
     }
+}
+
+#[test]
+fn xglm_sinusoidal_positions_equal_the_reference_buffer() {
+    // The pack's checkpoint holds the table the reference computed
+    // (`XGLMSinusoidalPositionalEmbedding`): the one computed for checkpoints without it must
+    // equal it.
+    let Some(pack) = decoder_pack("xglm-tiny") else {
+        return;
+    };
+    let dir = pack.path("model");
+    let config = smallcap::SmallCapConfig::from_file(&dir.join("config.json")).unwrap();
+    let sd = smallcap::checkpoint::StateDict::load_dir(&dir, &config, &Device::Cpu).unwrap();
+    let stored = &sd.tensors[smallcap::checkpoint::XGLM_POSITIONS];
+    let (rows, dim) = stored.dims2().unwrap();
+    let computed = smallcap::models::xglm::sinusoidal_positions(rows, dim, 1, &Device::Cpu).unwrap();
+    let worst = (stored - &computed)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(worst < 1e-5, "largest difference {worst}");
+    // Row 1 (padding_idx) is zero; row 0 is sin 0 = 0, then cos 0 = 1; row 2 (the first token)
+    // starts with sin 2 and ends with cos(2 · 10000^-1).
+    let row = |r: usize| stored.get(r).unwrap().to_vec1::<f32>().unwrap();
+    assert!(row(1).iter().all(|&x| x == 0.0));
+    assert_eq!(row(0)[..dim / 2], vec![0.0; dim / 2][..]);
+    assert_eq!(row(0)[dim / 2..], vec![1.0; dim / 2][..]);
+    assert!((row(2)[0] - 2f32.sin()).abs() < 1e-6);
+    assert!((row(2)[dim - 1] - (2e-4f32).cos()).abs() < 1e-6);
 }

@@ -1,29 +1,48 @@
-//! The GPT-2 byte-level BPE tokenizer, as HF `GPT2TokenizerFast` encodes and decodes, built from
-//! `vocab.json` + `merges.txt` (or a `tokenizer.json`); also OPT's, which is the same BPE with
-//! fairseq's special tokens (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3) and `add_bos_token`: the
-//! slow `GPT2Tokenizer` transformers 4.21.1 loads for `facebook/opt-*` puts `</s>` before every
-//! text it encodes with special tokens. Both come from the folder's `tokenizer_config.json` and
+//! The decoder's tokenizer, as the reference's `AutoTokenizer` (transformers 4.21.1) encodes and
+//! decodes for each decoder family:
+//! - GPT-2's byte-level BPE (`GPT2TokenizerFast`), from `vocab.json` + `merges.txt` (or a
+//!   `tokenizer.json`);
+//! - OPT's, the same BPE with fairseq's special tokens (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3)
+//!   and `add_bos_token`: the slow `GPT2Tokenizer` transformers 4.21.1 loads for
+//!   `facebook/opt-*` puts `</s>` before every text it encodes with special tokens;
+//! - XGLM's SentencePiece unigram model (`XGLMTokenizerFast`), from `sentencepiece.bpe.model`
+//!   (or a `tokenizer.json`): see [`sentencepiece`].
+//!
+//! The special tokens come from the folder's `tokenizer_config.json` and
 //! `special_tokens_map.json` when it has them.
+
+pub mod sentencepiece;
 
 use std::path::{Path, PathBuf};
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 use crate::error::{Error, Result};
 
 /// GPT-2's only special token (also its bos/eos string).
 pub const ENDOFTEXT: &str = "<|endoftext|>";
 
-/// GPT-2's byte-level BPE (see the module documentation).
+/// The two kinds of tokenizer the decoder families use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// GPT-2's byte-level BPE (GPT-2 and OPT).
+    ByteLevelBpe,
+    /// A SentencePiece unigram model with fairseq's ids (XGLM).
+    SentencePiece,
+}
+
+/// A decoder's tokenizer (see the module documentation).
 #[derive(Clone)]
-pub struct Gpt2Tokenizer {
-    inner: Tokenizer,
+pub struct Tokenizer {
+    inner: HfTokenizer,
+    kind: TokenizerKind,
     /// `bos_token` (GPT-2's `<|endoftext|>` when the folder names none).
     bos_token: String,
-    /// Its id when `encode` puts it first (`add_bos_token`: OPT's `</s>`).
+    /// The id `encode` puts first: OPT's `</s>` (`add_bos_token`), XGLM's `</s>` (its
+    /// post-processor's `</s> $A`).
     bos: Option<u32>,
     /// Where it was read from, for messages.
     dir: PathBuf,
@@ -87,25 +106,73 @@ fn read_special_tokens(dir: &Path) -> Result<SpecialTokens> {
     Ok(out)
 }
 
-impl Gpt2Tokenizer {
-    /// Loads from a folder with `vocab.json` and `merges.txt`, or with `tokenizer.json`.
+/// The files a tokenizer folder is read from, in the order they are looked for: the BPE pair,
+/// the SentencePiece model, or a `tokenizer.json`.
+pub const TOKENIZER_FILES: [&str; 4] = [
+    "vocab.json",
+    "merges.txt",
+    sentencepiece::MODEL_FILE,
+    "tokenizer.json",
+];
+
+/// Whether `dir` holds a tokenizer ([`TOKENIZER_FILES`]).
+pub fn is_tokenizer_dir(dir: &Path) -> bool {
+    (dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file())
+        || dir.join(sentencepiece::MODEL_FILE).is_file()
+        || dir.join("tokenizer.json").is_file()
+}
+
+impl Tokenizer {
+    /// Loads from a folder with `vocab.json` and `merges.txt`, with a SentencePiece
+    /// `sentencepiece.bpe.model` (XGLM), or with `tokenizer.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let vocab = dir.join("vocab.json");
         let merges = dir.join("merges.txt");
         if vocab.is_file() && merges.is_file() {
             return Self::from_files(&vocab, &merges);
         }
+        let spm = dir.join(sentencepiece::MODEL_FILE);
+        if spm.is_file() {
+            let inner = sentencepiece::xglm_tokenizer(&spm)?;
+            return Self::sentencepiece(inner, read_special_tokens(dir)?, dir);
+        }
         let json = dir.join("tokenizer.json");
         if json.is_file() {
-            let inner = Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer {
+            let inner = HfTokenizer::from_file(&json).map_err(|e| Error::Tokenizer {
                 path: json.clone(),
                 msg: e.to_string(),
             })?;
+            if sentencepiece::is_unigram(&inner) {
+                return Self::sentencepiece(inner, read_special_tokens(dir)?, dir);
+            }
             return Self::with_bos(inner, read_special_tokens(dir)?, dir);
         }
         Err(Error::Tokenizer {
             path: dir.to_path_buf(),
-            msg: "needs vocab.json and merges.txt (or tokenizer.json)".into(),
+            msg: format!(
+                "needs vocab.json and merges.txt, {} or tokenizer.json",
+                sentencepiece::MODEL_FILE
+            ),
+        })
+    }
+
+    /// XGLM's: `</s>` before every text, `<s>` as `bos_token` (what `postprocess_preds` strips).
+    fn sentencepiece(inner: HfTokenizer, specials: SpecialTokens, dir: &Path) -> Result<Self> {
+        let bos = inner
+            .token_to_id(sentencepiece::PREFIX_TOKEN)
+            .ok_or_else(|| Error::Tokenizer {
+                path: dir.to_path_buf(),
+                msg: format!(
+                    "{} is not in the vocabulary",
+                    sentencepiece::PREFIX_TOKEN
+                ),
+            })?;
+        Ok(Self {
+            inner,
+            kind: TokenizerKind::SentencePiece,
+            bos_token: specials.bos_token.unwrap_or_else(|| "<s>".to_string()),
+            bos: Some(bos),
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -127,7 +194,7 @@ impl Gpt2Tokenizer {
                 format!("cannot build BPE from {v} and {m}: {e}"),
             )
         })?;
-        let mut inner = Tokenizer::new(bpe);
+        let mut inner = HfTokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let dir = vocab.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -154,7 +221,7 @@ impl Gpt2Tokenizer {
         Self::with_bos(inner, specials, &dir)
     }
 
-    fn with_bos(inner: Tokenizer, specials: SpecialTokens, dir: &Path) -> Result<Self> {
+    fn with_bos(inner: HfTokenizer, specials: SpecialTokens, dir: &Path) -> Result<Self> {
         let bos_token = specials.bos_token.unwrap_or_else(|| ENDOFTEXT.to_string());
         let bos = if specials.add_bos {
             Some(
@@ -170,6 +237,7 @@ impl Gpt2Tokenizer {
         };
         Ok(Self {
             inner,
+            kind: TokenizerKind::ByteLevelBpe,
             bos_token,
             bos,
             dir: dir.to_path_buf(),
@@ -181,7 +249,12 @@ impl Gpt2Tokenizer {
         &self.bos_token
     }
 
-    /// The id `encode` puts first (`add_bos_token`): OPT's `</s>`; none for GPT-2.
+    /// Which kind of tokenizer this is.
+    pub fn kind(&self) -> TokenizerKind {
+        self.kind
+    }
+
+    /// The id `encode` puts first: OPT's and XGLM's `</s>`; none for GPT-2.
     pub fn added_bos(&self) -> Option<u32> {
         self.bos
     }
@@ -192,7 +265,7 @@ impl Gpt2Tokenizer {
     }
 
     /// `tokenizer.encode(text)` of the reference: the text's ids after the bos token where the
-    /// tokenizer adds one (OPT), else exactly the text's ids (GPT-2 adds no BOS/EOS).
+    /// tokenizer adds one (OPT, XGLM), else exactly the text's ids (GPT-2 adds no BOS/EOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids: Vec<u32> = self.bos.into_iter().collect();
         ids.extend(self.encode_plain(text)?);
@@ -244,27 +317,50 @@ impl Gpt2Tokenizer {
 
     /// Checks that this tokenizer is one the decoder `cfg` was trained with: OPT's prompts start
     /// with `</s>` (`add_bos_token`, from the folder's `tokenizer_config.json`), GPT-2's with
-    /// nothing, and no token id may lie outside the decoder's vocabulary.
+    /// nothing, both byte-level BPE; XGLM's is a SentencePiece model whose tokens are exactly
+    /// the decoder's vocabulary. No token id may lie outside the decoder's vocabulary.
     pub fn check_for(&self, cfg: &crate::config::DecoderConfig) -> Result<()> {
+        use crate::config::DecoderArch;
         let bad = |msg: String| {
             Err(Error::Tokenizer {
                 path: self.dir.clone(),
                 msg,
             })
         };
-        match (&cfg.arch, self.bos) {
-            (crate::config::DecoderArch::Opt(_), None) => {
+        match (&cfg.arch, self.kind, self.bos) {
+            (DecoderArch::Xglm(_), TokenizerKind::ByteLevelBpe, _) => {
+                return bad(format!(
+                    "the checkpoint's decoder is XGLM ({}), whose tokenizer is a SentencePiece model ({}), but this is a byte-level BPE tokenizer (GPT-2's or OPT's): give XGLM's tokenizer, as {} has it",
+                    cfg.model_type(),
+                    sentencepiece::MODEL_FILE,
+                    crate::hub::XGLM_TOKENIZER_REPO
+                ))
+            }
+            (DecoderArch::Gpt2 | DecoderArch::Opt(_), TokenizerKind::SentencePiece, _) => {
+                return bad(format!(
+                    "the checkpoint's decoder is {}, whose tokenizer is byte-level BPE, but this is a SentencePiece tokenizer (XGLM's): give the decoder's own tokenizer",
+                    cfg.model_type()
+                ))
+            }
+            (DecoderArch::Opt(_), _, None) => {
                 return bad(format!(
                     "the checkpoint's decoder is OPT ({}), whose tokenizer puts </s> before every prompt, but this tokenizer adds no bos token: its folder needs OPT's tokenizer_config.json (add_bos_token, bos_token) and special_tokens_map.json, as {} has them",
                     cfg.model_type(),
                     crate::hub::OPT_TOKENIZER_REPO
                 ))
             }
-            (crate::config::DecoderArch::Gpt2, Some(id)) => {
+            (DecoderArch::Gpt2, _, Some(id)) => {
                 return bad(format!(
                     "the checkpoint's decoder is GPT-2 ({}), whose tokenizer adds no bos token, but this one puts {:?} (id {id}) first (add_bos_token in tokenizer_config.json): give GPT-2's tokenizer",
                     cfg.model_type(),
                     self.bos_token
+                ))
+            }
+            (DecoderArch::Xglm(_), _, _) if self.vocab_size() != cfg.vocab_size => {
+                return bad(format!(
+                    "{} tokens (the SentencePiece pieces with fairseq's specials and XGLM's 7 <madeupword>s), but the decoder's vocabulary has {}: not this checkpoint's tokenizer",
+                    self.vocab_size(),
+                    cfg.vocab_size
                 ))
             }
             _ => {}
