@@ -11,7 +11,8 @@
 //! - [`models`]: the networks (CLIP vision encoder, GPT-2 with SmallCap's cross-attention, the
 //!   OpenAI CLIP retrieval encoders), over the crate's CPU kernels (`src/kernels/`; their weight
 //!   formats are [`WeightType`]);
-//! - [`prompt`] and [`tokenizer`]: the retrieval prompt and GPT-2 BPE;
+//! - [`prompt`] and [`tokenizer`]: the retrieval prompt and the decoders' tokenizers (GPT-2 and
+//!   OPT BPE, XGLM SentencePiece);
 //! - [`generation`]: beam search and greedy decoding as transformers 4.21.1;
 //! - [`captioner`]: the model and tokenizer (load once, caption many prepared images);
 //! - [`hub`]: checkpoints and tokenizers from folders or the Hugging Face hub; [`device`]: where

@@ -18,7 +18,7 @@ pub struct DownloadArgs {
     /// A SmallCap checkpoint hub id such as Yova/SmallCap7M (or a local folder).
     model: String,
     /// The decoder's tokenizer folder or hub id (default: the model folder's own files, else the
-    /// hub's gpt2, or facebook/opt-125m for an OPT checkpoint).
+    /// hub's gpt2, facebook/opt-125m for an OPT checkpoint, facebook/xglm-564M for an XGLM one).
     #[arg(long)]
     tokenizer: Option<String>,
     /// The retrieval encoder (default: the checkpoint's retrieval_encoder, RN50x64 for

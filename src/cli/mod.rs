@@ -84,8 +84,9 @@ pub struct CaptionerArgs {
     #[arg(long)]
     pub model: String,
     /// The decoder's tokenizer: a folder with vocab.json + merges.txt (and, for OPT, its
-    /// tokenizer_config.json), or a hub id (default: the model folder's own files, else the hub's
-    /// gpt2, or facebook/opt-125m for an OPT checkpoint).
+    /// tokenizer_config.json) or XGLM's sentencepiece.bpe.model, or a hub id (default: the model
+    /// folder's own files, else the hub's gpt2, facebook/opt-125m for an OPT checkpoint,
+    /// facebook/xglm-564M for an XGLM one).
     #[arg(long)]
     pub tokenizer: Option<String>,
     /// How the decoder's weights are kept in memory: f32 (the reference's results), or f16 or

@@ -40,7 +40,8 @@ pub struct TrainArgs {
     /// Output folder (checkpoints `checkpoint-<step>`, `train.log`).
     #[arg(long)]
     out: PathBuf,
-    /// GPT-2 BPE (folder or hub id; default: the --init folder's own files, else --decoder's).
+    /// The decoder's tokenizer (folder or hub id; default: the --init folder's own files, else
+    /// --decoder's).
     #[arg(long)]
     tokenizer: Option<String>,
     /// Retrieved captions in the prompt.
@@ -60,7 +61,8 @@ pub struct TrainArgs {
     /// The CLIP model whose vision tower the new model uses.
     #[arg(long, default_value = "openai/clip-vit-base-patch32")]
     encoder: String,
-    /// The GPT-2 model the new model decodes with.
+    /// The pretrained decoder the new model decodes with: GPT-2, OPT (facebook/opt-125m) or XGLM
+    /// (facebook/xglm-564M), by its config's model_type.
     #[arg(long, default_value = "gpt2")]
     decoder: String,
     /// Cross-attention size in millions: 28, 14, 7, 3.5, 1.75 (reduce factor 1, 2, 4, 8, 16; default 7).

@@ -375,15 +375,17 @@ impl Tokenizer {
         Ok(())
     }
 
-    /// The id of `text` when it is a single token (`.` and `!`, SmallCap's eos and pad).
+    /// The id of the token `text` (`.` and `!`, SmallCap's eos and pad): train.py sets
+    /// `tokenizer.eos_token = '.'`, whose id is the vocabulary's entry for it
+    /// (`convert_tokens_to_ids`), not what encoding the text gives (XGLM's puts `▁` before it).
+    /// A token the vocabulary lacks is an error (transformers would give `<unk>`'s id).
     pub fn single_token(&self, text: &str) -> Result<u32> {
-        match self.encode_plain(text)?.as_slice() {
-            [id] => Ok(*id),
-            ids => Err(Error::Tokenizer {
+        self.inner
+            .token_to_id(text)
+            .ok_or_else(|| Error::Tokenizer {
                 path: self.dir.clone(),
-                msg: format!("{text:?} is {} tokens, not one", ids.len()),
-            }),
-        }
+                msg: format!("{text:?} is not a token of this vocabulary"),
+            })
     }
 
     /// The number of tokens.

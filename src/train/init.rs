@@ -1,10 +1,12 @@
 //! A new SmallCap to train, as the reference's `SmallCap.from_encoder_decoder_pretrained`: the
 //! CLIP vision tower of a CLIP checkpoint (`vision_model.*` → `encoder.*`), the decoder (GPT-2:
 //! `h.*`, `wte`, … → `decoder.transformer.*`; OPT, as `facebook/opt-*` holds it: `decoder.*` or
-//! `model.decoder.*` → `decoder.model.decoder.*`), its LM head tied to the token embedding, and
-//! new cross-attention layers initialised as the decoder's `_init_weights` does: GPT-2's Conv1D
-//! weights N(0, initializer_range) and `c_proj.weight` N(0, initializer_range/√(2·n_layer)),
-//! OPT's Linear weights N(0, init_std); biases 0, LayerNorms 1 and 0.
+//! `model.decoder.*` → `decoder.model.decoder.*`; XGLM, as `facebook/xglm-*` holds it: `model.*`
+//! → `decoder.model.*`, its sinusoidal position table computed when the file lacks it), its LM
+//! head tied to the token embedding, and new cross-attention layers initialised as the decoder's
+//! `_init_weights` does: GPT-2's Conv1D weights N(0, initializer_range) and `c_proj.weight`
+//! N(0, initializer_range/√(2·n_layer)), OPT's and XGLM's Linear weights N(0, init_std); biases
+//! 0, LayerNorms 1 and 0.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,9 +15,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{
-    expected_tensors, read_tensors, token_embedding_name, ExpectedTensor, LM_HEAD,
+    expected_tensors, read_tensors, token_embedding_name, ExpectedTensor, LM_HEAD, XGLM_POSITIONS,
 };
-use crate::config::{DecoderArch, SmallCapConfig};
+use crate::config::{DecoderArch, SmallCapConfig, XglmLayout};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -68,7 +70,7 @@ pub struct SpecialIds {
 }
 
 /// The new model's `config.json`, in the layout `save_pretrained` gives a SmallCap: the
-/// decoder's section becomes `this_gpt2` or `this_opt` by its `model_type`.
+/// decoder's section becomes `this_gpt2`, `this_opt` or `this_xglm` by its `model_type`.
 pub(crate) fn smallcap_config_json(
     encoder: &Value,
     decoder: &Value,
@@ -84,9 +86,10 @@ pub(crate) fn smallcap_config_json(
     let (this, class, default_vocab) = match model_type {
         "gpt2" | "this_gpt2" => ("this_gpt2", "ThisGPT2LMHeadModel", 50257),
         "opt" | "this_opt" => ("this_opt", "ThisOPTForCausalLM", 50272),
+        "xglm" | "this_xglm" => ("this_xglm", "ThisXGLMForCausalLM", 256008),
         other => {
             return Err(Error::Input(format!(
-                "--decoder: model_type {other:?} is not supported (supported: gpt2, opt)"
+                "--decoder: model_type {other:?} is not supported (supported: gpt2, opt, xglm)"
             )))
         }
     };
@@ -145,7 +148,7 @@ fn init_value(
     }
 }
 
-/// Builds the tensors of a new SmallCap from pretrained CLIP and GPT-2 or OPT checkpoints.
+/// Builds the tensors of a new SmallCap from pretrained CLIP and GPT-2, OPT or XGLM checkpoints.
 /// Returns the config JSON, the parsed config and the tensors (the LM head is the token
 /// embedding).
 pub fn from_pretrained(
@@ -159,7 +162,7 @@ pub fn from_pretrained(
 ) -> Result<(Value, SmallCapConfig, HashMap<String, Tensor>)> {
     let json = smallcap_config_json(&encoder.config, &decoder.config, r, k, ids)?;
     let config = SmallCapConfig::from_json(&json.to_string())?;
-    let is_opt = matches!(config.decoder.arch, DecoderArch::Opt(_));
+    let is_gpt2 = matches!(config.decoder.arch, DecoderArch::Gpt2);
     let marker = config.decoder.cross_attention_marker();
     let expected = expected_tensors(&config);
     // Source names in the pretrained files for each SmallCap name.
@@ -175,6 +178,11 @@ pub fn from_pretrained(
             vec![
                 (decoder.weights.clone(), format!("decoder.{rest}")),
                 (decoder.weights.clone(), format!("model.decoder.{rest}")),
+            ]
+        } else if let Some(rest) = name.strip_prefix("decoder.model.") {
+            vec![
+                (decoder.weights.clone(), format!("model.{rest}")),
+                (decoder.weights.clone(), rest.to_string()),
             ]
         } else {
             vec![]
@@ -193,13 +201,18 @@ pub fn from_pretrained(
     }
     let std = decoder
         .config
-        .get(if is_opt {
-            "init_std"
-        } else {
+        .get(if is_gpt2 {
             "initializer_range"
+        } else {
+            "init_std"
         })
         .and_then(Value::as_f64)
         .unwrap_or(0.02);
+    // Only XGLM lists the position table.
+    let xglm_padding_idx = match &config.decoder.arch {
+        DecoderArch::Xglm(XglmLayout { padding_idx, .. }) => *padding_idx,
+        _ => 0,
+    };
     let mut rng = Rng::new(seed);
     let mut tensors = HashMap::new();
     for t in &expected {
@@ -227,6 +240,13 @@ pub fn from_pretrained(
                 v
             }
             _ if new_part => init_value(t, std, config.decoder.n_layer, &mut rng, device)?,
+            // XGLM's position table is a buffer that pretrained files may leave out.
+            None if t.name == XGLM_POSITIONS => crate::models::xglm::sinusoidal_positions(
+                t.shape[0],
+                t.shape[1],
+                xglm_padding_idx as usize,
+                device,
+            )?,
             _ => {
                 let from = if t.name.starts_with("encoder.") {
                     &encoder.weights

@@ -1,7 +1,9 @@
-//! An OPT SmallCap (`opt-tiny` from `../shared/fixtures`, see `common::decoder_pack`) through the
-//! command line and the server as a GPT-2 one: `caption` and `serve` give the reference's ids
-//! and captions, `train --init` trains its `encoder_attn` and the result captions, `train
-//! --decoder` builds a new one from a pretrained OPT, and bad inputs get clear errors.
+//! OPT and XGLM SmallCaps (`opt-tiny`, `xglm-tiny` from `../shared/fixtures`, see
+//! `common::decoder_pack`) through the command line and the server as a GPT-2 one: `caption` and
+//! `serve` give the reference's ids and captions, `train --init` trains their `encoder_attn` and
+//! the result captions, `train --decoder` builds a new one from a pretrained OPT or XGLM, live
+//! retrieval prompts them (XGLM from a datastore of German, French and Chinese captions), and
+//! bad inputs get clear errors.
 
 mod common;
 
@@ -60,15 +62,59 @@ fn image(pack: &DecoderPack, case: &Case) -> std::path::PathBuf {
     pack.path(&case.image)
 }
 
+/// A decoder family's pack and what its checkpoints hold.
+struct Family {
+    /// The pack.
+    pack: &'static str,
+    /// The SmallCap decoder's `model_type`.
+    model_type: &'static str,
+    /// The pretrained decoder's `model_type` (`train --decoder`).
+    pretrained_type: &'static str,
+    /// The prefix of the SmallCap names that a pretrained decoder's file does not have.
+    pretrained_prefix: &'static str,
+    /// The token embedding the LM head is tied to.
+    embed_tokens: &'static str,
+}
+
+const FAMILIES: [Family; 2] = [
+    Family {
+        pack: "opt-tiny",
+        model_type: "this_opt",
+        pretrained_type: "opt",
+        // facebook/opt-* hold `decoder.layers.*`.
+        pretrained_prefix: "decoder.model.",
+        embed_tokens: "decoder.model.decoder.embed_tokens.weight",
+    },
+    Family {
+        pack: "xglm-tiny",
+        model_type: "this_xglm",
+        pretrained_type: "xglm",
+        // facebook/xglm-* hold `model.layers.*`.
+        pretrained_prefix: "decoder.",
+        embed_tokens: "decoder.model.embed_tokens.weight",
+    },
+];
+
+/// Each family with its pack (those there).
+fn families() -> Vec<(&'static Family, DecoderPack)> {
+    FAMILIES
+        .iter()
+        .filter_map(|f| decoder_pack(f.pack).map(|p| (f, p)))
+        .collect()
+}
+
 #[test]
 fn caption_gives_the_reference_ids_and_captions() {
-    let Some(pack) = decoder_pack("opt-tiny") else {
-        return;
-    };
+    for (_, pack) in families() {
+        caption_cases(&pack);
+    }
+}
+
+fn caption_cases(pack: &DecoderPack) {
     let (model, tok) = (pack.path("model"), pack.path("tokenizer"));
     for case in &pack.cases {
         for (setting, extra) in [("beam3_early", "--early-stopping"), ("greedy", "--beams=1")] {
-            let img = image(&pack, case);
+            let img = image(pack, case);
             let mut args = vec![
                 "caption",
                 "--model",
@@ -85,13 +131,15 @@ fn caption_gives_the_reference_ids_and_captions() {
             assert_eq!(
                 line["generated_ids"],
                 serde_json::json!(want.generated_ids),
-                "{} {setting}",
+                "{} {} {setting}",
+                pack.name,
                 case.id
             );
             assert_eq!(
                 line["caption"],
                 want.caption.as_str(),
-                "{} {setting}",
+                "{} {} {setting}",
+                pack.name,
                 case.id
             );
         }
@@ -100,9 +148,12 @@ fn caption_gives_the_reference_ids_and_captions() {
 
 #[test]
 fn serve_gives_the_reference_captions() {
-    let Some(pack) = decoder_pack("opt-tiny") else {
-        return;
-    };
+    for (_, pack) in families() {
+        serve_cases(&pack);
+    }
+}
+
+fn serve_cases(pack: &DecoderPack) {
     let args: Vec<std::ffi::OsString> = vec![
         "--model".into(),
         pack.path("model").into(),
@@ -111,7 +162,7 @@ fn serve_gives_the_reference_captions() {
     ];
     let (_child, addr, _lines) = spawn_serve(&args);
     for case in pack.cases.iter().take(6) {
-        let bytes = std::fs::read(image(&pack, case)).unwrap();
+        let bytes = std::fs::read(image(pack, case)).unwrap();
         let fields = common::case_fields(case, "beam3_early");
         let mut parts = vec![Part::File {
             name: "image",
@@ -127,7 +178,13 @@ fn serve_gives_the_reference_captions() {
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
         let want = &case.expected["beam3_early"];
-        assert_eq!(v["caption"], want.caption.as_str(), "{}", case.id);
+        assert_eq!(
+            v["caption"],
+            want.caption.as_str(),
+            "{} {}",
+            pack.name,
+            case.id
+        );
     }
 }
 
@@ -243,14 +300,17 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn train_init_trains_encoder_attn_and_the_result_captions() {
-    let Some(pack) = decoder_pack("opt-tiny") else {
-        return;
-    };
+    for (family, pack) in families() {
+        train_init(family, &pack);
+    }
+}
+
+fn train_init(family: &Family, pack: &DecoderPack) {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = train(&pack, tmp.path(), &["--init", s(&pack.path("model"))]);
+    let ck = train(pack, tmp.path(), &["--init", s(&pack.path("model"))]);
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["decoder"]["model_type"], "this_opt");
+    assert_eq!(cfg["decoder"]["model_type"], family.model_type);
     let cfg_parsed = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
     let init =
         smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg_parsed, &Device::Cpu)
@@ -271,7 +331,7 @@ fn train_init_trains_encoder_attn_and_the_result_captions() {
         &Device::Cpu,
     )
     .unwrap();
-    let line = caption_without_retrieval(&pack, &ck, 3);
+    let line = caption_without_retrieval(pack, &ck, 3);
     assert_eq!(
         line["generated_ids"].as_array().map(Vec::len),
         Some(3),
@@ -279,9 +339,11 @@ fn train_init_trains_encoder_attn_and_the_result_captions() {
     );
 }
 
-/// A "pretrained" OPT folder as `facebook/opt-*` holds one (`decoder.*` names, `model_type`
-/// `opt`), cut from the pack's decoder.
-fn pretrained_opt(pack: &DecoderPack, dir: &Path) -> std::path::PathBuf {
+/// A "pretrained" decoder folder as `facebook/opt-*` or `facebook/xglm-*` holds one
+/// (`decoder.*` or `model.*` names, `model_type` `opt` or `xglm`, no LM head, no XGLM position
+/// table), cut from the pack's decoder; and beside it, `clip`, the pack's vision tower as a CLIP
+/// checkpoint.
+fn pretrained(family: &Family, pack: &DecoderPack, dir: &Path) -> std::path::PathBuf {
     let cfg_parsed = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
     let sd =
         smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg_parsed, &Device::Cpu)
@@ -289,13 +351,17 @@ fn pretrained_opt(pack: &DecoderPack, dir: &Path) -> std::path::PathBuf {
     let part: std::collections::HashMap<String, Tensor> = sd
         .tensors
         .iter()
-        .filter(|(k, _)| !k.contains("encoder_attn"))
+        .filter(|(k, _)| {
+            !k.contains("encoder_attn")
+                && *k != "decoder.lm_head.weight"
+                && *k != smallcap::checkpoint::XGLM_POSITIONS
+        })
         .filter_map(|(k, v)| {
-            k.strip_prefix("decoder.model.")
+            k.strip_prefix(family.pretrained_prefix)
                 .map(|r| (r.to_string(), v.clone()))
         })
         .collect();
-    let out = dir.join("opt");
+    let out = dir.join(family.pretrained_type);
     std::fs::create_dir_all(&out).unwrap();
     candle_core::safetensors::save(&part, out.join("model.safetensors")).unwrap();
     let full: serde_json::Value =
@@ -311,7 +377,7 @@ fn pretrained_opt(pack: &DecoderPack, dir: &Path) -> std::path::PathBuf {
     ] {
         d.remove(k);
     }
-    d.insert("model_type".into(), "opt".into());
+    d.insert("model_type".into(), family.pretrained_type.into());
     std::fs::write(out.join("config.json"), dec.to_string()).unwrap();
     // The CLIP side: the pack's vision tower as a CLIP checkpoint (`vision_model.*`).
     let clip = dir.join("clip");
@@ -330,40 +396,60 @@ fn pretrained_opt(pack: &DecoderPack, dir: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn train_decoder_builds_a_new_opt_smallcap() {
-    let Some(pack) = decoder_pack("opt-tiny") else {
-        return;
-    };
+fn train_decoder_builds_a_new_smallcap() {
+    for (family, pack) in families() {
+        train_decoder(family, &pack);
+    }
+}
+
+fn train_decoder(family: &Family, pack: &DecoderPack) {
     let tmp = tempfile::tempdir().unwrap();
-    let opt = pretrained_opt(&pack, tmp.path());
+    let decoder = pretrained(family, pack, tmp.path());
     let clip = tmp.path().join("clip");
     let ck = train(
-        &pack,
+        pack,
         tmp.path(),
-        &["--encoder", s(&clip), "--decoder", s(&opt)],
+        &["--encoder", s(&clip), "--decoder", s(&decoder)],
     );
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["decoder"]["model_type"], "this_opt");
-    assert_eq!(cfg["decoder"]["layer_norm_elementwise_affine"], true);
-    // train.py's eos '.' and pad '!' in this vocabulary (GPT-2's ids shifted by 4).
+    assert_eq!(cfg["decoder"]["model_type"], family.model_type);
+    if family.model_type == "this_opt" {
+        assert_eq!(cfg["decoder"]["layer_norm_elementwise_affine"], true);
+    }
+    // train.py's eos '.' and pad '!' in this vocabulary: the ids the reference's pack has.
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pack.path("model/config.json")).unwrap())
+            .unwrap();
     assert_eq!(
         (cfg["eos_token_id"].clone(), cfg["pad_token_id"].clone()),
-        (17.into(), 4.into())
+        (want["eos_token_id"].clone(), want["pad_token_id"].clone()),
+        "{}",
+        pack.name
     );
     let t = load(&ck);
-    // The LM head is the token embedding (OPT ties them), and the new layer norm starts at 1.
-    let m = "decoder.model.decoder";
+    // The LM head is the token embedding (OPT and XGLM tie them), the new layer norm starts at
+    // 1, and XGLM's position table, absent from the pretrained file, is the reference's.
     assert_eq!(
-        max_diff(
-            &t["decoder.lm_head.weight"],
-            &t[&format!("{m}.embed_tokens.weight")]
-        ),
+        max_diff(&t["decoder.lm_head.weight"], &t[family.embed_tokens]),
         0.0
     );
-    let ln = &t[&format!("{m}.layers.0.encoder_attn_layer_norm.weight")];
+    let layer0 = family.embed_tokens.replace("embed_tokens.weight", "layers.0");
+    let ln = &t[&format!("{layer0}.encoder_attn_layer_norm.weight")];
     assert!(max_diff(ln, &ln.ones_like().unwrap()) < 0.01);
-    caption_without_retrieval(&pack, &ck, 2);
+    if family.model_type == "this_xglm" {
+        let cfg_parsed =
+            smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
+        let sd = smallcap::checkpoint::StateDict::load_dir(
+            &pack.path("model"),
+            &cfg_parsed,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let key = smallcap::checkpoint::XGLM_POSITIONS;
+        assert!(max_diff(&t[key], &sd.tensors[key]) < 1e-5);
+    }
+    caption_without_retrieval(pack, &ck, 2);
 }
 
 /// A copy of the pack's model folder with its config changed by `edit`.
@@ -503,5 +589,158 @@ fn live_retrieval_prompts_an_opt_smallcap() {
             want["image"]
         );
         assert_eq!(got["caption"], same["caption"]);
+    }
+}
+
+/// The SentencePiece model `bytes` without its last piece: the top-level fields of a
+/// `ModelProto` are (tag, length, bytes) records, the pieces field 1.
+fn without_last_piece(bytes: &[u8]) -> Vec<u8> {
+    fn varint(b: &[u8], at: &mut usize) -> usize {
+        let (mut v, mut shift) = (0usize, 0);
+        loop {
+            let byte = b[*at];
+            *at += 1;
+            v |= ((byte & 0x7f) as usize) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                return v;
+            }
+        }
+    }
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        let tag = varint(bytes, &mut at);
+        assert_eq!(tag & 7, 2, "top-level ModelProto fields are length-delimited");
+        let len = varint(bytes, &mut at);
+        at += len;
+        records.push((tag >> 3, start..at));
+    }
+    let last_piece = records.iter().rposition(|(field, _)| *field == 1).unwrap();
+    records.remove(last_piece);
+    records
+        .iter()
+        .flat_map(|(_, r)| bytes[r.clone()].to_vec())
+        .collect()
+}
+
+#[test]
+fn xglm_bad_inputs_give_clear_errors() {
+    let (Some(xglm), Some(opt)) = (decoder_pack("xglm-tiny"), decoder_pack("opt-tiny")) else {
+        return;
+    };
+    let img = fixture("images/chelsea.png");
+    let caption = |model: &Path, tok: &Path| {
+        fails(&[
+            "caption",
+            "--model",
+            s(model),
+            "--tokenizer",
+            s(tok),
+            "--no-retrieval",
+            s(&img),
+        ])
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let tokenizer_like = |name: &str, model: &[u8]| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["tokenizer_config.json", "special_tokens_map.json"] {
+            std::fs::copy(xglm.path("tokenizer").join(f), dir.join(f)).unwrap();
+        }
+        std::fs::write(dir.join("sentencepiece.bpe.model"), model).unwrap();
+        dir
+    };
+    // A SentencePiece file that is not a model: the error names the file.
+    let dir = tokenizer_like("garbage", b"this is not a SentencePiece model\n");
+    let e = caption(&xglm.path("model"), &dir);
+    assert!(
+        e.contains("not a SentencePiece model")
+            && e.contains(s(&dir.join("sentencepiece.bpe.model"))),
+        "{e}"
+    );
+    // A model with one piece fewer than the decoder's vocabulary.
+    let real = std::fs::read(xglm.path("tokenizer/sentencepiece.bpe.model")).unwrap();
+    let dir = tokenizer_like("short", &without_last_piece(&real));
+    let e = caption(&xglm.path("model"), &dir);
+    assert!(e.contains("142 tokens") && e.contains("143"), "{e}");
+    // An XGLM checkpoint with OPT's tokenizer, and an OPT one with XGLM's.
+    let e = caption(&xglm.path("model"), &opt.path("tokenizer"));
+    assert!(e.contains("XGLM") && e.contains("SentencePiece"), "{e}");
+    let e = caption(&opt.path("model"), &xglm.path("tokenizer"));
+    assert!(e.contains("this_opt") && e.contains("SentencePiece"), "{e}");
+}
+
+#[test]
+fn an_xglm_smallcap_retrieves_and_captions_from_a_multilingual_datastore() {
+    let Some(pack) = decoder_pack("xglm-tiny") else {
+        return;
+    };
+    let captions = [
+        "Ein Hund läuft am Strand",
+        "Zwei Männer reiten auf Pferden am Strand",
+        "Un chat est assis sur une table",
+        "Une femme regarde un grand bâtiment",
+        "一只猫坐在桌子上",
+        "两个男人在海滩上骑马",
+        "Ein rotes Auto parkt vor dem Haus",
+        "Un train traverse la campagne",
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("captions.json");
+    std::fs::write(&list, serde_json::to_string(&captions).unwrap()).unwrap();
+    let store = tmp.path().join("store");
+    let encoder = fixture("retrieval/clip_resnet.pt");
+    ok(&[
+        "datastore",
+        "build",
+        "--captions",
+        s(&list),
+        "--encoder",
+        s(&encoder),
+        "--out",
+        s(&store),
+    ]);
+    let (model, tok) = (pack.path("model"), pack.path("tokenizer"));
+    for name in ["chelsea.png", "coffee.png"] {
+        let img = fixture(&format!("images/{name}"));
+        let base = [
+            "caption",
+            "--model",
+            s(&model),
+            "--tokenizer",
+            s(&tok),
+            "--early-stopping",
+        ];
+        let mut live = base.to_vec();
+        live.extend([
+            "--datastore",
+            s(&store),
+            "--retrieval-encoder",
+            s(&encoder),
+            s(&img),
+        ]);
+        let got: serde_json::Value = serde_json::from_str(ok(&live).trim()).unwrap();
+        let retrieved: Vec<String> = got["retrieved_captions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(retrieved.len(), 4, "{got}");
+        assert!(
+            retrieved.iter().all(|c| captions.contains(&c.as_str())),
+            "{got}"
+        );
+        // The same prompt given by hand: the retrieved captions went into it unchanged.
+        let mut given = base.to_vec();
+        for c in &retrieved {
+            given.extend(["--captions", c.as_str()]);
+        }
+        given.push(s(&img));
+        let same: serde_json::Value = serde_json::from_str(ok(&given).trim()).unwrap();
+        assert_eq!(got["generated_ids"], same["generated_ids"], "{name}");
+        assert_eq!(got["caption"], same["caption"], "{name}");
     }
 }
