@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{DecoderArch, DecoderConfig, OptLayout, SmallCapConfig, VisionConfig, XglmLayout};
+use crate::config::{
+    DecoderArch, DecoderConfig, OptLayout, SmallCapConfig, VisionConfig, XglmLayout,
+};
 use crate::error::{Error, Result};
 
 /// Names of the weight files, in the order they are looked for.
@@ -195,8 +197,14 @@ fn xglm_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
     let mut out = Vec::new();
     let mut add = |name: String, shape: &[usize]| expect(&mut out, name, shape);
     let h = d.n_embd;
-    add("decoder.model.embed_tokens.weight".into(), &[d.vocab_size, h]);
-    add(XGLM_POSITIONS.into(), &[d.n_positions + d.position_offset(), h]);
+    add(
+        "decoder.model.embed_tokens.weight".into(),
+        &[d.vocab_size, h],
+    );
+    add(
+        XGLM_POSITIONS.into(),
+        &[d.n_positions + d.position_offset(), h],
+    );
     for i in 0..d.n_layer {
         fairseq_layer_tensors(&mut add, &format!("decoder.model.layers.{i}"), d);
     }

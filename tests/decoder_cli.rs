@@ -434,7 +434,9 @@ fn train_decoder(family: &Family, pack: &DecoderPack) {
         max_diff(&t["decoder.lm_head.weight"], &t[family.embed_tokens]),
         0.0
     );
-    let layer0 = family.embed_tokens.replace("embed_tokens.weight", "layers.0");
+    let layer0 = family
+        .embed_tokens
+        .replace("embed_tokens.weight", "layers.0");
     let ln = &t[&format!("{layer0}.encoder_attn_layer_norm.weight")];
     assert!(max_diff(ln, &ln.ones_like().unwrap()) < 0.01);
     if family.model_type == "this_xglm" {
@@ -612,7 +614,11 @@ fn without_last_piece(bytes: &[u8]) -> Vec<u8> {
     while at < bytes.len() {
         let start = at;
         let tag = varint(bytes, &mut at);
-        assert_eq!(tag & 7, 2, "top-level ModelProto fields are length-delimited");
+        assert_eq!(
+            tag & 7,
+            2,
+            "top-level ModelProto fields are length-delimited"
+        );
         let len = varint(bytes, &mut at);
         at += len;
         records.push((tag >> 3, start..at));

@@ -13,7 +13,7 @@ use common::decoder_pack::{decoder_pack, DecoderPack};
 use common::train_steps::{KeyBias, TrainPack};
 use common::*;
 use smallcap::generation::GenerationConfig;
-use smallcap::{prompt, Tokenizer, SmallCap, WeightType};
+use smallcap::{prompt, SmallCap, Tokenizer, WeightType};
 
 /// Each pack with its decoder's `model_type` and vocabulary size.
 const PACKS: [(&str, &str, usize); 3] = [
@@ -64,7 +64,12 @@ fn the_decoder_is_chosen_by_model_type() {
     for pack in packs() {
         let (_, model_type, vocab) = PACKS.iter().find(|p| p.0 == pack.name).unwrap();
         let m = model(&pack);
-        assert_eq!(m.decoder.config().model_type(), *model_type, "{}", pack.name);
+        assert_eq!(
+            m.decoder.config().model_type(),
+            *model_type,
+            "{}",
+            pack.name
+        );
         assert_eq!(m.decoder.config().vocab_size, *vocab, "{}", pack.name);
         let tok = Tokenizer::from_dir(&pack.path("tokenizer")).unwrap();
         tok.check_for(m.decoder.config()).unwrap();
@@ -240,7 +245,8 @@ fn xglm_sinusoidal_positions_equal_the_reference_buffer() {
     let sd = smallcap::checkpoint::StateDict::load_dir(&dir, &config, &Device::Cpu).unwrap();
     let stored = &sd.tensors[smallcap::checkpoint::XGLM_POSITIONS];
     let (rows, dim) = stored.dims2().unwrap();
-    let computed = smallcap::models::xglm::sinusoidal_positions(rows, dim, 1, &Device::Cpu).unwrap();
+    let computed =
+        smallcap::models::xglm::sinusoidal_positions(rows, dim, 1, &Device::Cpu).unwrap();
     let worst = (stored - &computed)
         .unwrap()
         .abs()

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use candle_core::Device;
 use common::{fixture, hub_server};
-use smallcap::{hub, Tokenizer, SmallCap};
+use smallcap::{hub, SmallCap, Tokenizer};
 
 #[test]
 fn model_and_tokenizer_come_from_the_hub_then_from_the_cache() {

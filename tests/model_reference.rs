@@ -6,7 +6,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use smallcap::WeightType;
-use smallcap::{prompt, Tokenizer, SmallCap};
+use smallcap::{prompt, SmallCap, Tokenizer};
 
 fn model() -> SmallCap {
     SmallCap::load_dir(&fixture("model"), &Device::Cpu).unwrap()

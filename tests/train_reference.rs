@@ -12,7 +12,7 @@ use common::train_steps::{KeyBias, TrainPack};
 use smallcap::checkpoint::StateDict;
 use smallcap::models::Dropout;
 use smallcap::train::{TrainModel, Trainable};
-use smallcap::{Tokenizer, SmallCapConfig};
+use smallcap::{SmallCapConfig, Tokenizer};
 
 /// The CPU, or the first GPU when `SMALLCAP_TEST_CUDA` is set (scripts/gpu-train-check.sh).
 fn device() -> Device {

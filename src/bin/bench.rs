@@ -23,7 +23,7 @@ use clap::Parser;
 
 use smallcap::captioner::{Captioner, Prepared, Retrieval};
 use smallcap::WeightType;
-use smallcap::{Tokenizer, SmallCap};
+use smallcap::{SmallCap, Tokenizer};
 
 #[derive(Parser)]
 struct Args {

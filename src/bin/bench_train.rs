@@ -26,7 +26,7 @@ use smallcap::models::Dropout;
 use smallcap::train::dataset::{max_length, prep_strings};
 use smallcap::train::{clip_grad_norm, AdamW, AdamWConfig, Batch, TrainModel, Trainable};
 use smallcap::Rng;
-use smallcap::{Tokenizer, SmallCapConfig};
+use smallcap::{SmallCapConfig, Tokenizer};
 
 #[derive(Parser)]
 struct Args {

@@ -1,6 +1,8 @@
 //! `smallcap eval`: the COCO caption metrics of a results file against caption annotations,
 //! computed by `smallcap-metrics` exactly as pycocoevalcap does (METEOR by its native port of
-//! METEOR 1.5, or by the toolkit's jar with `--meteor-jar`).
+//! METEOR 1.5, or by the toolkit's jar with `--meteor-jar`). Like pycocoevalcap it scores English:
+//! the PTB tokenisation and METEOR's synonyms and stemmer follow English rules whatever the
+//! captions' language (an XGLM SmallCap's captions in other languages need another scorer).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

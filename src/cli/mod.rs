@@ -28,7 +28,8 @@ struct Cli {
 enum Command {
     /// Caption images (one JSON object per line on stdout).
     Caption(caption::CaptionArgs),
-    /// Score captions with the COCO caption metrics (as pycocoevalcap).
+    /// Score captions with the COCO caption metrics (as pycocoevalcap; English: the PTB
+    /// tokeniser and METEOR's synonyms and stemmer are English-only).
     Eval(eval::EvalArgs),
     /// Build and manage caption datastores.
     Datastore(datastore::DatastoreArgs),

@@ -15,7 +15,7 @@ use smallcap::train::features::FeatureStore;
 use smallcap::train::init::{from_pretrained, reduce_factor, Pretrained, SpecialIds};
 use smallcap::train::trainer::{TrainOptions, Trainer, Validation};
 use smallcap::train::{TrainDataset, TrainModel, Trainable};
-use smallcap::{Tokenizer, SmallCapConfig};
+use smallcap::{SmallCapConfig, Tokenizer};
 
 const TRAIN_SPLITS: &[&str] = &["train", "restval"];
 

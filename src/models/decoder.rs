@@ -474,7 +474,6 @@ impl Decoder {
         Ok(h)
     }
 
-
     /// Runs `t` new tokens for every row of every sequence and returns the logits of each row's
     /// last new position, `[Σ rows, vocab]`, in sequence order. `input_ids` holds, for each
     /// sequence in turn, `rows × t` ids (row-major).

@@ -41,7 +41,15 @@ pub fn load(vb: VarBuilder, cfg: &DecoderConfig) -> candle_core::Result<Decoder>
         BlockLayout::PostLn
     };
     let blocks = (0..cfg.n_layer)
-        .map(|i| block(d.pp("layers").pp(i), cfg, block_layout, Activation::Relu, false))
+        .map(|i| {
+            block(
+                d.pp("layers").pp(i),
+                cfg,
+                block_layout,
+                Activation::Relu,
+                false,
+            )
+        })
         .collect::<candle_core::Result<Vec<_>>>()?;
     let projected = w != h;
     let embeddings = Embeddings {

@@ -65,7 +65,7 @@ pub fn sinusoidal_positions(
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let half = dim / 2;
-    if half < 2 || dim % 2 != 0 {
+    if half < 2 || !dim.is_multiple_of(2) {
         candle_core::bail!("sinusoidal positions need an even width of at least 4, got {dim}");
     }
     let step = -((10000f64).ln() / (half - 1) as f64) as f32;

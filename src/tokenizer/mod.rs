@@ -162,10 +162,7 @@ impl Tokenizer {
             .token_to_id(sentencepiece::PREFIX_TOKEN)
             .ok_or_else(|| Error::Tokenizer {
                 path: dir.to_path_buf(),
-                msg: format!(
-                    "{} is not in the vocabulary",
-                    sentencepiece::PREFIX_TOKEN
-                ),
+                msg: format!("{} is not in the vocabulary", sentencepiece::PREFIX_TOKEN),
             })?;
         Ok(Self {
             inner,
