@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use common::decoder_pack::{decoder_pack, DecoderPack};
 use common::http::{self, Part};
 use common::serve_cli::spawn_serve;
-use common::{fixture, Case};
+use common::{fixture, max_diff, Case};
 
 fn smallcap(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_smallcap"))
@@ -287,17 +287,6 @@ fn load(dir: &Path) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn train_init_trains_encoder_attn_and_the_result_captions() {
     for (family, pack) in families() {
@@ -547,51 +536,56 @@ fn live_retrieval_prompts_an_opt_smallcap() {
         fixture("retrieval/datastore_captions.json").display()
     );
     let encoder = fixture("retrieval/clip_resnet_jit_fp16.pt");
-    let (model, tok) = (pack.path("model"), pack.path("tokenizer"));
     for want in common::pipeline_cases().iter().take(3) {
         let img = fixture(&format!("images/{}", want["image"].as_str().unwrap()));
-        let base = [
-            "caption",
-            "--model",
-            s(&model),
-            "--tokenizer",
-            s(&tok),
-            "--early-stopping",
-        ];
-        let mut live = base.to_vec();
-        live.extend([
-            "--datastore",
-            &store,
-            "--retrieval-encoder",
-            s(&encoder),
-            s(&img),
-        ]);
-        let got: serde_json::Value = serde_json::from_str(ok(&live).trim()).unwrap();
+        let got = live_equals_given(&pack, &store, &encoder, &img);
         // The reference's top-4 for this image, in the OPT model's prompt.
         assert_eq!(
-            got["retrieved_captions"], want["retrieved_captions"],
+            serde_json::json!(got),
+            want["retrieved_captions"],
             "{}",
             want["image"]
         );
-        let caps: Vec<String> = want["retrieved_captions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap().to_string())
-            .collect();
-        let mut given = base.to_vec();
-        for c in &caps {
-            given.extend(["--captions", c.as_str()]);
-        }
-        given.push(s(&img));
-        let same: serde_json::Value = serde_json::from_str(ok(&given).trim()).unwrap();
-        assert_eq!(
-            got["generated_ids"], same["generated_ids"],
-            "{}",
-            want["image"]
-        );
-        assert_eq!(got["caption"], same["caption"]);
     }
+}
+
+/// Captions `img` with `pack`'s model and live retrieval from `store`, checks that the same
+/// captions given by hand give the same ids and caption (the retrieved captions went into the
+/// prompt unchanged), and returns them.
+fn live_equals_given(pack: &DecoderPack, store: &str, encoder: &Path, img: &Path) -> Vec<String> {
+    let (model, tok) = (pack.path("model"), pack.path("tokenizer"));
+    let base = [
+        "caption",
+        "--model",
+        s(&model),
+        "--tokenizer",
+        s(&tok),
+        "--early-stopping",
+    ];
+    let mut live = base.to_vec();
+    live.extend([
+        "--datastore",
+        store,
+        "--retrieval-encoder",
+        s(encoder),
+        s(img),
+    ]);
+    let got: serde_json::Value = serde_json::from_str(ok(&live).trim()).unwrap();
+    let retrieved: Vec<String> = got["retrieved_captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let mut given = base.to_vec();
+    for c in &retrieved {
+        given.extend(["--captions", c.as_str()]);
+    }
+    given.push(s(img));
+    let same: serde_json::Value = serde_json::from_str(ok(&given).trim()).unwrap();
+    assert_eq!(got["generated_ids"], same["generated_ids"], "{img:?}");
+    assert_eq!(got["caption"], same["caption"], "{img:?}");
+    retrieved
 }
 
 /// The SentencePiece model `bytes` without its last piece: the top-level fields of a
@@ -708,45 +702,13 @@ fn an_xglm_smallcap_retrieves_and_captions_from_a_multilingual_datastore() {
         "--out",
         s(&store),
     ]);
-    let (model, tok) = (pack.path("model"), pack.path("tokenizer"));
     for name in ["chelsea.png", "coffee.png"] {
         let img = fixture(&format!("images/{name}"));
-        let base = [
-            "caption",
-            "--model",
-            s(&model),
-            "--tokenizer",
-            s(&tok),
-            "--early-stopping",
-        ];
-        let mut live = base.to_vec();
-        live.extend([
-            "--datastore",
-            s(&store),
-            "--retrieval-encoder",
-            s(&encoder),
-            s(&img),
-        ]);
-        let got: serde_json::Value = serde_json::from_str(ok(&live).trim()).unwrap();
-        let retrieved: Vec<String> = got["retrieved_captions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(retrieved.len(), 4, "{got}");
+        let retrieved = live_equals_given(&pack, s(&store), &encoder, &img);
+        assert_eq!(retrieved.len(), 4, "{retrieved:?}");
         assert!(
             retrieved.iter().all(|c| captions.contains(&c.as_str())),
-            "{got}"
+            "{retrieved:?}"
         );
-        // The same prompt given by hand: the retrieved captions went into it unchanged.
-        let mut given = base.to_vec();
-        for c in &retrieved {
-            given.extend(["--captions", c.as_str()]);
-        }
-        given.push(s(&img));
-        let same: serde_json::Value = serde_json::from_str(ok(&given).trim()).unwrap();
-        assert_eq!(got["generated_ids"], same["generated_ids"], "{name}");
-        assert_eq!(got["caption"], same["caption"], "{name}");
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::Device;
-use common::{cases, expected_tensors, fixture, rel_err};
+use common::{cases, expected_tensors, fixture, max_abs, max_diff, rel_err};
 use serde_json::json;
 
 const IMAGES: [&str; 5] = [
@@ -275,28 +275,14 @@ fn checkpoints_load_from_both_weight_files_and_resume_matches_an_uninterrupted_r
     for (name, t) in &a.tensors {
         let u = &b.tensors[name];
         assert_eq!(t.dims(), u.dims());
-        let d = (t - u)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(t, u);
         assert_eq!(d, 0.0, "{name}");
     }
     // Cross-attention moved, the rest did not.
     let init =
         smallcap::checkpoint::StateDict::load_dir(&fixture("model"), &cfg, &Device::Cpu).unwrap();
     for (name, t) in &a.tensors {
-        let d = (t - &init.tensors[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(t, &init.tensors[name]);
         assert_eq!(
             d > 0.0,
             name.contains("crossattention"),
@@ -534,21 +520,8 @@ fn micro_batches_give_the_whole_batch_update() {
     let whole = run("whole", &[]);
     let micro = run("micro", &["--micro-batch", "1"]);
     for (name, t) in &whole {
-        let d = (t - &micro[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = t
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(t, &micro[name]);
+        let scale = max_abs(t);
         // Only the order of float additions differs.
         assert!(d <= 1e-5 * scale.max(1e-3), "{name}: differs by {d}");
     }

@@ -53,6 +53,21 @@ pub fn expected_tensors() -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("expected_tensors.safetensors"), &Device::Cpu).unwrap()
 }
 
+/// max |a − b|.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
+}
+
+/// max |a|.
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// ‖a − b‖ / ‖b‖.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
