@@ -191,6 +191,41 @@ fn gpt2_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
 /// ([`crate::models::xglm::sinusoidal_positions`]) when a checkpoint does not hold it.
 pub const XGLM_POSITIONS: &str = "decoder.model.embed_positions.weights";
 
+/// XGLM's position table for a weight file `weights` that lacks it, computed from the config's
+/// sizes once they are checked: the table may not be larger than the file itself (every real
+/// one is a small part of it), so an absurd `max_position_embeddings` or `d_model` is refused
+/// before anything is allocated.
+pub fn xglm_positions(d: &DecoderConfig, weights: &Path, device: &Device) -> Result<Tensor> {
+    let DecoderArch::Xglm(XglmLayout { padding_idx, .. }) = d.arch else {
+        return Err(Error::checkpoint(
+            weights,
+            format!("{XGLM_POSITIONS} belongs to XGLM, not {}", d.model_type()),
+        ));
+    };
+    let rows = d.n_positions + d.position_offset();
+    let file_len = std::fs::metadata(weights)
+        .map_err(|e| Error::io(weights, e))?
+        .len();
+    let bytes = (rows as u64)
+        .saturating_mul(d.n_embd as u64)
+        .saturating_mul(4);
+    if bytes > file_len {
+        return Err(Error::checkpoint(
+            weights,
+            format!(
+                "decoder.max_position_embeddings {} × d_model {} would make a position table of {bytes} bytes, larger than the {file_len}-byte weight file: the config's sizes are not this checkpoint's",
+                d.n_positions, d.n_embd
+            ),
+        ));
+    }
+    Ok(crate::models::xglm::sinusoidal_positions(
+        rows,
+        d.n_embd,
+        padding_idx as usize,
+        device,
+    )?)
+}
+
 fn xglm_tensors(d: &DecoderConfig) -> Vec<ExpectedTensor> {
     // In the reference's state-dict order (`XGLMModel.__init__`, then `ThisXGLMDecoderLayer`,
     // whose cross-attention comes last).
@@ -315,17 +350,10 @@ impl StateDict {
         let mut wanted: Vec<&str> = expected.iter().map(|t| t.name.as_str()).collect();
         wanted.push(LM_HEAD);
         let mut tensors = read_tensors(path, &wanted, device)?;
-        if let DecoderArch::Xglm(XglmLayout { padding_idx, .. }) = cfg.decoder.arch {
-            if !tensors.contains_key(XGLM_POSITIONS) {
-                let d = &cfg.decoder;
-                let table = crate::models::xglm::sinusoidal_positions(
-                    d.n_positions + d.position_offset(),
-                    d.n_embd,
-                    padding_idx as usize,
-                    device,
-                )?;
-                tensors.insert(XGLM_POSITIONS.to_string(), table);
-            }
+        if matches!(cfg.decoder.arch, DecoderArch::Xglm(_)) && !tensors.contains_key(XGLM_POSITIONS)
+        {
+            let table = xglm_positions(&cfg.decoder, path, device)?;
+            tensors.insert(XGLM_POSITIONS.to_string(), table);
         }
         for t in &expected {
             match tensors.get(&t.name) {

@@ -712,3 +712,66 @@ fn an_xglm_smallcap_retrieves_and_captions_from_a_multilingual_datastore() {
         );
     }
 }
+
+#[test]
+fn an_xglm_checkpoint_without_its_position_table_computes_it_within_bounds() {
+    let Some(pack) = decoder_pack("xglm-tiny") else {
+        return;
+    };
+    // The pack's weights without `embed_positions.weights` (as a pretrained file may be).
+    let cfg_parsed = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
+    let sd =
+        smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg_parsed, &Device::Cpu)
+            .unwrap();
+    let mut tensors = sd.tensors.clone();
+    tensors.remove(smallcap::checkpoint::XGLM_POSITIONS);
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(pack.path("model/config.json")).unwrap())
+                .unwrap();
+        edit(&mut cfg);
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        dir
+    };
+    // Computed, the table gives the reference's captions.
+    let model = write("plain", &|_| {});
+    let case = &pack.cases[0];
+    let img = image(&pack, case);
+    let tok = pack.path("tokenizer");
+    let mut args = vec![
+        "caption",
+        "--model",
+        s(&model),
+        "--tokenizer",
+        s(&tok),
+        "--early-stopping",
+    ];
+    let prompt = prompt_args(case);
+    args.extend(prompt.iter().map(String::as_str));
+    args.push(s(&img));
+    let line: serde_json::Value = serde_json::from_str(ok(&args).trim()).unwrap();
+    let want = &case.expected["beam3_early"];
+    assert_eq!(line["generated_ids"], serde_json::json!(want.generated_ids));
+    // A config whose sizes would make a table larger than the file is refused before any
+    // allocation.
+    let huge = write("huge", &|c| {
+        c["decoder"]["max_position_embeddings"] = 1_000_000_000u64.into()
+    });
+    let e = fails(&[
+        "caption",
+        "--model",
+        s(&huge),
+        "--tokenizer",
+        s(&tok),
+        "--no-retrieval",
+        s(&img),
+    ]);
+    assert!(
+        e.contains("max_position_embeddings 1000000000") && e.contains("larger than"),
+        "{e}"
+    );
+}

@@ -3,8 +3,9 @@
 //! cross-attention to the image's `encoder_hidden_states` and an MLP, then the LM head.
 //! [`gpt2`](super::gpt2), [`opt`](super::opt) and [`xglm`](super::xglm) map their checkpoints'
 //! names and layouts onto this one [`Decoder`]; what differs between them is data here
-//! ([`BlockLayout`], the scales, [`PositionIds`], the optional projections), so beam search, greedy decoding, the packed decoding kernels and
-//! training drive every family through the same code.
+//! ([`BlockLayout`], the scales, [`PositionIds`], the optional projections), so beam search,
+//! greedy decoding, the packed decoding kernels and training drive every family through the same
+//! code.
 //!
 //! The forward pass works on several [`Sequence`]s at once (one per image, each with its own
 //! beams and self-attention KV cache): the linear layers, which dominate the cost, run over the
@@ -802,4 +803,21 @@ impl Mlp {
 /// `log_softmax` over the vocabulary in f32, as the reference's beam search scores tokens.
 pub fn log_softmax(logits: &Tensor) -> candle_core::Result<Tensor> {
     candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PositionIds;
+
+    #[test]
+    fn xglm_positions_skip_padding_as_create_position_ids_from_input_ids() {
+        // (cumsum(ids != 1) + past) * (ids != 1) + 1, for padding_idx 1.
+        let xglm = PositionIds::NonPadding { padding_idx: 1 };
+        let rows = |past, ids: &[u32]| xglm.rows(past, ids).collect::<Vec<_>>();
+        assert_eq!(rows(0, &[2, 5, 1, 7]), vec![2, 3, 1, 4]);
+        assert_eq!(rows(4, &[9]), vec![6]);
+        assert_eq!(rows(4, &[1]), vec![1]);
+        let opt = PositionIds::Offset(2);
+        assert_eq!(opt.rows(3, &[1, 1]).collect::<Vec<_>>(), vec![5, 6]);
+    }
 }

@@ -15,9 +15,10 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{
-    expected_tensors, read_tensors, token_embedding_name, ExpectedTensor, LM_HEAD, XGLM_POSITIONS,
+    expected_tensors, read_tensors, token_embedding_name, xglm_positions, ExpectedTensor, LM_HEAD,
+    XGLM_POSITIONS,
 };
-use crate::config::{DecoderArch, SmallCapConfig, XglmLayout};
+use crate::config::{DecoderArch, SmallCapConfig};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -208,11 +209,6 @@ pub fn from_pretrained(
         })
         .and_then(Value::as_f64)
         .unwrap_or(0.02);
-    // Only XGLM lists the position table.
-    let xglm_padding_idx = match &config.decoder.arch {
-        DecoderArch::Xglm(XglmLayout { padding_idx, .. }) => *padding_idx,
-        _ => 0,
-    };
     let mut rng = Rng::new(seed);
     let mut tensors = HashMap::new();
     for t in &expected {
@@ -241,12 +237,9 @@ pub fn from_pretrained(
             }
             _ if new_part => init_value(t, std, config.decoder.n_layer, &mut rng, device)?,
             // XGLM's position table is a buffer that pretrained files may leave out.
-            None if t.name == XGLM_POSITIONS => crate::models::xglm::sinusoidal_positions(
-                t.shape[0],
-                t.shape[1],
-                xglm_padding_idx as usize,
-                device,
-            )?,
+            None if t.name == XGLM_POSITIONS => {
+                xglm_positions(&config.decoder, &decoder.weights, device)?
+            }
             _ => {
                 let from = if t.name.starts_with("encoder.") {
                     &encoder.weights
