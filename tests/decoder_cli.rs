@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -283,7 +284,15 @@ fn caption_without_retrieval(
     serde_json::from_str(line.trim()).unwrap()
 }
 
-fn load(dir: &Path) -> std::collections::HashMap<String, Tensor> {
+/// The pack's config and checkpoint tensors, as the project loads them.
+fn pack_model(pack: &DecoderPack) -> (smallcap::SmallCapConfig, HashMap<String, Tensor>) {
+    let cfg = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
+    let sd =
+        smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg, &Device::Cpu).unwrap();
+    (cfg, sd.tensors)
+}
+
+fn load(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
 }
 
@@ -300,13 +309,10 @@ fn train_init(family: &Family, pack: &DecoderPack) {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["decoder"]["model_type"], family.model_type);
-    let cfg_parsed = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
-    let init =
-        smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg_parsed, &Device::Cpu)
-            .unwrap();
+    let (cfg_parsed, init) = pack_model(pack);
     let trained = load(&ck);
     for (name, t) in &trained {
-        let d = max_diff(t, &init.tensors[name]);
+        let d = max_diff(t, &init[name]);
         assert_eq!(
             d > 0.0,
             name.contains("encoder_attn"),
@@ -333,12 +339,8 @@ fn train_init(family: &Family, pack: &DecoderPack) {
 /// table), cut from the pack's decoder; and beside it, `clip`, the pack's vision tower as a CLIP
 /// checkpoint.
 fn pretrained(family: &Family, pack: &DecoderPack, dir: &Path) -> std::path::PathBuf {
-    let cfg_parsed = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
-    let sd =
-        smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg_parsed, &Device::Cpu)
-            .unwrap();
-    let part: std::collections::HashMap<String, Tensor> = sd
-        .tensors
+    let (_, tensors) = pack_model(pack);
+    let part: HashMap<String, Tensor> = tensors
         .iter()
         .filter(|(k, _)| {
             !k.contains("encoder_attn")
@@ -371,8 +373,7 @@ fn pretrained(family: &Family, pack: &DecoderPack, dir: &Path) -> std::path::Pat
     // The CLIP side: the pack's vision tower as a CLIP checkpoint (`vision_model.*`).
     let clip = dir.join("clip");
     std::fs::create_dir_all(&clip).unwrap();
-    let vision: std::collections::HashMap<String, Tensor> = sd
-        .tensors
+    let vision: HashMap<String, Tensor> = tensors
         .iter()
         .filter_map(|(k, v)| {
             k.strip_prefix("encoder.")
@@ -429,16 +430,8 @@ fn train_decoder(family: &Family, pack: &DecoderPack) {
     let ln = &t[&format!("{layer0}.encoder_attn_layer_norm.weight")];
     assert!(max_diff(ln, &ln.ones_like().unwrap()) < 0.01);
     if family.model_type == "this_xglm" {
-        let cfg_parsed =
-            smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
-        let sd = smallcap::checkpoint::StateDict::load_dir(
-            &pack.path("model"),
-            &cfg_parsed,
-            &Device::Cpu,
-        )
-        .unwrap();
         let key = smallcap::checkpoint::XGLM_POSITIONS;
-        assert!(max_diff(&t[key], &sd.tensors[key]) < 1e-5);
+        assert!(max_diff(&t[key], &pack_model(pack).1[key]) < 1e-5);
     }
     caption_without_retrieval(pack, &ck, 2);
 }
@@ -719,11 +712,7 @@ fn an_xglm_checkpoint_without_its_position_table_computes_it_within_bounds() {
         return;
     };
     // The pack's weights without `embed_positions.weights` (as a pretrained file may be).
-    let cfg_parsed = smallcap::SmallCapConfig::from_file(&pack.path("model/config.json")).unwrap();
-    let sd =
-        smallcap::checkpoint::StateDict::load_dir(&pack.path("model"), &cfg_parsed, &Device::Cpu)
-            .unwrap();
-    let mut tensors = sd.tensors.clone();
+    let (_, mut tensors) = pack_model(&pack);
     tensors.remove(smallcap::checkpoint::XGLM_POSITIONS);
     let tmp = tempfile::tempdir().unwrap();
     let write = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
