@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 
 use smallcap::hub;
 use smallcap::retrieval::build::{
-    add_to_datastore, build_datastore, dedup, filter_by_gpt2_length, BuildOptions,
-    MAX_CAPTION_TOKENS,
+    add_to_datastore, build_datastore, dedup, filter_by_gpt2_length, recorded_encoder_spec,
+    BuildOptions, MAX_CAPTION_TOKENS,
 };
 use smallcap::retrieval::{DatastoreSpec, RetrievalEncoder};
 use smallcap::Tokenizer;
@@ -217,15 +217,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
             let ds = Datastore::open(&a.dir)?;
             let spec = match &a.encoder {
                 Some(s) => s.clone(),
-                None => RetrievalEncoder::spec_of_identity(&ds.manifest().encoder)
-                    .map(|s| RetrievalEncoder::resolve_recorded_spec(s, Some(ds.dir())))
-                    .with_context(|| {
-                        format!(
-                            "{} records the encoder {:?}, which is not loadable; pass --encoder",
-                            a.dir.display(),
-                            ds.manifest().encoder
-                        )
-                    })?,
+                None => recorded_encoder_spec(&ds)?,
             };
             let encoder = RetrievalEncoder::load(&spec, &super::device(&a.device)?)?;
             let caps = load_captions(&a.captions, &a.filter)?;

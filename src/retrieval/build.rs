@@ -282,6 +282,21 @@ pub fn build_datastore(
     Ok(ds)
 }
 
+/// The retrieval encoder a datastore folder records (its manifest's identity, a relative file
+/// path resolved against the folder), as a spec [`RetrievalEncoder::load`] takes: what adding to
+/// the store encodes with when no other encoder is named.
+pub fn recorded_encoder_spec(store: &Datastore) -> Result<String> {
+    let recorded = &store.manifest().encoder;
+    RetrievalEncoder::spec_of_identity(recorded)
+        .map(|s| RetrievalEncoder::resolve_recorded_spec(s, Some(store.dir())))
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "{} records the encoder {recorded:?}, which is not loadable; name the encoder (--encoder)",
+                store.dir().display()
+            ))
+        })
+}
+
 /// Encodes `captions` and appends them to `store`, resumably: the encodings go to
 /// `<dir>.adding` as in [`build_datastore`], then [`Datastore::add`] swaps in the grown store
 /// atomically. Running the same add again after an interruption continues the encoding; after
