@@ -229,3 +229,22 @@ def test_help_documents_the_api():
                smallcap.pipeline):
         assert fn.__doc__ and len(fn.__doc__) > 80, fn.__name__
     assert "retrieved_captions" in smallcap.SmallCap.caption.__doc__
+
+
+def test_ctrl_c_stops_a_long_call(model):
+    import signal
+    import time
+
+    image = (PACK / "images" / "chelsea.png").read_bytes()
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            # About 60 ms an image here: far longer than the half second before the signal.
+            model.caption([image] * 400, no_retrieval=True)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - start < 5.0
+    # The model still works afterwards.
+    assert model.caption(image, no_retrieval=True)[0]["generated_ids"]
