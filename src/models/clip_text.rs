@@ -3,6 +3,10 @@
 //! [`ClipTransformer`], `ln_final`, the features at the arg-max token id (the end-of-text token
 //! of a `clip.tokenize` row), `text_projection`. Weights in OpenAI's names; a Hugging Face
 //! checkpoint is renamed into them by `clip_layout`.
+//!
+//! The attention is causal, so what follows a row's end-of-text token never reaches its
+//! features: each row runs only up to that token (a COCO caption is about 15 of the 77
+//! positions), and rows ending at the same position run together.
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::LayerNorm;
@@ -68,33 +72,57 @@ impl ClipText {
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
-        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, b * l, device)?;
-        let x = self
-            .token_embedding
-            .index_select(&ids, 0)?
-            .reshape((b, l, ()))?;
-        let x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, l)?)?;
-        let mask: Vec<f32> = (0..l)
-            .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (l, l), device)?;
-        let x = self.transformer.forward(&x, Some(&mask))?;
-        let x = self.ln_final.forward(&x)?;
         // `text.argmax(dim=-1)`: the first position of the largest id (the EOT token).
-        let pooled = rows
+        let ends: Vec<usize> = rows
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
+            .map(|r| {
                 let mut best = 0;
                 for (j, &t) in r.iter().enumerate() {
                     if t > r[best] {
                         best = j;
                     }
                 }
-                x.get(i)?.get(best)
+                best
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+            .collect();
+        let mut order: Vec<usize> = (0..b).collect();
+        order.sort_by_key(|&i| ends[i]);
+        let mut pooled: Vec<Option<Tensor>> = vec![None; b];
+        for group in order.chunk_by(|&i, &j| ends[i] == ends[j]) {
+            let len = ends[group[0]] + 1;
+            let x = self.run(group.iter().map(|&i| &rows[i][..len]), group.len(), len, device)?;
+            // Only the end position's features are read: `ln_final` there alone.
+            let last = self.ln_final.forward(&x.narrow(1, len - 1, 1)?.squeeze(1)?)?;
+            for (k, &i) in group.iter().enumerate() {
+                pooled[i] = Some(last.get(k)?);
+            }
+        }
+        let pooled = pooled
+            .into_iter()
+            .map(|p| p.ok_or_else(|| Error::Input("a text row was not encoded".into())))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&pooled, 0)?.matmul(&self.text_projection)?)
+    }
+
+    /// The transformer over `g` rows of `len` tokens: `[g, len, width]`.
+    fn run<'a>(
+        &self,
+        rows: impl Iterator<Item = &'a [u32]>,
+        g: usize,
+        len: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let flat: Vec<u32> = rows.flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, g * len, device)?;
+        let x = self
+            .token_embedding
+            .index_select(&ids, 0)?
+            .reshape((g, len, ()))?;
+        let x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, len)?)?;
+        let mask: Vec<f32> = (0..len)
+            .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (len, len), device)?;
+        Ok(self.transformer.forward(&x, Some(&mask))?)
     }
 }
