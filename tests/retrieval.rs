@@ -170,3 +170,32 @@ fn caption_embeddings_and_text_queries_match_the_reference() {
         assert_eq!(got[0].ids, case.top_ids, "{}", case.text);
     }
 }
+
+#[test]
+fn a_text_row_is_encoded_the_same_whatever_it_is_batched_with() {
+    // Each row runs up to its end-of-text token, rows ending together in one batch: a caption
+    // truncated at the 77-token context, captions of equal and of different lengths must come
+    // out as when each is encoded alone (up to float summation order).
+    let enc = encoder();
+    let long = vec!["a dog"; 60].join(" and ");
+    let texts = [
+        long.as_str(),
+        "a cat",
+        "a dog",
+        "two men riding horses on the beach",
+        "a cat",
+        "",
+    ];
+    let rows = enc.tokenize(&texts).unwrap();
+    assert_eq!(
+        rows[0][76], 49407,
+        "the long caption is truncated with its end token last"
+    );
+    let together = enc.encode_texts(&texts).unwrap();
+    let d = together.len() / texts.len();
+    for (i, t) in texts.iter().enumerate() {
+        let alone = enc.encode_texts(&[t]).unwrap();
+        let e = rel(&together[i * d..(i + 1) * d], &alone);
+        assert!(e < 1e-6, "{t:?}: relative difference {e}");
+    }
+}

@@ -90,9 +90,16 @@ impl ClipText {
         let mut pooled: Vec<Option<Tensor>> = vec![None; b];
         for group in order.chunk_by(|&i, &j| ends[i] == ends[j]) {
             let len = ends[group[0]] + 1;
-            let x = self.run(group.iter().map(|&i| &rows[i][..len]), group.len(), len, device)?;
+            let x = self.run(
+                group.iter().map(|&i| &rows[i][..len]),
+                group.len(),
+                len,
+                device,
+            )?;
             // Only the end position's features are read: `ln_final` there alone.
-            let last = self.ln_final.forward(&x.narrow(1, len - 1, 1)?.squeeze(1)?)?;
+            let last = self
+                .ln_final
+                .forward(&x.narrow(1, len - 1, 1)?.squeeze(1)?)?;
             for (k, &i) in group.iter().enumerate() {
                 pooled[i] = Some(last.get(k)?);
             }
