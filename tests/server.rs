@@ -1038,3 +1038,184 @@ fn serve_command_retrieves_live_with_the_real_retrieval_encoder() {
         );
     }
 }
+
+#[test]
+fn api_keys_guard_the_api_and_cors_answers_only_named_origins() {
+    use smallcap::server::access::AccessPolicy;
+    let keyed = |protect_metrics: bool, origins: Vec<String>| ServerConfig {
+        access: AccessPolicy::new(&["k-one".into(), "k-two".into()], protect_metrics, origins)
+            .unwrap(),
+        ..ServerConfig::default()
+    };
+    let server = start(keyed(false, vec!["https://app.example".into()]), None);
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        http::request("GET", &url(&server, path), headers, None)
+    };
+    // The API: no key, a wrong one, a right one.
+    let r = get("/v1/datastores", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.error_code(), "unauthorized");
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    let r = get("/v1/datastores", &[("Authorization", "Bearer k-on")]);
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+    let r = get("/v1/datastores", &[("Authorization", "Basic k-one")]);
+    assert_eq!(r.status, 401);
+    let r = get("/v1/datastores", &[("Authorization", "Bearer k-two")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A captioning request with the key is served; without, refused before the body is read
+    // (a small body, so that the client is not still sending when the answer comes).
+    let img = image_bytes(&retrieval_cases()[0].image);
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        http::request(
+            "POST",
+            &url(&server, "/v1/captions?no_retrieval=true"),
+            headers,
+            Some(body),
+        )
+    };
+    let ct = ("Content-Type", "application/octet-stream");
+    assert_eq!(post(&[ct], b"x").status, 401);
+    let r = post(&[ct, ("Authorization", "Bearer k-one")], &img);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Probes, metrics, the page and the schema stay open.
+    for path in ["/healthz", "/readyz", "/metrics", "/", "/openapi.json"] {
+        assert_eq!(get(path, &[]).status, 200, "{path}");
+    }
+    // CORS: the named origin gets its headers (preflight included, without a key); others none.
+    let r = get(
+        "/v1/datastores",
+        &[
+            ("Authorization", "Bearer k-one"),
+            ("Origin", "https://app.example"),
+        ],
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let r = get(
+        "/v1/datastores",
+        &[
+            ("Authorization", "Bearer k-one"),
+            ("Origin", "https://evil.example"),
+        ],
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let preflight = |server: &Server, origin: &str| {
+        http::request(
+            "OPTIONS",
+            &url(server, "/v1/captions"),
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "authorization"),
+            ],
+            None,
+        )
+    };
+    let r = preflight(&server, "https://app.example");
+    assert_eq!(r.status, 204);
+    assert!(r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("authorization"));
+    assert_ne!(preflight(&server, "https://evil.example").status, 204);
+    server.shutdown().unwrap();
+
+    // /metrics behind the key when asked; no CORS at all by default.
+    let server = start(keyed(true, vec![]), None);
+    let m = |headers: &[(&str, &str)]| {
+        http::request("GET", &url(&server, "/metrics"), headers, None).status
+    };
+    assert_eq!(m(&[]), 401);
+    assert_eq!(m(&[("Authorization", "Bearer k-one")]), 200);
+    let r = http::request(
+        "GET",
+        &url(&server, "/healthz"),
+        &[("Origin", "https://app.example")],
+        None,
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_ne!(preflight(&server, "https://app.example").status, 204);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn serve_takes_api_keys_from_flags_the_environment_and_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("keys.txt");
+    std::fs::write(&file, "# one key per line\nfile-key\n").unwrap();
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--model".into(),
+        fixture("model").into(),
+        "--tokenizer".into(),
+        fixture("tokenizer").into(),
+        "--api-key".into(),
+        "flag-key".into(),
+        "--api-key-file".into(),
+        file.clone().into(),
+    ];
+    let (_child, addr, _lines) =
+        common::serve_cli::spawn_serve_with_env(&args, &[("SMALLCAP_API_KEY", "env-key")]);
+    let status = |key: Option<&str>| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        http::request(
+            "GET",
+            &format!("http://{addr}/v1/datastores"),
+            &headers,
+            None,
+        )
+        .status
+    };
+    assert_eq!(status(None), 401);
+    assert_eq!(status(Some("other")), 401);
+    for key in ["flag-key", "env-key", "file-key"] {
+        assert_eq!(status(Some(key)), 200, "{key}");
+    }
+    // A key file without keys, and --protect-metrics without any key, are refused.
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "# nothing\n\n").unwrap();
+    let refused = |extra: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
+            .env_remove("SMALLCAP_API_KEY")
+            .args(["serve", "--model"])
+            .arg(fixture("model"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = refused(&["--api-key-file".as_ref(), empty.as_os_str()]);
+    assert!(e.contains("no key in the file"), "{e}");
+    let e = refused(&["--protect-metrics".as_ref()]);
+    assert!(e.contains("needs an API key"), "{e}");
+    // Listening beyond loopback without a key warns.
+    args.truncate(4);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
+        .env_remove("SMALLCAP_API_KEY")
+        .arg("serve")
+        .args(&args)
+        .args(["--addr", "0.0.0.0:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let first = std::io::BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.contains("warning") && first.contains("without an API key"),
+        "{first}"
+    );
+}

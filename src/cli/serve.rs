@@ -52,6 +52,40 @@ pub struct ServeArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// Require `Authorization: Bearer KEY` on /v1/* (repeatable; also `$SMALLCAP_API_KEY`).
+    /// /healthz, /readyz, / and /openapi.json stay open.
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_keys: Vec<String>,
+    /// A file of API keys, one per line (blank lines and `#` comments skipped).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Require a key for /metrics too.
+    #[arg(long)]
+    protect_metrics: bool,
+    /// Answer CORS requests from this origin (repeatable; `*` for any). Without it no CORS
+    /// header is sent.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
+}
+
+/// The API keys from `--api-key`, `$SMALLCAP_API_KEY` and `--api-key-file`.
+fn api_keys(args: &ServeArgs) -> anyhow::Result<Vec<String>> {
+    let mut keys = args.api_keys.clone();
+    if let Ok(k) = std::env::var("SMALLCAP_API_KEY") {
+        if !k.trim().is_empty() {
+            keys.push(k);
+        }
+    }
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--api-key-file {}", path.display()))?;
+        let from_file = smallcap::server::access::read_key_file(&text);
+        if from_file.is_empty() {
+            bail!("--api-key-file {}: no key in the file", path.display());
+        }
+        keys.extend(from_file);
+    }
+    Ok(keys)
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -79,6 +113,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bail!("--retrieval-encoder needs at least one --datastore");
     }
     let device = super::device(&args.device)?;
+    let keys = api_keys(&args)?;
+    let access = smallcap::server::access::AccessPolicy::new(
+        &keys,
+        args.protect_metrics,
+        args.cors_origins.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("--api-key: {e}"))?;
+    if args.protect_metrics && keys.is_empty() {
+        bail!(
+            "--protect-metrics needs an API key (--api-key, $SMALLCAP_API_KEY or --api-key-file)"
+        );
+    }
     let config = ServerConfig {
         max_batch: args.max_batch,
         batch_wait: Duration::from_millis(args.batch_wait_ms),
@@ -88,10 +134,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_images_per_request: args.max_images_per_request,
         request_timeout: Duration::from_secs_f64(args.timeout),
         handle_signals: true,
+        access,
         ..ServerConfig::default()
     };
     let listener = std::net::TcpListener::bind(&args.addr)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
+    if keys.is_empty() && !listener.local_addr()?.ip().is_loopback() {
+        eprintln!(
+            "smallcap serve: warning: listening on {} without an API key: anyone who can reach it can use the API (--api-key or $SMALLCAP_API_KEY)",
+            args.addr
+        );
+    }
     let options = PipelineOptions {
         tokenizer: args.captioner.tokenizer.clone(),
         decoder_weights: args.captioner.decoder_weights,

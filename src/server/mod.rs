@@ -4,7 +4,7 @@
 //! whose forward passes are shared by concurrent requests (see [`batcher`]).
 //!
 //! This module owns the router, the shared state, the per-request middleware (request id, one
-//! structured log line, metrics) and the server's life: bind, load the models on the batch
+//! structured log line, metrics; API keys and CORS in [`access`]) and the server's life: bind, load the models on the batch
 //! worker thread (`/readyz` answers 503 until they are loaded), serve, and shut down gracefully
 //! (accepted requests are finished).
 //!
@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 mod api;
 pub(crate) mod batcher;
 pub(crate) mod error;
@@ -75,6 +76,8 @@ pub struct ServerConfig {
     pub max_new_tokens: usize,
     /// Also stop on SIGINT and SIGTERM (the command does; tests stop through [`Server::shutdown`]).
     pub handle_signals: bool,
+    /// API keys and CORS (default: open, no CORS).
+    pub access: access::AccessPolicy,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             max_beams: 8,
             max_new_tokens: 100,
             handle_signals: false,
+            access: access::AccessPolicy::default(),
         }
     }
 }
@@ -209,6 +213,10 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_length,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

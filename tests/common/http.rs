@@ -86,6 +86,18 @@ pub fn post(url: &str, content_type: &str, body: &[u8]) -> Resp {
     )
 }
 
+/// `method` `url` with these headers (and a body for POST).
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let mut req = agent().request(method, url);
+    for (name, value) in headers {
+        req = req.set(name, value);
+    }
+    finish(match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    })
+}
+
 pub fn post_json(url: &str, body: &serde_json::Value) -> Resp {
     post(url, "application/json", body.to_string().as_bytes())
 }

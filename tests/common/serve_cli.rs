@@ -19,8 +19,21 @@ pub fn spawn_serve(
     String,
     std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
 ) {
+    spawn_serve_with_env(args, &[])
+}
+
+/// [`spawn_serve`] with these environment variables set for the child.
+pub fn spawn_serve_with_env(
+    args: &[std::ffi::OsString],
+    env: &[(&str, &str)],
+) -> (
+    Kill,
+    String,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smallcap"))
+        .envs(env.iter().copied())
         .env("HF_HUB_OFFLINE", "1")
         .env_remove("SMALLCAP_LOG")
         .stdout(std::process::Stdio::null())
