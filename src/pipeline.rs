@@ -143,6 +143,15 @@ pub struct PipelineItem {
     pub k: usize,
 }
 
+/// An input decoded in its own Pillow mode.
+fn source_image(input: &ImageInput) -> Result<Arc<SourceImage>> {
+    Ok(match input {
+        ImageInput::Path(p) => Arc::new(smallcap_image::load(p)?),
+        ImageInput::Bytes { name, bytes } => Arc::new(smallcap_image::decode(bytes, name)?),
+        ImageInput::Image(img) => img.clone(),
+    })
+}
+
 /// An image's neighbours, and with a shared vision tower its encoder states.
 type Found = (Retrieved, Option<Tensor>);
 
@@ -247,12 +256,17 @@ impl Pipeline {
     /// Decodes an image for captioning; with `for_retrieval`, the decoded image is kept as the
     /// retrieval query.
     pub fn decode(&self, input: &ImageInput, for_retrieval: bool) -> Result<DecodedImage> {
-        let source = match input {
-            ImageInput::Path(p) => Arc::new(smallcap_image::load(p)?),
-            ImageInput::Bytes { name, bytes } => Arc::new(smallcap_image::decode(bytes, name)?),
-            ImageInput::Image(img) => img.clone(),
-        };
-        self.decoded(source, for_retrieval)
+        self.decoded(source_image(input)?, for_retrieval)
+    }
+
+    /// The retrieval query of an image alone (no captioning pixels): what [`Pipeline::decode`]
+    /// keeps with `for_retrieval`.
+    pub fn retrieval_query(&self, input: &ImageInput) -> Result<Arc<SourceImage>> {
+        let source = source_image(input)?;
+        Ok(match source.mode() {
+            smallcap_image::PilMode::Rgb => source,
+            _ => Arc::new(SourceImage::from(source.to_rgb())),
+        })
     }
 
     /// [`Pipeline::decode`] of an image already decoded.

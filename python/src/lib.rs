@@ -275,11 +275,7 @@ impl Model {
                 .ok_or_else(|| Error::Input("no datastore is loaded".into()))?;
             let decoded = inputs
                 .iter()
-                .map(|i| {
-                    pipeline.decode(i, true)?.source.ok_or_else(|| {
-                        Error::Input("an image decoded without its retrieval query".into())
-                    })
-                })
+                .map(|i| pipeline.retrieval_query(i))
                 .collect::<smallcap::Result<Vec<_>>>()?;
             let queries: Vec<&smallcap_image::SourceImage> =
                 decoded.iter().map(|s| s.as_ref()).collect();
