@@ -13,7 +13,6 @@ use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use common::decoder_pack::{decoder_pack, DecoderPack};
-use common::http::{self, Part};
 use common::serve_cli::spawn_serve;
 use common::{fixture, max_diff, Case};
 
@@ -164,18 +163,7 @@ fn serve_cases(pack: &DecoderPack) {
     let (_child, addr, _lines) = spawn_serve(&args);
     for case in pack.cases.iter().take(6) {
         let bytes = std::fs::read(image(pack, case)).unwrap();
-        let fields = common::case_fields(case, "beam3_early");
-        let mut parts = vec![Part::File {
-            name: "image",
-            filename: "image.png",
-            bytes: &bytes,
-        }];
-        parts.extend(
-            fields
-                .iter()
-                .map(|(n, v)| Part::Field { name: n, value: v }),
-        );
-        let r = http::post_multipart(&format!("http://{addr}/v1/captions"), &parts);
+        let r = common::post_case_image(&addr, case, "image.png", &bytes, "beam3_early");
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
         let want = &case.expected["beam3_early"];

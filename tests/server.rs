@@ -33,18 +33,7 @@ fn no_retrieval_case() -> Case {
 fn post_case(server: &Server, case: &Case, setting: &str) -> http::Resp {
     let bytes = image_bytes(&case.image);
     let name = file_name(&case.image);
-    let fields = case_fields(case, setting);
-    let mut parts = vec![Part::File {
-        name: "image",
-        filename: &name,
-        bytes: &bytes,
-    }];
-    parts.extend(
-        fields
-            .iter()
-            .map(|(n, v)| Part::Field { name: n, value: v }),
-    );
-    http::post_multipart(&url(server, "/v1/captions"), &parts)
+    post_case_image(&server.addr().to_string(), case, &name, &bytes, setting)
 }
 
 #[test]
@@ -259,18 +248,7 @@ fn batch_endpoint_and_concurrent_clients_share_forward_passes() {
             std::thread::spawn(move || {
                 let bytes = image_bytes(&case.image);
                 let name = file_name(&case.image);
-                let fields = case_fields(&case, "beam3_early");
-                let mut parts = vec![Part::File {
-                    name: "image",
-                    filename: &name,
-                    bytes: &bytes,
-                }];
-                parts.extend(
-                    fields
-                        .iter()
-                        .map(|(n, v)| Part::Field { name: n, value: v }),
-                );
-                let r = http::post_multipart(&format!("http://{addr}/v1/captions"), &parts);
+                let r = post_case_image(&addr.to_string(), &case, &name, &bytes, "beam3_early");
                 assert_eq!(r.status, 200, "{}", r.text());
                 let v = r.json();
                 assert_eq!(

@@ -216,6 +216,29 @@ pub fn assert_cases_decode(
 }
 
 /// Form fields of `/v1/captions` for a case's prompt and a decode setting of the pack.
+/// `POST /v1/captions` of one case's image (`bytes`, uploaded as `filename`) with its prompt
+/// fields for `setting`, on the server at `addr`.
+pub fn post_case_image(
+    addr: &str,
+    case: &Case,
+    filename: &str,
+    bytes: &[u8],
+    setting: &str,
+) -> http::Resp {
+    let fields = case_fields(case, setting);
+    let mut parts = vec![http::Part::File {
+        name: "image",
+        filename,
+        bytes,
+    }];
+    parts.extend(
+        fields
+            .iter()
+            .map(|(n, v)| http::Part::Field { name: n, value: v }),
+    );
+    http::post_multipart(&format!("http://{addr}/v1/captions"), &parts)
+}
+
 pub fn case_fields(case: &Case, setting: &str) -> Vec<(&'static str, String)> {
     let mut f: Vec<(&'static str, String)> = Vec::new();
     match &case.retrieved_captions {
