@@ -40,6 +40,7 @@ use crate::captioner::{Caption, Captioner, Prepared, Retrieval};
 use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
 use crate::kernels::packed_linear::WeightType;
+use crate::precision::EncoderPrecision;
 use crate::retrieval::{NamedSpec, Retrieved, Retriever};
 
 /// An image to caption.
@@ -113,6 +114,8 @@ pub struct PipelineOptions {
     pub retrieval_encoder: Option<String>,
     /// Retrieve with the captioner's own vision tower (see [`Pipeline::share_vision_tower`]).
     pub share_vision_tower: bool,
+    /// How the retrieval encoder's ResNet image tower computes ([`EncoderPrecision`]).
+    pub encoder_precision: EncoderPrecision,
     /// Where the networks run.
     pub device: Device,
 }
@@ -127,6 +130,7 @@ impl PipelineOptions {
             datastores: Vec::new(),
             retrieval_encoder: None,
             share_vision_tower: false,
+            encoder_precision: EncoderPrecision::F32,
             device: Device::Cpu,
         }
     }
@@ -202,6 +206,7 @@ impl Pipeline {
                 opts.retrieval_encoder.as_deref(),
                 default.as_deref(),
                 &opts.device,
+                opts.encoder_precision,
             )?)
         };
         let captioner = Captioner::from_specs_with_weights(

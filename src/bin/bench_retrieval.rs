@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 
 use smallcap::models::clip_openai::{ClipDims, OpenAiClip, VisionLayers, Weights};
+use smallcap::EncoderPrecision;
 use smallcap_datastore::faiss::FlatIpWriter;
 use smallcap_datastore::store::{normalize_l2, StoreOptions};
 use smallcap_datastore::{Datastore, Dtype};
@@ -44,6 +45,14 @@ struct Args {
     /// Skip the RN50x64 rows.
     #[arg(long)]
     no_resnet: bool,
+    /// The RN50x64 kernels to time, the first the baseline of the agreement columns: `nchw`
+    /// (f32 GEMMs), `split3` / `split2` (f32 operands split into 3 / 2 bf16 parts on the bf16
+    /// blocks), `bf16` (`--encoder-precision bf16`).
+    #[arg(long, value_delimiter = ',', default_value = "nchw,split3,split2,bf16")]
+    kernels: Vec<String>,
+    /// Images whose embeddings and top-4 are compared between kernels.
+    #[arg(long, default_value = "tests/fixtures/smallcap-tiny/images")]
+    agreement_images: PathBuf,
     /// Only time opening a cached hub datastore (`hf://bench/coco/coco_index`, an `n` × 1024
     /// FAISS file with COCO-length captions, laid out in a hub cache under `dir`).
     #[arg(long)]
@@ -373,14 +382,71 @@ fn main() -> anyhow::Result<()> {
     if !args.no_resnet {
         let store = random_store(&args.dir, args.n, 1024)?;
         let (w, dims) = rn50x64_weights(&dev)?;
-        let model = OpenAiClip::from_weights(&w, dims, &dev)?;
+        let images = agreement_images(&args.agreement_images, dims.image_resolution)?;
+        let mut baseline: Option<(String, Vec<f32>, Vec<Vec<u64>>)> = None;
+        let mut agreement = Vec::new();
+        for kernel in &args.kernels {
+            let (precision, split) = match kernel.as_str() {
+                "nchw" => (EncoderPrecision::F32, "off"),
+                "split3" => (EncoderPrecision::F32, "3"),
+                "split2" => (EncoderPrecision::F32, "2"),
+                "bf16" => (EncoderPrecision::Bf16, "3"),
+                other => anyhow::bail!("unknown kernel {other:?}"),
+            };
+            // SAFETY: no other thread reads the environment while the model loads.
+            unsafe { std::env::set_var("SMALLCAP_F32_SPLIT", split) };
+            let model = OpenAiClip::from_weights(&w, dims.clone(), &dev, precision)?;
+            time_encoder(
+                &args,
+                &img,
+                &model,
+                &store,
+                &format!("RN50x64, 448 px, {kernel}"),
+            )?;
+            let (emb, top) = embed_and_search(&model, &images, &store)?;
+            match &baseline {
+                None => baseline = Some((kernel.clone(), emb, top)),
+                Some((name, e0, t0)) => {
+                    let diff = e0
+                        .iter()
+                        .zip(&emb)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    // ‖a − b‖ / ‖b‖ per image (the fixture tests' measure), the worst.
+                    let rel = e0
+                        .chunks(1024)
+                        .zip(emb.chunks(1024))
+                        .map(|(b, a)| {
+                            a.iter()
+                                .zip(b)
+                                .map(|(x, y)| (x - y).powi(2))
+                                .sum::<f32>()
+                                .sqrt()
+                        })
+                        .fold(0f32, f32::max);
+                    let same = t0.iter().zip(&top).filter(|(a, b)| a == b).count();
+                    agreement.push(format!(
+                        "| {kernel} vs {name} | {diff:.2e} | {rel:.2e} | {same} of {} |",
+                        top.len()
+                    ));
+                }
+            }
+        }
         drop(w);
-        time_encoder(&args, &img, &model, &store, "RN50x64, 448 px, fp32")?;
+        if !agreement.is_empty() {
+            println!();
+            println!("| agreement | max abs difference of normalised embeddings | worst relative (L2) difference | identical top-4 (ids and order) |");
+            println!("|---|---|---|---|");
+            for row in agreement {
+                println!("{row}");
+            }
+            println!();
+        }
     }
     {
         let store = random_store(&args.dir, args.n, 512)?;
         let (w, dims) = vit_b32_weights(&dev)?;
-        let model = OpenAiClip::from_weights(&w, dims, &dev)?;
+        let model = OpenAiClip::from_weights(&w, dims, &dev, EncoderPrecision::F32)?;
         drop(w);
         time_encoder(
             &args,
@@ -425,6 +491,42 @@ fn time_shared_vision(args: &Args, store: &Datastore) -> anyhow::Result<()> {
         e + s
     );
     Ok(())
+}
+
+/// The images of `dir`, as `clip._transform(r)` pixels.
+fn agreement_images(dir: &Path, r: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        if let Ok(img) = smallcap_image::load(&p) {
+            out.push(smallcap_image::clip_transform(&img, r as u32));
+        }
+    }
+    Ok(out)
+}
+
+/// Normalised embeddings of `images` (one at a time) and their top-4 ids in `store`.
+fn embed_and_search(
+    model: &OpenAiClip,
+    images: &[Vec<f32>],
+    store: &Datastore,
+) -> anyhow::Result<(Vec<f32>, Vec<Vec<u64>>)> {
+    let r = model.dims().image_resolution;
+    let dim = model.dims().embed_dim;
+    let (mut all, mut tops) = (Vec::new(), Vec::new());
+    for px in images {
+        let x = Tensor::from_vec(px.clone(), (1, 3, r, r), &Device::Cpu)?;
+        let mut q = model.encode_image(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        normalize_l2(&mut q, dim);
+        let hits = store.search(&q, dim, 4)?;
+        tops.push(hits[0].iter().map(|h| h.0 as u64).collect());
+        all.extend(q);
+    }
+    Ok((all, tops))
 }
 
 fn time_encoder(

@@ -109,6 +109,7 @@ fn load_pipeline(args: &CaptionArgs) -> anyhow::Result<Pipeline> {
     let pipeline = Pipeline::load(&PipelineOptions {
         tokenizer: args.captioner.tokenizer.clone(),
         decoder_weights: args.captioner.decoder_weights,
+        encoder_precision: args.captioner.encoder_precision,
         datastores: args.datastore.iter().cloned().collect(),
         retrieval_encoder: args.retrieval_encoder.clone(),
         share_vision_tower: args.share_vision_tower,

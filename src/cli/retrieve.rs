@@ -60,6 +60,10 @@ pub struct RetrieveArgs {
     /// Where the encoder runs: cpu, or cuda[:N] in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
     device: String,
+    /// How a ResNet image tower computes: f32 (f32 results), or bf16 (faster; embeddings agree
+    /// with f32's to about 1e-2, so the top-k may differ).
+    #[arg(long, default_value = "f32", value_name = "f32|bf16")]
+    encoder_precision: smallcap::EncoderPrecision,
 }
 
 fn out_key(path: &Path) -> String {
@@ -95,7 +99,13 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
         },
         _ => bail!("give --datastore SPEC, or --index FILE with --captions FILE"),
     };
-    let retriever = Retriever::open(&[spec], args.encoder.as_deref(), &device)?;
+    let retriever = Retriever::open_with_default(
+        &[spec],
+        args.encoder.as_deref(),
+        None,
+        &device,
+        args.encoder_precision,
+    )?;
     let store_len = retriever.store(None)?.len();
     if args.k > store_len {
         bail!(

@@ -5,6 +5,9 @@
 //! [`frozen_matmul`], [`dropout`], the vectorised `exp`/`tanh` of [`vector_math`]). Each checks
 //! the CPU at run time and falls back to candle's operations elsewhere.
 
+pub mod amx;
+pub mod bf16_gemm;
+pub mod conv_bf16;
 pub mod dropout;
 pub mod frozen_matmul;
 pub mod fused;

@@ -15,16 +15,28 @@ use candle_nn::Linear;
 use super::clip_transformer::{attention, linear};
 use super::clip_weights::Weights;
 use crate::error::Result;
+use crate::kernels::bf16_gemm::Level;
+use crate::kernels::conv_bf16::{Activation, ConvWeights, InputParts, Nhwc};
+use crate::precision::ConvKernel;
 
 const BN_EPS: f64 = 1e-5;
 
-/// A bias-free convolution followed by BatchNorm, folded into one convolution with a bias.
+/// A bias-free convolution followed by BatchNorm, folded into one convolution with a bias:
+/// f32 tensors for candle's NCHW GEMMs, or packed for the bf16 blocks on NHWC activations.
 #[derive(Debug, Clone)]
-struct ConvBn {
-    weight: Tensor,
-    bias: Tensor,
-    padding: usize,
-    stride: usize,
+enum ConvBn {
+    Nchw {
+        weight: Tensor,
+        bias: Tensor,
+        padding: usize,
+        stride: usize,
+    },
+    Blocks {
+        weights: Box<ConvWeights>,
+        c_in: usize,
+        k: usize,
+        stride: usize,
+    },
 }
 
 impl ConvBn {
@@ -37,6 +49,7 @@ impl ConvBn {
         cout: usize,
         k: usize,
         stride: usize,
+        kernel: ConvKernel,
     ) -> Result<Self> {
         let w = wts.get(&format!("{conv}.weight"), &[cout, cin, k, k])?;
         let gamma = wts.get(&format!("{bn}.weight"), &[cout])?;
@@ -47,17 +60,86 @@ impl ConvBn {
         let weight = w
             .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?
             .contiguous()?;
-        let bias = (beta - mean.mul(&scale)?)?.reshape((1, cout, 1, 1))?;
-        Ok(Self {
-            weight,
-            bias,
-            padding: k / 2,
-            stride,
+        let bias = (beta - mean.mul(&scale)?)?;
+        Ok(match kernel {
+            ConvKernel::F32 => Self::Nchw {
+                weight,
+                bias: bias.reshape((1, cout, 1, 1))?,
+                padding: k / 2,
+                stride,
+            },
+            ConvKernel::Blocks(_, split) => {
+                let wv = weight.flatten_all()?.to_vec1::<f32>()?;
+                let bv = bias.to_vec1::<f32>()?;
+                // The implicit GEMM takes 1 × 1 and 3 × 3 stride-1 convolutions; any other
+                // runs as a 1 × 1 convolution over its im2col patches.
+                let weights = Box::new(if stride == 1 && (k == 1 || k == 3) {
+                    ConvWeights::new(&wv, &bv, cout, cin, k, split)
+                } else {
+                    ConvWeights::new(&wv, &bv, cout, cin * k * k, 1, split)
+                });
+                Self::Blocks {
+                    weights,
+                    c_in: cin,
+                    k,
+                    stride,
+                }
+            }
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        conv2d_gemm(x, &self.weight, self.padding, self.stride)?.broadcast_add(&self.bias)
+        match self {
+            Self::Nchw {
+                weight,
+                bias,
+                padding,
+                stride,
+            } => conv2d_gemm(x, weight, *padding, *stride)?.broadcast_add(bias),
+            Self::Blocks { .. } => {
+                candle_core::bail!("a bf16 convolution runs on NHWC activations")
+            }
+        }
+    }
+
+    /// The bf16 parts of the f32 activation `x` (unpadded or padded) as this convolution
+    /// reads them: bordered for a 3 × 3 convolution, as im2col patches for other shapes.
+    fn parts_of(&self, x: &Nhwc) -> InputParts {
+        let Self::Blocks {
+            weights,
+            c_in,
+            k,
+            stride,
+        } = self
+        else {
+            unreachable!("parts_of is only called on a tower loaded for the bf16 blocks")
+        };
+        if *stride == 1 && (*k == 1 || *k == 3) {
+            if x.pad == k / 2 {
+                weights.input_parts(x)
+            } else {
+                weights.input_parts(&x.with_pad(k / 2))
+            }
+        } else {
+            weights.input_parts(&x.im2col(*c_in, *k, *stride, k / 2))
+        }
+    }
+
+    /// `act(conv(x) + bias [+ residual])` of parts from [`Self::parts_of`] (or a previous
+    /// convolution), written with a border of `out_pad`, as f32 or as the next one's parts.
+    fn run(
+        &self,
+        level: Level,
+        parts: &InputParts,
+        relu: bool,
+        residual: Option<&Nhwc>,
+        out_pad: usize,
+        out_parts: bool,
+    ) -> Activation {
+        let Self::Blocks { weights, .. } = self else {
+            unreachable!("run is only called on a tower loaded for the bf16 blocks")
+        };
+        weights.forward(level, parts, relu, residual, out_pad, out_parts)
     }
 }
 
@@ -133,7 +215,14 @@ struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn load(wts: &Weights, p: &str, inplanes: usize, planes: usize, stride: usize) -> Result<Self> {
+    fn load(
+        wts: &Weights,
+        p: &str,
+        inplanes: usize,
+        planes: usize,
+        stride: usize,
+        kernel: ConvKernel,
+    ) -> Result<Self> {
         let out = planes * 4;
         let downsample = if stride > 1 || inplanes != out {
             Some(ConvBn::load(
@@ -144,6 +233,7 @@ impl Bottleneck {
                 out,
                 1,
                 1,
+                kernel,
             )?)
         } else {
             None
@@ -157,6 +247,7 @@ impl Bottleneck {
                 planes,
                 1,
                 1,
+                kernel,
             )?,
             c2: ConvBn::load(
                 wts,
@@ -166,6 +257,7 @@ impl Bottleneck {
                 planes,
                 3,
                 1,
+                kernel,
             )?,
             c3: ConvBn::load(
                 wts,
@@ -175,6 +267,7 @@ impl Bottleneck {
                 out,
                 1,
                 1,
+                kernel,
             )?,
             stride,
             downsample,
@@ -199,6 +292,37 @@ impl Bottleneck {
         };
         (out + identity)?.relu()
     }
+
+    /// The block on an unpadded NHWC activation: `conv1` and `conv2` hand their results to
+    /// the next convolution as bf16 parts, the residual is added in `conv3`'s epilogue.
+    fn forward_nhwc(&self, level: Level, x: &Nhwc) -> Nhwc {
+        let x_parts = self.c1.parts_of(x);
+        let out = self
+            .c1
+            .run(level, &x_parts, true, None, 1, true)
+            .into_parts();
+        let out = match self.stride {
+            1 => self.c2.run(level, &out, true, None, 0, true).into_parts(),
+            s => {
+                let out = self.c2.run(level, &out, true, None, 0, false).into_f32();
+                self.c3.parts_of(&out.avg_pool(s, 0))
+            }
+        };
+        let downsampled = match (&self.downsample, self.stride) {
+            // A 1 × 1 convolution of the same input reads the same parts.
+            (Some(d), 1) => Some(d.run(level, &x_parts, false, None, 0, false).into_f32()),
+            (Some(d), s) => {
+                let pooled = d.parts_of(&x.avg_pool(s, 0));
+                Some(d.run(level, &pooled, false, None, 0, false).into_f32())
+            }
+            (None, _) => None,
+        };
+        drop(x_parts);
+        let identity = downsampled.as_ref().unwrap_or(x);
+        self.c3
+            .run(level, &out, true, Some(identity), 0, false)
+            .into_f32()
+    }
 }
 
 /// `AttentionPool2d(spacial_dim, embed_dim, num_heads, output_dim)`.
@@ -213,11 +337,11 @@ struct AttentionPool {
 }
 
 impl AttentionPool {
+    /// `[B, HW, C]` tokens (the NCHW map flattened) → `[B, output_dim]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // NCHW → [B, HW, C]; prepend the mean token; add the positional embedding.
-        let x = x.flatten_from(2)?.transpose(1, 2)?;
+        // Prepend the mean token; add the positional embedding.
         let mean = x.mean_keepdim(1)?;
-        let x = Tensor::cat(&[&mean, &x], 1)?.broadcast_add(&self.positional_embedding)?;
+        let x = Tensor::cat(&[&mean, x], 1)?.broadcast_add(&self.positional_embedding)?;
         let q = self.q_proj.forward(&x.narrow(1, 0, 1)?)?;
         let k = self.k_proj.forward(&x)?;
         let v = self.v_proj.forward(&x)?;
@@ -247,10 +371,13 @@ pub struct ModifiedResNet {
     stem: [ConvBn; 3],
     stages: Vec<Vec<Bottleneck>>,
     attnpool: AttentionPool,
+    kernel: ConvKernel,
+    width: usize,
 }
 
 impl ModifiedResNet {
-    pub(crate) fn load(wts: &Weights, d: &ResNetDims) -> Result<Self> {
+    /// Loads the tower for `kernel` (f32 NCHW GEMMs, or the packed bf16 blocks).
+    pub(crate) fn load(wts: &Weights, d: &ResNetDims, kernel: ConvKernel) -> Result<Self> {
         let w = d.width;
         let p = "visual";
         let stem = [
@@ -262,6 +389,7 @@ impl ModifiedResNet {
                 w / 2,
                 3,
                 2,
+                kernel,
             )?,
             ConvBn::load(
                 wts,
@@ -271,6 +399,7 @@ impl ModifiedResNet {
                 w / 2,
                 3,
                 1,
+                kernel,
             )?,
             ConvBn::load(
                 wts,
@@ -280,6 +409,7 @@ impl ModifiedResNet {
                 w,
                 3,
                 1,
+                kernel,
             )?,
         ];
         let mut inplanes = w;
@@ -291,7 +421,7 @@ impl ModifiedResNet {
             for b in 0..blocks {
                 let name = format!("{p}.layer{}.{b}", s + 1);
                 let st = if b == 0 { stride } else { 1 };
-                stage.push(Bottleneck::load(wts, &name, inplanes, planes, st)?);
+                stage.push(Bottleneck::load(wts, &name, inplanes, planes, st, kernel)?);
                 inplanes = planes * 4;
             }
             stages.push(stage);
@@ -314,11 +444,16 @@ impl ModifiedResNet {
             stem,
             stages,
             attnpool,
+            kernel,
+            width: w,
         })
     }
 
     /// `[B, 3, R, R]` (`clip._transform(R)` output) → image features `[B, output_dim]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let ConvKernel::Blocks(level, _) = self.kernel {
+            return self.forward_nhwc(level, x);
+        }
         let mut x = x.clone();
         for c in &self.stem {
             x = c.forward(&x)?.relu()?;
@@ -329,6 +464,38 @@ impl ModifiedResNet {
                 x = b.forward(&x)?;
             }
         }
-        self.attnpool.forward(&x)
+        // NCHW → [B, HW, C].
+        self.attnpool.forward(&x.flatten_from(2)?.transpose(1, 2)?)
+    }
+
+    /// The tower on NHWC activations through the bf16 blocks, one image at a time (an image
+    /// is thousands of GEMM rows already).
+    fn forward_nhwc(&self, level: Level, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let mut tokens = Vec::with_capacity(b);
+        let embed = self.width * 32;
+        for i in 0..b {
+            let pixels = x.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+            let input = Nhwc::from_nchw(&pixels, c, h, w, 0);
+            let [conv1, conv2, conv3] = &self.stem;
+            let a = conv1
+                .run(level, &conv1.parts_of(&input), true, None, 1, true)
+                .into_parts();
+            let a = conv2.run(level, &a, true, None, 1, true).into_parts();
+            let a = conv3.run(level, &a, true, None, 0, false).into_f32();
+            let mut a = a.avg_pool(2, 0);
+            for stage in &self.stages {
+                for block in stage {
+                    a = block.forward_nhwc(level, &a);
+                }
+            }
+            let hw = a.h * a.w;
+            tokens.push(Tensor::from_vec(
+                a.tokens(embed),
+                (1, hw, embed),
+                x.device(),
+            )?);
+        }
+        self.attnpool.forward(&Tensor::cat(&tokens, 0)?)
     }
 }

@@ -15,6 +15,7 @@ use crate::hub;
 use crate::models::clip_hf::HfClip;
 use crate::models::clip_openai::OpenAiClip;
 use crate::models::clip_tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
+use crate::precision::EncoderPrecision;
 use crate::retrieval::openai_models;
 
 /// Separates the model description from the spec it was loaded from in [`RetrievalEncoder::identity`].
@@ -84,12 +85,17 @@ impl RetrievalEncoder {
     /// state-dict pickle or safetensors, with an optional `clip_dims.json` beside it); a folder
     /// or a hub id is a Hugging Face `CLIPModel` (`config.json` + weights).
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
+        Self::load_with(spec, device, EncoderPrecision::default())
+    }
+
+    /// [`RetrievalEncoder::load`] with the precision of the ResNet image towers.
+    pub fn load_with(spec: &str, device: &Device, precision: EncoderPrecision) -> Result<Self> {
         let path = Path::new(spec);
         // OpenAI's names (RN50x64, ViT-B/32, …), fetched as clip.load does; recorded by name.
         let looks_like_a_name = spec.starts_with("RN") || spec.starts_with("ViT-");
         if !path.exists() && (openai_models::is_model_name(spec) || looks_like_a_name) {
             let file = openai_models::model_file(spec)?;
-            let model = OpenAiClip::load(&file, device)?;
+            let model = OpenAiClip::load(&file, device, precision)?;
             return Ok(Self {
                 description: format!("openai-clip:{}", model.dims().name()),
                 model: Model::OpenAi(model),
@@ -100,7 +106,7 @@ impl RetrievalEncoder {
             });
         }
         if path.is_file() {
-            let model = OpenAiClip::load(path, device)?;
+            let model = OpenAiClip::load(path, device, precision)?;
             let sha = openai_models::sha256_of(path)?;
             // One of the published files, wherever it lies, is recorded by its name.
             let (spec, local) = match openai_models::name_of_sha256(&sha) {

@@ -11,6 +11,7 @@ use smallcap_image::SourceImage;
 
 use super::{CaptionStore, NamedSpec, RetrievalEncoder, SelfExclusion};
 use crate::error::{Error, Result};
+use crate::precision::EncoderPrecision;
 
 /// One query's neighbours, best first.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -154,17 +155,18 @@ impl Retriever {
     /// hub id), or, when `None`, the encoder the first store's manifest records. Stores of
     /// different encoders are refused.
     pub fn open(specs: &[NamedSpec], encoder: Option<&str>, device: &Device) -> Result<Self> {
-        Self::open_with_default(specs, encoder, None, device)
+        Self::open_with_default(specs, encoder, None, device, EncoderPrecision::default())
     }
 
     /// [`Retriever::open`], with `default` (a checkpoint's `retrieval_encoder`, `RN50x64` in
     /// SmallCap7M) as the encoder when none is given and the first store records none (as a
-    /// FAISS file does not).
+    /// FAISS file does not), and the encoder's `precision`.
     pub fn open_with_default(
         specs: &[NamedSpec],
         encoder: Option<&str>,
         default: Option<&str>,
         device: &Device,
+        precision: EncoderPrecision,
     ) -> Result<Self> {
         let mut stores = Vec::with_capacity(specs.len());
         for s in specs {
@@ -198,7 +200,7 @@ impl Retriever {
                     })?
             }
         };
-        let enc = RetrievalEncoder::load(&encoder_spec, device)?;
+        let enc = RetrievalEncoder::load_with(&encoder_spec, device, precision)?;
         Self::new(Arc::new(enc), stores)
     }
 

@@ -1,0 +1,214 @@
+//! `--encoder-precision` end to end on the reference fixture, through every kernel level the CPU
+//! runs (`SMALLCAP_BF16_KERNEL` forces AMX, AVX-512 BF16 or the portable loop; a level the CPU
+//! lacks falls back to the next one down) and every way of computing f32 (`SMALLCAP_F32_SPLIT`:
+//! plain f32 GEMMs, three or two bf16 parts): `f32` retrieves the reference's top-k and gives
+//! its captions; `bf16` gives scores within bf16's error of f32's; a bad value is refused.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::{assert_pipeline_cases, fixture, pipeline_cases};
+use serde_json::Value;
+
+fn smallcap(level: &str, split: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_smallcap"));
+    c.env_remove("HF_ENDPOINT")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("SMALLCAP_BF16_KERNEL", level)
+        .env("SMALLCAP_F32_SPLIT", split);
+    c
+}
+
+fn rfix(rel: &str) -> PathBuf {
+    fixture("retrieval").join(rel)
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `retrieve` of the 11 fixture images with `k` results each.
+fn retrieve(level: &str, split: &str, precision: &str, k: usize) -> Vec<Value> {
+    let out = smallcap(level, split)
+        .args(["retrieve", "--index"])
+        .arg(rfix("datastore_index"))
+        .arg("--captions")
+        .arg(rfix("datastore_captions.json"))
+        .arg("--encoder")
+        .arg(rfix("clip_resnet.pt"))
+        .args([
+            "--encoder-precision",
+            precision,
+            "--k",
+            &k.to_string(),
+            "--images",
+        ])
+        .arg(fixture("images"))
+        .output()
+        .unwrap();
+    lines(&out)
+}
+
+const LEVELS: [&str; 3] = ["amx", "avx512", "portable"];
+
+#[test]
+fn f32_retrieves_the_reference_top_k_with_every_kernel() {
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(rfix("cases.json")).unwrap()).unwrap();
+    let by_image: HashMap<&str, &Value> = cases["image_cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["image"].as_str().unwrap().trim_start_matches("images/"),
+                c,
+            )
+        })
+        .collect();
+    for level in LEVELS {
+        for split in ["off", "3", "2"] {
+            let res = retrieve(level, split, "f32", 8);
+            assert_eq!(res.len(), 11);
+            for r in &res {
+                let name = PathBuf::from(r["query"].as_str().unwrap());
+                let name = name.file_name().unwrap().to_str().unwrap().to_string();
+                let want = by_image[name.as_str()];
+                assert_eq!(r["ids"], want["top_ids"], "{level} split {split}: {name}");
+                for (s, w) in r["scores"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .zip(want["top_scores"].as_array().unwrap())
+                {
+                    let (s, w) = (s.as_f64().unwrap(), w.as_f64().unwrap());
+                    assert!(
+                        (s - w).abs() < 1e-4,
+                        "{level} split {split}: {name}: {s} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Every caption's score in bf16 against f32 (the whole store is ranked): cosine similarities
+/// of embeddings that agree to bf16's 8 bits.
+#[test]
+fn bf16_scores_agree_with_f32_scores() {
+    let n = 588;
+    let scores = |rows: &[Value]| -> Vec<HashMap<i64, f64>> {
+        rows.iter()
+            .map(|r| {
+                let ids = r["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap());
+                let s = r["scores"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap());
+                ids.zip(s).collect()
+            })
+            .collect()
+    };
+    let f32_scores = scores(&retrieve("amx", "3", "f32", n));
+    for level in LEVELS {
+        let bf16 = scores(&retrieve(level, "3", "bf16", n));
+        let mut worst = 0f64;
+        for (a, b) in bf16.iter().zip(&f32_scores) {
+            assert_eq!(a.len(), n);
+            for (id, s) in a {
+                worst = worst.max((s - b[id]).abs());
+            }
+        }
+        eprintln!("{level}: bf16 scores within {worst:e} of f32's");
+        assert!(worst < 5e-3, "{level}: {worst}");
+        assert!(
+            worst > 0.0,
+            "{level}: bf16 gave f32's scores exactly; was it used?"
+        );
+    }
+}
+
+#[test]
+fn live_retrieval_captions_as_the_reference_with_every_kernel() {
+    let cases = pipeline_cases();
+    for level in LEVELS {
+        for split in ["3", "2"] {
+            let mut c = smallcap(level, split);
+            c.args(["caption", "--model"])
+                .arg(fixture("model"))
+                .arg("--tokenizer")
+                .arg(fixture("tokenizer"))
+                .arg("--datastore")
+                .arg(format!(
+                    "{},captions={}",
+                    rfix("datastore_index").display(),
+                    rfix("datastore_captions.json").display()
+                ))
+                .arg("--retrieval-encoder")
+                .arg(rfix("clip_resnet_jit_fp16.pt"))
+                .args(["--encoder-precision", "f32"]);
+            for case in &cases {
+                c.arg(fixture(&format!(
+                    "images/{}",
+                    case["image"].as_str().unwrap()
+                )));
+            }
+            assert_pipeline_cases(&lines(&c.output().unwrap()), &cases);
+        }
+    }
+}
+
+#[test]
+fn bf16_captions_every_image_and_a_bad_precision_is_refused() {
+    let mut c = smallcap("amx", "3");
+    c.args(["caption", "--model"])
+        .arg(fixture("model"))
+        .arg("--tokenizer")
+        .arg(fixture("tokenizer"))
+        .arg("--datastore")
+        .arg(format!(
+            "{},captions={}",
+            rfix("datastore_index").display(),
+            rfix("datastore_captions.json").display()
+        ))
+        .arg("--retrieval-encoder")
+        .arg(rfix("clip_resnet.pt"))
+        .args(["--encoder-precision", "bf16", "--images"])
+        .arg(fixture("images"));
+    let out = lines(&c.output().unwrap());
+    assert_eq!(out.len(), 11);
+    for l in &out {
+        assert_eq!(l["retrieved_captions"].as_array().unwrap().len(), 4);
+        assert!(!l["caption"].as_str().unwrap().is_empty() || l["generated_ids"].is_array());
+    }
+    let bad = smallcap("amx", "3")
+        .args(["retrieve", "--index"])
+        .arg(rfix("datastore_index"))
+        .arg("--captions")
+        .arg(rfix("datastore_captions.json"))
+        .args(["--encoder-precision", "f16", "--text", "a dog"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        e.contains("--encoder-precision") && e.contains("f16"),
+        "{e}"
+    );
+}
