@@ -386,6 +386,27 @@ fn datastore_retrieval_equals_faiss_and_switches_per_request() {
         serde_json::json!(c.top_captions[..3])
     );
 
+    // Given captions come before the datastore (which is then unused), and k counts at most
+    // the captions there are, as the reference's `retrieved_caps[:k]`.
+    let r = http::post(
+        &url(
+            &server,
+            "/v1/captions?datastore=coco&captions=a%20dog&captions=a%20cat&k=4&beams=1&max_new_tokens=2",
+        ),
+        "image/jpeg",
+        &image_bytes(&c.image),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (&v["k"], &v["datastore"]),
+        (&serde_json::json!(2), &serde_json::Value::Null)
+    );
+    assert_eq!(
+        v["retrieved_captions"],
+        serde_json::json!(["a dog", "a cat"])
+    );
+
     // Text queries: a datastore caption finds itself first with cosine similarity 1.
     let r = http::post_json(
         &url(&server, "/v1/retrieve"),
@@ -544,19 +565,51 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_serving() {
         "parameter_out_of_range",
     );
     expect(
-        post_img("?captions=a%20dog&k=2", &jpg),
+        post_img("?captions=a%20dog&k=33", &jpg),
         400,
         "parameter_out_of_range",
+    );
+    // A parameter given twice (query string and form) must be valid both times.
+    expect(
+        http::post_multipart(
+            &format!("{cap}?beams=0"),
+            &[
+                Part::File {
+                    name: "image",
+                    filename: "a.jpg",
+                    bytes: &jpg,
+                },
+                Part::Field {
+                    name: "beams",
+                    value: "1",
+                },
+            ],
+        ),
+        400,
+        "parameter_out_of_range",
+    );
+    expect(post_img("?datastore=", &jpg), 400, "unknown_datastore");
+    expect(post_img("?early_stopping=", &jpg), 400, "invalid_parameter");
+    expect(
+        post_img("?no_retrieval=yes", &jpg),
+        400,
+        "invalid_parameter",
     );
     expect(
         post_img("?no_retrieval=maybe", &jpg),
         400,
         "invalid_parameter",
     );
+    // An unused parameter is still checked.
     expect(
-        post_img("?no_retrieval=true&datastore=coco", &jpg),
+        post_img("?no_retrieval=true&datastore=flickr", &jpg),
         400,
-        "invalid_parameter",
+        "unknown_datastore",
+    );
+    expect(
+        post_img("?no_retrieval=true&k=33", &jpg),
+        400,
+        "parameter_out_of_range",
     );
     expect(post_img("?temperature=2", &jpg), 400, "invalid_parameter");
     expect(
@@ -624,6 +677,14 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_serving() {
         http::post_json(&url(&server, "/v1/retrieve"), &serde_json::json!({"k": 3})),
         400,
         "missing_query",
+    );
+    expect(
+        http::post_json(
+            &url(&server, "/v1/retrieve"),
+            &serde_json::json!({"text": "a dog", "texts": ["a cat"]}),
+        ),
+        400,
+        "invalid_parameter",
     );
     expect(
         http::post_json(
@@ -934,7 +995,7 @@ fn serve_command_serves_logs_one_line_per_request_and_stops_on_sigterm() {
     );
     let id = r.header("x-request-id").unwrap().to_string();
     let bad = http::post(
-        &format!("http://{addr}/v1/captions?no_retrieval=1"),
+        &format!("http://{addr}/v1/captions?no_retrieval=true"),
         "image/jpeg",
         b"x",
     );
@@ -1062,6 +1123,16 @@ fn api_keys_guard_the_api_and_cors_answers_only_named_origins() {
     // Probes, metrics, the page and the schema stay open.
     for path in ["/healthz", "/readyz", "/metrics", "/", "/openapi.json"] {
         assert_eq!(get(path, &[]).status, 200, "{path}");
+    }
+    // The schema says so: a key on every /v1 operation, none elsewhere (metrics are open here).
+    let doc = get("/openapi.json", &[]).json();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for op in ops.as_object().unwrap().values() {
+            let want = path
+                .starts_with("/v1/")
+                .then(|| serde_json::json!([{"bearerAuth": []}]));
+            assert_eq!(op.get("security"), want.as_ref(), "{path}");
+        }
     }
     // CORS: the named origin gets its headers (preflight included, without a key); others none.
     let r = get(

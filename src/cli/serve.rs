@@ -49,6 +49,15 @@ pub struct ServeArgs {
     /// Most images in one batch request.
     #[arg(long, default_value_t = 32)]
     max_images_per_request: usize,
+    /// Largest `k` a request may ask for.
+    #[arg(long, default_value_t = 32)]
+    max_k: usize,
+    /// Largest `beams` a request may ask for.
+    #[arg(long, default_value_t = 8)]
+    max_beams: usize,
+    /// Largest `max_new_tokens` a request may ask for.
+    #[arg(long, default_value_t = 100)]
+    max_new_tokens: usize,
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
@@ -89,8 +98,18 @@ fn api_keys(args: &ServeArgs) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if args.max_batch == 0 || args.queue == 0 || args.max_images_per_request == 0 {
-        bail!("--max-batch, --queue and --max-images-per-request must be at least 1");
+    let at_least_one = [
+        ("--max-batch", args.max_batch),
+        ("--queue", args.queue),
+        ("--max-images-per-request", args.max_images_per_request),
+        ("--max-k", args.max_k),
+        ("--max-beams", args.max_beams),
+        ("--max-new-tokens", args.max_new_tokens),
+    ];
+    for (flag, v) in at_least_one {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
     }
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
@@ -133,9 +152,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_image_pixels: args.max_image_pixels,
         max_images_per_request: args.max_images_per_request,
         request_timeout: Duration::from_secs_f64(args.timeout),
+        max_k: args.max_k,
+        max_beams: args.max_beams,
+        max_new_tokens: args.max_new_tokens,
         handle_signals: true,
         access,
-        ..ServerConfig::default()
     };
     let listener = std::net::TcpListener::bind(&args.addr)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -148,6 +169,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = PipelineOptions {
         tokenizer: args.captioner.tokenizer.clone(),
         decoder_weights: args.captioner.decoder_weights,
+        encoder_precision: args.captioner.encoder_precision,
         datastores: args.datastores.clone(),
         retrieval_encoder: args.retrieval_encoder.clone(),
         device,

@@ -17,13 +17,12 @@ use tokio::time::Instant as TokioInstant;
 
 use super::batcher::{CaptionOut, Job, Reply, Work, WorkTimings};
 use super::error::ApiError;
-use super::{AppState, LogTimings, RequestId};
+use super::{AppState, DatastoreInfo, LogTimings, RequestId, ServerConfig};
 use crate::pipeline::{DecodedImage, Pipeline, PromptSource};
 use crate::GenerationConfig;
 use smallcap_image::SourceImage;
 
 const INDEX_HTML: &str = include_str!("index.html");
-const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 type Shared = State<Arc<AppState>>;
 
@@ -31,8 +30,8 @@ pub async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
 }
 
-pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+pub async fn openapi(State(state): Shared) -> Response {
+    Json(super::schema::document(&state)).into_response()
 }
 
 pub async fn healthz() -> Json<Value> {
@@ -107,10 +106,12 @@ pub fn too_large(declared: u64, limit: usize) -> ApiError {
     )
 }
 
-/// What a request carried: images, form fields (and query-string parameters), or a JSON body.
+/// What a request carried: images, query-string parameters and form fields, or a JSON body.
 struct Upload {
     images: Vec<(String, Bytes)>,
+    /// The query string's parameters, then the form's fields (from `form_from` on).
     fields: Vec<(String, String)>,
+    form_from: usize,
     json: Option<Value>,
     read_ms: f64,
 }
@@ -161,6 +162,7 @@ async fn read_upload(state: &AppState, req: Request, allow_json: bool) -> Result
         .to_ascii_lowercase();
     let mut images = Vec::new();
     let mut json = None;
+    let form_from = fields.len();
     if content_type.starts_with("multipart/form-data") {
         let mut form = Multipart::from_request(req, &())
             .await
@@ -211,6 +213,7 @@ async fn read_upload(state: &AppState, req: Request, allow_json: bool) -> Result
     Ok(Upload {
         images,
         fields,
+        form_from,
         json,
         read_ms: ms_since(start),
     })
@@ -239,9 +242,9 @@ fn parse_usize(name: &str, v: &str) -> Result<usize, ApiError> {
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "" | "true" | "1" | "on" | "yes" => Ok(true),
-        "false" | "0" | "off" | "no" => Ok(false),
+    match v.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
         _ => Err(ApiError::bad_request(
             "invalid_parameter",
             format!("{name} must be true or false, got \"{v}\""),
@@ -249,10 +252,14 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// Fields of the form or the query string; `texts` only where `allow_texts`.
-fn parse_fields(fields: &[(String, String)], allowed: &[&str]) -> Result<Params, ApiError> {
+/// The query string's parameters and the form's fields (those `allowed`). A parameter other
+/// than a list (`captions`, `text`/`texts`) is given at most once in each; given in both, each
+/// must be valid and the form's counts. Every value is checked against the server's limits.
+fn parse_fields(upload: &Upload, allowed: &[&str], state: &AppState) -> Result<Params, ApiError> {
+    let cfg = &state.config;
     let mut p = Params::default();
-    for (name, v) in fields {
+    let mut seen = std::collections::HashSet::new();
+    for (i, (name, v)) in upload.fields.iter().enumerate() {
         if !allowed.contains(&name.as_str()) {
             return Err(ApiError::bad_request(
                 "invalid_parameter",
@@ -262,13 +269,32 @@ fn parse_fields(fields: &[(String, String)], allowed: &[&str]) -> Result<Params,
                 ),
             ));
         }
+        let in_form = i >= upload.form_from;
+        let list = matches!(name.as_str(), "captions" | "text" | "texts");
+        if !list && !seen.insert((name.as_str(), in_form)) {
+            let place = if in_form {
+                "the form"
+            } else {
+                "the query string"
+            };
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("{name} is given more than once in {place}"),
+            ));
+        }
         match name.as_str() {
-            "k" => p.k = Some(parse_usize(name, v)?),
-            "beams" => p.beams = Some(parse_usize(name, v)?),
-            "max_new_tokens" => p.max_new_tokens = Some(parse_usize(name, v)?),
+            "k" => p.k = Some(check_range(name, parse_usize(name, v)?, cfg.max_k)?),
+            "beams" => p.beams = Some(check_range(name, parse_usize(name, v)?, cfg.max_beams)?),
+            "max_new_tokens" => {
+                p.max_new_tokens = Some(check_range(
+                    name,
+                    parse_usize(name, v)?,
+                    cfg.max_new_tokens,
+                )?)
+            }
             "early_stopping" => p.early_stopping = Some(parse_bool(name, v)?),
             "no_retrieval" => p.no_retrieval = parse_bool(name, v)?,
-            "datastore" => p.datastore = Some(v.clone()).filter(|s| !s.is_empty()),
+            "datastore" => p.datastore = Some(find_datastore(state, v)?.name.clone()),
             "captions" => p.captions.push(v.clone()),
             "text" | "texts" => p.texts.push(v.clone()),
             _ => unreachable!("checked against the allowed names"),
@@ -289,20 +315,26 @@ const CAPTION_FIELDS: &[&str] = &[
 const RETRIEVE_FIELDS: &[&str] = &["k", "datastore", "text", "texts"];
 
 /// A JSON retrieval body: `{"text" | "texts", "k", "datastore"}`.
-fn parse_json_retrieve(v: &Value) -> Result<Params, ApiError> {
+fn parse_json_retrieve(v: &Value, cfg: &ServerConfig) -> Result<Params, ApiError> {
     let bad = |m: String| ApiError::bad_request("invalid_parameter", m);
     let obj = v
         .as_object()
         .ok_or_else(|| bad("the JSON body must be an object".into()))?;
+    if obj.contains_key("text") && obj.contains_key("texts") {
+        return Err(bad("give text or texts, not both".into()));
+    }
     let mut p = Params::default();
     for (name, v) in obj {
         match name.as_str() {
             "k" => {
-                p.k = Some(
-                    v.as_u64()
-                        .ok_or_else(|| bad(format!("k must be a non-negative integer, got {v}")))?
-                        as usize,
-                )
+                let k = v
+                    .as_u64()
+                    .ok_or_else(|| bad(format!("k must be a non-negative integer, got {v}")))?;
+                p.k = Some(check_range(
+                    "k",
+                    usize::try_from(k).unwrap_or(usize::MAX),
+                    cfg.max_k,
+                )?)
             }
             "datastore" => {
                 p.datastore = Some(
@@ -354,41 +386,61 @@ fn check_range(name: &str, v: usize, max: usize) -> Result<usize, ApiError> {
     Ok(v)
 }
 
-/// The datastore a request names (or the default one), checked against those loaded, and a `k`
-/// that it can answer.
+/// The datastore a request names (or the default one), checked against those loaded, and the
+/// `k` it answers: at most the server's `max_k` (refused above it), and no more than the
+/// datastore's size (fewer rows give fewer captions, as the reference's `[:k]`).
 fn choose_datastore(
     state: &AppState,
     models: &Pipeline,
     name: Option<&str>,
     k: Option<usize>,
 ) -> Result<(String, usize), ApiError> {
-    let stores = state.datastores.get().map(Vec::as_slice).unwrap_or(&[]);
     let store = match name {
-        Some(name) => stores.iter().find(|d| d.name == name).ok_or_else(|| {
-            let known: Vec<&str> = stores.iter().map(|d| d.name.as_str()).collect();
-            ApiError::bad_request(
-                "unknown_datastore",
-                if known.is_empty() {
-                    format!("unknown datastore \"{name}\": no datastore is loaded")
-                } else {
-                    format!("unknown datastore \"{name}\"; loaded: {}", known.join(", "))
-                },
-            )
-        })?,
-        None => stores.first().ok_or_else(|| {
-            ApiError::bad_request(
-                "no_datastore",
-                "no datastore is loaded: give captions, or no_retrieval=true",
-            )
-        })?,
+        Some(name) => find_datastore(state, name)?,
+        None => state
+            .datastores
+            .get()
+            .and_then(|stores| stores.first())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "no_datastore",
+                    "no datastore is loaded: give captions, or no_retrieval=true",
+                )
+            })?,
     };
-    let k = k.unwrap_or(models.captioner().model().config.k);
-    let max = state.config.max_k.min(store.size);
-    check_range("k", k, max)?;
-    Ok((store.name.clone(), k))
+    let k = requested_k(state, models, k)?;
+    Ok((store.name.clone(), k.min(store.size)))
 }
 
-/// The prompt source, k and decoding settings of a caption request.
+/// The loaded datastore of this name.
+fn find_datastore<'a>(state: &'a AppState, name: &str) -> Result<&'a DatastoreInfo, ApiError> {
+    let stores = state.datastores.get().map(Vec::as_slice).unwrap_or(&[]);
+    stores.iter().find(|d| d.name == name).ok_or_else(|| {
+        let known: Vec<&str> = stores.iter().map(|d| d.name.as_str()).collect();
+        ApiError::bad_request(
+            "unknown_datastore",
+            if known.is_empty() {
+                format!("unknown datastore \"{name}\": no datastore is loaded")
+            } else {
+                format!("unknown datastore \"{name}\"; loaded: {}", known.join(", "))
+            },
+        )
+    })
+}
+
+/// The request's `k` (default: the model's), refused outside 1..=`max_k`.
+fn requested_k(state: &AppState, models: &Pipeline, k: Option<usize>) -> Result<usize, ApiError> {
+    let max = state.config.max_k;
+    check_range(
+        "k",
+        k.unwrap_or(models.captioner().model().config.k.min(max)),
+        max,
+    )
+}
+
+/// The prompt source, k and decoding settings of a caption request. The source is the first of:
+/// `no_retrieval=true` (no captions), the given `captions`, the named (or default) datastore;
+/// the parameters of the others are then unused, as the API document says.
 fn plan(
     state: &AppState,
     models: &Pipeline,
@@ -405,35 +457,22 @@ fn plan(
     if let Some(e) = p.early_stopping {
         generation.early_stopping = e;
     }
-    let conflict = |what: &str| {
-        ApiError::bad_request(
-            "invalid_parameter",
-            format!("no_retrieval=true conflicts with {what}"),
-        )
+    // Every parameter given is checked, used or not.
+    let (name, k) = match (p.no_retrieval || !p.captions.is_empty(), &p.datastore) {
+        (true, None) => (None, requested_k(state, models, p.k)?),
+        (_, name) => {
+            let (name, k) = choose_datastore(state, models, name.as_deref(), p.k)?;
+            (Some(name), k)
+        }
     };
     if p.no_retrieval {
-        if !p.captions.is_empty() {
-            return Err(conflict("captions"));
-        }
-        if p.datastore.is_some() {
-            return Err(conflict("datastore"));
-        }
         return Ok((PromptSource::NoRetrieval, 0, generation));
     }
     if !p.captions.is_empty() {
-        if p.datastore.is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "give either captions or a datastore, not both",
-            ));
-        }
-        let k =
-            p.k.unwrap_or_else(|| models.captioner().model().config.k.min(p.captions.len()));
-        check_range("k", k, cfg.max_k.min(p.captions.len()))?;
+        let k = requested_k(state, models, p.k)?.min(p.captions.len());
         return Ok((PromptSource::Captions(p.captions.clone()), k, generation));
     }
-    let (name, k) = choose_datastore(state, models, p.datastore.as_deref(), p.k)?;
-    Ok((PromptSource::Datastore(Some(name)), k, generation))
+    Ok((PromptSource::Datastore(name), k, generation))
 }
 
 /// An uploaded image: its captioning pixels and its retrieval query, as asked for.
@@ -582,7 +621,7 @@ async fn caption_inner(
     let deadline = TokioInstant::now() + state.config.request_timeout;
     let upload = read_before(&state, req, false, deadline).await?;
     let models = models(&state)?.clone();
-    let p = parse_fields(&upload.fields, CAPTION_FIELDS)?;
+    let p = parse_fields(&upload, CAPTION_FIELDS, &state)?;
     let (source, k, generation) = plan(&state, &models, &p)?;
     let n = upload.images.len();
     if n == 0 {
@@ -700,12 +739,12 @@ async fn retrieve_inner(
     let upload = read_before(&state, req, true, deadline).await?;
     let models = models(&state)?.clone();
     let mut p = match &upload.json {
-        Some(v) => parse_json_retrieve(v)?,
-        None => parse_fields(&upload.fields, RETRIEVE_FIELDS)?,
+        Some(v) => parse_json_retrieve(v, &state.config)?,
+        None => parse_fields(&upload, RETRIEVE_FIELDS, &state)?,
     };
     if upload.json.is_some() && !upload.fields.is_empty() {
         // Query-string parameters with a JSON body.
-        let q = parse_fields(&upload.fields, RETRIEVE_FIELDS)?;
+        let q = parse_fields(&upload, RETRIEVE_FIELDS, &state)?;
         p.k = p.k.or(q.k);
         p.datastore = p.datastore.or(q.datastore);
         p.texts.extend(q.texts);

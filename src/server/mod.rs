@@ -32,6 +32,7 @@ mod api;
 pub(crate) mod batcher;
 pub(crate) mod error;
 pub(crate) mod metrics;
+mod schema;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
