@@ -10,9 +10,10 @@ built too, since the project loads whole CLIP files) with random weights, as a s
    COCO-style captions, cycled) in batches, fp32 and under `torch.autocast("cpu", bfloat16)`,
    with torch threads = cores; captions per second;
 2. this project: `target/release/smallcap datastore build --captions … --encoder PERFDIR/rn50x64.pt
-   --batch-size B` of the same captions (wall time, minus a build of one caption for the load);
-   and the largest difference between its stored rows and the reference's normalised fp32
-   features, and whether every caption's top-4 among the others agrees.
+   --batch-size B --encoder-precision P` of the same captions for P in `--precisions` (wall time,
+   minus a build of one caption for the load); and the largest difference between its stored
+   rows and the reference's normalised fp32 features, and whether every caption's top-4 among the
+   others agrees.
 """
 import argparse
 import json
@@ -29,6 +30,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("perfdir")
 ap.add_argument("--n", type=int, default=512)
 ap.add_argument("--batch", type=int, default=256)
+ap.add_argument("--precisions", default="f32,bf16", help="this project's --encoder-precision values")
 args = ap.parse_args()
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # clip/model.py and clip/simple_tokenizer.py stand alone (the package's __init__ needs torchvision).
@@ -98,24 +100,25 @@ print(json.dumps({"reference": "autocast bf16", "seconds": round(dt16, 2), "capt
 exe = os.path.join(repo, "target/release/smallcap")
 
 
-def build(captions, out, batch):
+def build(captions, out, batch, precision):
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     subprocess.run([exe, "datastore", "build", "--captions", captions, "--encoder", weights, "--out", out,
-                    "--batch-size", str(batch)], check=True, stderr=subprocess.DEVNULL)
+                    "--batch-size", str(batch), "--encoder-precision", precision], check=True, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
 
 
 one = os.path.join(args.perfdir, "one.json")
 json.dump(texts[:1], open(one, "w"))
-load = build(one, os.path.join(args.perfdir, "store-one"), 1)
-wall = build(captions_file, os.path.join(args.perfdir, "store"), args.batch)
-ours = np.fromfile(os.path.join(args.perfdir, "store", "embeddings.bin"), dtype="<f4").reshape(args.n, -1)
-diff = float(np.abs(ours - ref).max())
-sims_ref, sims_ours = ref @ ref.T, ours @ ours.T
-np.fill_diagonal(sims_ref, -2)
-np.fill_diagonal(sims_ours, -2)
-same = sum(set(np.argsort(-sims_ref[i])[:4]) == set(np.argsort(-sims_ours[i])[:4]) for i in range(args.n))
-print(json.dumps({"smallcap": "datastore build, f32", "wall_s": round(wall, 2), "load_s": round(load, 2),
-                  "captions_per_s": round(args.n / (wall - load), 1), "max_abs_diff_vs_reference": diff,
-                  "top4_equal": f"{same} of {args.n}"}))
+for precision in args.precisions.split(","):
+    load = build(one, os.path.join(args.perfdir, "store-one"), 1, precision)
+    wall = build(captions_file, os.path.join(args.perfdir, "store"), args.batch, precision)
+    ours = np.fromfile(os.path.join(args.perfdir, "store", "embeddings.bin"), dtype="<f4").reshape(args.n, -1)
+    diff = float(np.abs(ours - ref).max())
+    sims_ref, sims_ours = ref @ ref.T, ours @ ours.T
+    np.fill_diagonal(sims_ref, -2)
+    np.fill_diagonal(sims_ours, -2)
+    same = sum(set(np.argsort(-sims_ref[i])[:4]) == set(np.argsort(-sims_ours[i])[:4]) for i in range(args.n))
+    print(json.dumps({"smallcap": f"datastore build, {precision}", "wall_s": round(wall, 2), "load_s": round(load, 2),
+                      "captions_per_s": round(args.n / (wall - load), 1), "max_abs_diff_vs_reference": diff,
+                      "top4_equal": f"{same} of {args.n}"}))

@@ -423,7 +423,7 @@ impl Pipeline {
         if shared.len() != own.len() || diff > 1e-4 {
             return Err(Error::Input(format!(
                 "--share-vision-tower: the retrieval encoder {} does not have the captioning encoder's vision tower (its image embedding differs by {diff:.3e}); drop the option or use the captioning encoder's CLIP",
-                clip.identity()
+                clip.identity().unwrap_or_else(|_| clip.description().to_string())
             )));
         }
         Ok(())

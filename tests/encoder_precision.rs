@@ -212,3 +212,57 @@ fn bf16_captions_every_image_and_a_bad_precision_is_refused() {
         "{e}"
     );
 }
+
+/// `datastore build --encoder-precision bf16`: the text tower's linear layers on the bf16
+/// blocks, with every kernel level; each caption embedding within bf16's error of the
+/// reference's (unit vectors: an L2 distance), and not equal to f32's.
+#[test]
+fn bf16_datastore_build_embeds_captions_close_to_the_reference() {
+    let t = candle_core::safetensors::load(
+        rfix("expected_tensors.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let want = t["caption_embeddings"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for level in LEVELS {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("store");
+        let status = smallcap(level, "3")
+            .args(["datastore", "build", "--captions"])
+            .arg(rfix("datastore_captions.json"))
+            .arg("--encoder")
+            .arg(rfix("clip_resnet.pt"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--batch-size", "100", "--encoder-precision", "bf16"])
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let got: Vec<f32> = std::fs::read(out.join("embeddings.bin"))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got.len(), want.len());
+        let mut worst = 0f32;
+        for (g, w) in got.chunks(32).zip(want.chunks(32)) {
+            let d = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                .sqrt();
+            worst = worst.max(d);
+        }
+        eprintln!("{level}: bf16 caption embeddings within {worst:e} of the reference's");
+        assert!(worst < 5e-2 && worst > 1e-6, "{level}: {worst}");
+    }
+}

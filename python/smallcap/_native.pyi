@@ -10,6 +10,7 @@ class Model:
         datastores: List[str],
         retrieval_encoder: Optional[str],
         decoder_weights: str,
+        encoder_precision: str,
         device: str,
     ) -> None: ...
     def datastores(self) -> List[str]: ...
@@ -39,6 +40,7 @@ class Store:
         texts: Optional[List[str]],
         batch_size: int,
         f16: bool,
+        encoder_precision: str,
         device: str,
     ) -> "Store": ...
     @staticmethod
@@ -48,6 +50,7 @@ class Store:
         path: Optional[str],
         texts: Optional[List[str]],
         batch_size: int,
+        encoder_precision: str,
         device: str,
     ) -> "Store": ...
     def info(self) -> str: ...

@@ -20,8 +20,8 @@ use pyo3::types::{PyDict, PyList};
 use smallcap::retrieval::build::{add_to_datastore, build_datastore, BuildOptions};
 use smallcap::retrieval::{CaptionStore, RetrievalEncoder};
 use smallcap::{
-    Error, GenerationConfig, ImageInput, Pipeline, PipelineCaption, PipelineOptions, PromptSource,
-    Retrieved, WeightType,
+    EncoderPrecision, Error, GenerationConfig, ImageInput, Pipeline, PipelineCaption,
+    PipelineOptions, PromptSource, Retrieved, WeightType,
 };
 use smallcap_datastore::{CaptionRecord, Datastore, Dtype};
 
@@ -159,7 +159,8 @@ struct Model {
 impl Model {
     /// Loads a checkpoint folder or hub id with its tokenizer and datastores (`[NAME=]SPEC`).
     #[new]
-    #[pyo3(signature = (model, tokenizer, datastores, retrieval_encoder, decoder_weights, device))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (model, tokenizer, datastores, retrieval_encoder, decoder_weights, encoder_precision, device))]
     fn new(
         py: Python<'_>,
         model: String,
@@ -167,13 +168,17 @@ impl Model {
         datastores: Vec<String>,
         retrieval_encoder: Option<String>,
         decoder_weights: &str,
+        encoder_precision: &str,
         device: &str,
     ) -> PyResult<Self> {
         let decoder_weights: WeightType = decoder_weights.parse().map_err(PyValueError::new_err)?;
+        let encoder_precision: EncoderPrecision =
+            encoder_precision.parse().map_err(PyValueError::new_err)?;
         let device = smallcap::device::parse(device).map_err(py_err)?;
         let opts = PipelineOptions {
             tokenizer,
             decoder_weights,
+            encoder_precision,
             datastores,
             retrieval_encoder,
             device,
@@ -333,7 +338,7 @@ impl Store {
     /// Builds a new datastore folder `out` from captions encoded by `encoder`.
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (out, encoder, path, texts, batch_size, f16, device))]
+    #[pyo3(signature = (out, encoder, path, texts, batch_size, f16, encoder_precision, device))]
     fn build(
         py: Python<'_>,
         out: PathBuf,
@@ -342,13 +347,16 @@ impl Store {
         texts: Option<Vec<String>>,
         batch_size: usize,
         f16: bool,
+        encoder_precision: &str,
         device: &str,
     ) -> PyResult<Self> {
+        let precision: EncoderPrecision =
+            encoder_precision.parse().map_err(PyValueError::new_err)?;
         let device = smallcap::device::parse(device).map_err(py_err)?;
         let spec = out.to_string_lossy().to_string();
         interruptible(py, move || {
             let caps = caption_records(path, texts)?;
-            let enc = RetrievalEncoder::load(&encoder, &device)?;
+            let enc = RetrievalEncoder::load_with(&encoder, &device, precision)?;
             let opts = BuildOptions {
                 batch_size,
                 dtype: if f16 { Dtype::F16 } else { Dtype::F32 },
@@ -363,7 +371,8 @@ impl Store {
     /// Adds captions to the datastore folder `dir` (with its recorded encoder unless one is
     /// given) and reopens it.
     #[staticmethod]
-    #[pyo3(signature = (dir, encoder, path, texts, batch_size, device))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (dir, encoder, path, texts, batch_size, encoder_precision, device))]
     fn add(
         py: Python<'_>,
         dir: PathBuf,
@@ -371,8 +380,11 @@ impl Store {
         path: Option<PathBuf>,
         texts: Option<Vec<String>>,
         batch_size: usize,
+        encoder_precision: &str,
         device: &str,
     ) -> PyResult<Self> {
+        let precision: EncoderPrecision =
+            encoder_precision.parse().map_err(PyValueError::new_err)?;
         let device = smallcap::device::parse(device).map_err(py_err)?;
         let spec = dir.to_string_lossy().to_string();
         interruptible(py, move || {
@@ -381,7 +393,7 @@ impl Store {
                 Some(s) => s,
                 None => smallcap::retrieval::build::recorded_encoder_spec(&ds)?,
             };
-            let enc = RetrievalEncoder::load(&spec, &device)?;
+            let enc = RetrievalEncoder::load_with(&spec, &device, precision)?;
             let caps = caption_records(path, texts)?;
             let opts = BuildOptions {
                 batch_size,

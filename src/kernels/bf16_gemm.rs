@@ -299,26 +299,59 @@ unsafe fn split_rows_avx512(src: &[f32], stride: usize, rows: usize, dst: &mut [
     split_rows_plain(src, stride, rows, dst)
 }
 
-/// Packs B (`k × n`, row-major f32, `b[kk * n + j]`) as split parts for [`Step`]s: returns,
-/// per part, `n_blocks × k_steps` pieces of 1024 bf16 (`k` padded to 32, `n` to 32 with zeros),
-/// piece `(nb, ks)` at `(nb * k_steps + ks) * 1024`, each two tiles of 16 pairs of K × 16
-/// columns.
-pub fn pack_b(b: &[f32], k: usize, n: usize, s: Split) -> Vec<Vec<u16>> {
-    assert_eq!(b.len(), k * n, "pack_b: {} values for {k} × {n}", b.len());
+/// Packs B (`k × n`) as split parts for [`Step`]s: `column(j, col)` fills `col` (`k` values)
+/// with column `j < n`. Returns, per part, `n_blocks × k_steps` pieces of 1024 bf16 (`k` and `n`
+/// padded to 32 with zeros), piece `(nb, ks)` at `(nb * k_steps + ks) * 1024`, each two tiles of
+/// 16 pairs of K × 16 columns. Column blocks are packed in parallel.
+pub fn pack_b(
+    k: usize,
+    n: usize,
+    s: Split,
+    column: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<Vec<u16>> {
+    use rayon::prelude::*;
     let k_steps = k.div_ceil(32);
     let n_blocks = n.div_ceil(32);
-    let mut parts = vec![vec![0u16; n_blocks * k_steps * 1024]; s.parts()];
-    for kk in 0..k {
-        for j in 0..n {
-            let p = split(b[kk * n + j], s);
-            let (nb, ks) = (j / 32, kk / 32);
-            let within = (j % 32 / 16) * 512 + (kk % 32 / 2) * 32 + (j % 16) * 2 + kk % 2;
-            let at = (nb * k_steps + ks) * 1024 + within;
-            for (part, v) in parts.iter_mut().zip(p) {
-                part[at] = v;
-            }
+    let piece = k_steps * 1024;
+    let mut parts = vec![vec![0u16; n_blocks * piece]; s.parts()];
+    let mut blocks: Vec<Vec<&mut [u16]>> = (0..n_blocks).map(|_| Vec::new()).collect();
+    for part in parts.iter_mut() {
+        for (nb, chunk) in part.chunks_mut(piece).enumerate() {
+            blocks[nb].push(chunk);
         }
     }
+    blocks
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(nb, mut dst)| {
+            // The block's 32 columns (zeros past `n` and `k`), then written a K pair at a time:
+            // 16 columns × 2 values of one tile row are 32 consecutive bf16.
+            let kp = k_steps * 32;
+            let mut cols = vec![0f32; 32 * kp];
+            for (jj, col) in cols.chunks_mut(kp).enumerate() {
+                if nb * 32 + jj < n {
+                    column(nb * 32 + jj, &mut col[..k]);
+                }
+            }
+            for pair in 0..kp / 2 {
+                let row = (pair / 16) * 1024 + (pair % 16) * 32;
+                for half in 0..2 {
+                    let mut vals = [[0u16; 32]; 3];
+                    for j16 in 0..16 {
+                        let col = &cols[(half * 16 + j16) * kp..];
+                        for parity in 0..2 {
+                            let p = split(col[2 * pair + parity], s);
+                            for (v, x) in vals.iter_mut().zip(p) {
+                                v[j16 * 2 + parity] = x;
+                            }
+                        }
+                    }
+                    for (part, v) in dst.iter_mut().zip(&vals) {
+                        part[row + half * 512..row + half * 512 + 32].copy_from_slice(v);
+                    }
+                }
+            }
+        });
     parts
 }
 
@@ -356,7 +389,11 @@ mod tests {
             let mut views: Vec<&mut [u16]> = a_parts.iter_mut().map(|v| v.as_mut_slice()).collect();
             split_rows(&a_pad, 32, a_pad.len() / 32, &mut views);
         }
-        let b_parts = pack_b(b, k, n, s);
+        let b_parts = pack_b(k, n, s, |j, col| {
+            for (kk, c) in col.iter_mut().enumerate() {
+                *c = b[kk * n + j];
+            }
+        });
         let mut c = vec![0f32; m * n];
         let lda = kp * 2;
         for mb in 0..mp / 32 {

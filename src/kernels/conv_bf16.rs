@@ -325,6 +325,10 @@ pub struct ConvWeights {
     k: usize,
     c_in: usize,
     c_out: usize,
+    /// `c_in` before padding.
+    in_features: usize,
+    /// `c_out` before padding.
+    out_features: usize,
     split: Split,
     parts: Vec<Vec<u16>>,
     bias: Vec<f32>,
@@ -343,24 +347,31 @@ impl ConvWeights {
         assert_eq!(weight.len(), c_out * c_in * k * k);
         assert_eq!(bias.len(), c_out);
         let (cin_p, cout_p) = (padded_channels(c_in), padded_channels(c_out));
-        // B[(tap, ci)][co], taps outermost so that one K step is 32 channels of one tap.
+        // B[(tap, ci)][co], taps outermost so that one K step is 32 channels of one tap; the
+        // padded channels are zero.
         let rows = k * k * cin_p;
-        let mut b = vec![0f32; rows * cout_p];
-        for co in 0..c_out {
-            for ci in 0..c_in {
-                for tap in 0..k * k {
-                    b[(tap * cin_p + ci) * cout_p + co] = weight[(co * c_in + ci) * k * k + tap];
+        let taps = k * k;
+        let parts = bf16_gemm::pack_b(rows, cout_p, split, |co, col| {
+            col.fill(0.0);
+            if co < c_out {
+                let w = &weight[co * c_in * taps..(co + 1) * c_in * taps];
+                for (ci, per_tap) in w.chunks(taps).enumerate() {
+                    for (tap, v) in per_tap.iter().enumerate() {
+                        col[tap * cin_p + ci] = *v;
+                    }
                 }
             }
-        }
+        });
         let mut bias_p = vec![0f32; cout_p];
         bias_p[..c_out].copy_from_slice(bias);
         Self {
             k,
             c_in: cin_p,
             c_out: cout_p,
+            in_features: c_in,
+            out_features: c_out,
             split,
-            parts: bf16_gemm::pack_b(&b, rows, cout_p, split),
+            parts,
             bias: bias_p,
         }
     }
@@ -408,6 +419,30 @@ impl ConvWeights {
             plane,
             data,
         }
+    }
+
+    /// Input channels (before padding).
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// A 1 × 1 convolution as a linear layer over rows: `rows` (`n × in`, row-major) → `n ×
+    /// out` (`y = x · Wᵀ + b` of `nn.Linear`).
+    pub fn forward_rows(&self, level: Level, rows: &[f32]) -> Vec<f32> {
+        assert_eq!(self.k, 1, "forward_rows is a 1 × 1 convolution");
+        let in_features = self.in_features;
+        assert_eq!(rows.len() % in_features, 0, "rows of {in_features} values");
+        let n = rows.len() / in_features;
+        let mut x = Nhwc::zeros(1, n, self.c_in, 0);
+        for (i, r) in rows.chunks(in_features).enumerate() {
+            let o = x.at(0, i);
+            x.data[o..o + in_features].copy_from_slice(r);
+        }
+        let parts = self.input_parts(&x);
+        let y = self
+            .forward(level, &parts, false, None, 0, false)
+            .into_f32();
+        y.tokens(self.out_features)
     }
 
     /// `act(conv(x) + bias [+ residual])` of the input's parts ([`Self::input_parts`]),

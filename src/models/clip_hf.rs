@@ -106,6 +106,7 @@ impl HfClip {
         let text = ClipText::load(
             &hf_text_as_openai(&Weights::new(weights, map.clone()), &text_dims)?,
             &text_dims,
+            crate::precision::ConvKernel::F32,
         )?;
         let vb = VarBuilder::from_tensors(map, DType::F32, device);
         let not_model =

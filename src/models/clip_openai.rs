@@ -21,6 +21,7 @@ use super::clip_vision::{ClipVision, ProjectionHead};
 pub use super::clip_weights::Weights;
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
+use crate::kernels::bf16_gemm::Split;
 use crate::precision::{ConvKernel, EncoderPrecision};
 
 /// Name of the optional constructor-arguments file next to an OpenAI CLIP weight file.
@@ -341,6 +342,16 @@ impl OpenAiClip {
         device: &Device,
         kernel: ConvKernel,
     ) -> Result<Self> {
+        let kernel = match device {
+            Device::Cpu => kernel,
+            _ => ConvKernel::F32,
+        };
+        // The text tower takes the blocks for bf16 only: its rows are few per product (a
+        // caption's tokens), where f32 split into parts gains nothing over f32 GEMMs.
+        let text_kernel = match kernel {
+            ConvKernel::Blocks(_, Split::One) => kernel,
+            _ => ConvKernel::F32,
+        };
         let visual = match &dims.vision_layers {
             VisionLayers::ResNet(layers) => ClipVisual::ResNet(ModifiedResNet::load(
                 w,
@@ -351,10 +362,7 @@ impl OpenAiClip {
                     heads: dims.vision_heads(),
                     input_resolution: dims.image_resolution,
                 },
-                match device {
-                    Device::Cpu => kernel,
-                    _ => ConvKernel::F32,
-                },
+                kernel,
             )?),
             VisionLayers::Vit(_) => {
                 let cfg = dims.vit_config(w)?;
@@ -367,7 +375,7 @@ impl OpenAiClip {
                 )
             }
         };
-        let text = ClipText::load(w, &dims.text_dims())?;
+        let text = ClipText::load(w, &dims.text_dims(), text_kernel)?;
         Ok(Self {
             dims,
             visual,

@@ -9,10 +9,9 @@
 //! the weight's own layout (1×1 convolutions directly on the NCHW input): on RN50x64 at 448 px
 //! this takes about 0.6× the CPU time of candle's `conv2d` (see `bench_retrieval`).
 
-use candle_core::{Module, Tensor};
-use candle_nn::Linear;
+use candle_core::Tensor;
 
-use super::clip_transformer::{attention, linear};
+use super::clip_transformer::{attention, linear, TowerLinear};
 use super::clip_weights::Weights;
 use crate::error::Result;
 use crate::kernels::bf16_gemm::Level;
@@ -57,19 +56,23 @@ impl ConvBn {
         let mean = wts.get(&format!("{bn}.running_mean"), &[cout])?;
         let var = wts.get(&format!("{bn}.running_var"), &[cout])?;
         let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
-        let weight = w
-            .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?
-            .contiguous()?;
         let bias = (beta - mean.mul(&scale)?)?;
         Ok(match kernel {
             ConvKernel::F32 => Self::Nchw {
-                weight,
+                weight: w
+                    .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?
+                    .contiguous()?,
                 bias: bias.reshape((1, cout, 1, 1))?,
                 padding: k / 2,
                 stride,
             },
             ConvKernel::Blocks(_, split) => {
-                let wv = weight.flatten_all()?.to_vec1::<f32>()?;
+                // The same fold on the values, without a second tensor of the weight.
+                let scale = scale.to_vec1::<f32>()?;
+                let mut wv = w.flatten_all()?.to_vec1::<f32>()?;
+                for (row, s) in wv.chunks_mut(cin * k * k).zip(&scale) {
+                    row.iter_mut().for_each(|v| *v *= s);
+                }
                 let bv = bias.to_vec1::<f32>()?;
                 // The implicit GEMM takes 1 × 1 and 3 × 3 stride-1 convolutions; any other
                 // runs as a 1 × 1 convolution over its im2col patches.
@@ -329,10 +332,10 @@ impl Bottleneck {
 #[derive(Debug, Clone)]
 struct AttentionPool {
     positional_embedding: Tensor,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    c_proj: Linear,
+    q_proj: TowerLinear,
+    k_proj: TowerLinear,
+    v_proj: TowerLinear,
+    c_proj: TowerLinear,
     heads: usize,
 }
 
@@ -434,10 +437,13 @@ impl ModifiedResNet {
                 &format!("{a}.positional_embedding"),
                 &[spatial * spatial + 1, embed],
             )?,
-            q_proj: linear(wts, &format!("{a}.q_proj"), embed, embed)?,
-            k_proj: linear(wts, &format!("{a}.k_proj"), embed, embed)?,
-            v_proj: linear(wts, &format!("{a}.v_proj"), embed, embed)?,
-            c_proj: linear(wts, &format!("{a}.c_proj"), embed, d.output_dim)?,
+            q_proj: TowerLinear::new(linear(wts, &format!("{a}.q_proj"), embed, embed)?, kernel)?,
+            k_proj: TowerLinear::new(linear(wts, &format!("{a}.k_proj"), embed, embed)?, kernel)?,
+            v_proj: TowerLinear::new(linear(wts, &format!("{a}.v_proj"), embed, embed)?, kernel)?,
+            c_proj: TowerLinear::new(
+                linear(wts, &format!("{a}.c_proj"), embed, d.output_dim)?,
+                kernel,
+            )?,
             heads: d.heads,
         };
         Ok(Self {

@@ -14,6 +14,7 @@ use candle_nn::LayerNorm;
 use super::clip_transformer::{layer_norm, ClipTransformer};
 use super::clip_weights::Weights;
 use crate::error::{Error, Result};
+use crate::precision::ConvKernel;
 
 /// The text tower's sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +46,13 @@ pub struct ClipText {
 impl ClipText {
     /// Loads `token_embedding.weight`, `positional_embedding`, `transformer.resblocks.*`,
     /// `ln_final` and `text_projection` (`[width, embed_dim]`), each shape-checked.
-    pub(crate) fn load(w: &Weights, d: &TextDims) -> Result<Self> {
+    /// `kernel` chooses how the transformer's linear layers compute.
+    pub(crate) fn load(w: &Weights, d: &TextDims, kernel: ConvKernel) -> Result<Self> {
         let tw = d.width;
         Ok(Self {
             token_embedding: w.get("token_embedding.weight", &[d.vocab_size, tw])?,
             positional_embedding: w.get("positional_embedding", &[d.context_length, tw])?,
-            transformer: ClipTransformer::load(w, "transformer", tw, d.layers, d.heads)?,
+            transformer: ClipTransformer::load(w, "transformer", tw, d.layers, d.heads, kernel)?,
             ln_final: layer_norm(w, "ln_final", tw)?,
             text_projection: w.get("text_projection", &[tw, d.embed_dim])?,
         })

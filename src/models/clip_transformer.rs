@@ -4,11 +4,66 @@
 //! width read from `c_fc`), LayerNorm eps 1e-5. Also the [`attention`] and weight helpers the
 //! ResNet's attention pool uses. (ViT image towers run on [`super::clip_vision`].)
 
+use std::sync::Arc;
+
 use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 
 use super::clip_weights::Weights;
 use crate::error::Result;
+use crate::kernels::bf16_gemm::Level;
+use crate::kernels::conv_bf16::ConvWeights;
+use crate::precision::ConvKernel;
+
+/// A frozen `nn.Linear` of the CLIP towers: candle's f32 layer, or packed for the bf16 blocks
+/// (as a 1 × 1 convolution over the tokens).
+#[derive(Debug, Clone)]
+pub(crate) enum TowerLinear {
+    F32(Linear),
+    Blocks(Arc<ConvWeights>, Level),
+}
+
+impl TowerLinear {
+    /// `layer` for `kernel`.
+    pub(crate) fn new(layer: Linear, kernel: ConvKernel) -> Result<Self> {
+        Ok(match kernel {
+            ConvKernel::F32 => Self::F32(layer),
+            ConvKernel::Blocks(level, split) => {
+                let (o, i) = layer.weight().dims2()?;
+                let w = layer.weight().flatten_all()?.to_vec1::<f32>()?;
+                let b = match layer.bias() {
+                    Some(b) => b.to_vec1::<f32>()?,
+                    None => vec![0.0; o],
+                };
+                Self::Blocks(Arc::new(ConvWeights::new(&w, &b, o, i, 1, split)), level)
+            }
+        })
+    }
+
+    /// `x` `[…, in]` → `[…, out]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::F32(l) => l.forward(x),
+            Self::Blocks(w, level) => {
+                let dims = x.dims().to_vec();
+                let Some((&i, lead)) = dims.split_last() else {
+                    candle_core::bail!("a linear layer's input has no dimension")
+                };
+                if i != w.in_features() {
+                    candle_core::bail!(
+                        "a linear layer of {} inputs was given {i}",
+                        w.in_features()
+                    );
+                }
+                let rows = x.flatten_all()?.to_vec1::<f32>()?;
+                let y = w.forward_rows(*level, &rows);
+                let mut out = lead.to_vec();
+                out.push(y.len() / lead.iter().product::<usize>().max(1));
+                Tensor::from_vec(y, out, x.device())
+            }
+        }
+    }
+}
 
 /// OpenAI's `LayerNorm` (eps 1e-5) from `<prefix>.weight` / `<prefix>.bias` of width `w`.
 pub(crate) fn layer_norm(wts: &Weights, prefix: &str, w: usize) -> Result<LayerNorm> {
@@ -67,28 +122,36 @@ pub(crate) fn attention(
 #[derive(Debug, Clone)]
 struct Block {
     ln_1: LayerNorm,
-    in_proj: Linear,
-    out_proj: Linear,
+    in_proj: TowerLinear,
+    out_proj: TowerLinear,
     ln_2: LayerNorm,
-    c_fc: Linear,
-    c_proj: Linear,
+    c_fc: TowerLinear,
+    c_proj: TowerLinear,
     heads: usize,
     width: usize,
 }
 
 impl Block {
-    fn load(wts: &Weights, p: &str, width: usize, heads: usize) -> Result<Self> {
+    fn load(
+        wts: &Weights,
+        p: &str,
+        width: usize,
+        heads: usize,
+        kernel: ConvKernel,
+    ) -> Result<Self> {
         let mlp = wts.need_shape(&format!("{p}.mlp.c_fc.weight"))?[0];
+        let in_proj = Linear::new(
+            wts.get(&format!("{p}.attn.in_proj_weight"), &[3 * width, width])?,
+            Some(wts.get(&format!("{p}.attn.in_proj_bias"), &[3 * width])?),
+        );
+        let l = |layer| TowerLinear::new(layer, kernel);
         Ok(Self {
             ln_1: layer_norm(wts, &format!("{p}.ln_1"), width)?,
-            in_proj: Linear::new(
-                wts.get(&format!("{p}.attn.in_proj_weight"), &[3 * width, width])?,
-                Some(wts.get(&format!("{p}.attn.in_proj_bias"), &[3 * width])?),
-            ),
-            out_proj: linear(wts, &format!("{p}.attn.out_proj"), width, width)?,
+            in_proj: l(in_proj)?,
+            out_proj: l(linear(wts, &format!("{p}.attn.out_proj"), width, width)?)?,
             ln_2: layer_norm(wts, &format!("{p}.ln_2"), width)?,
-            c_fc: linear(wts, &format!("{p}.mlp.c_fc"), width, mlp)?,
-            c_proj: linear(wts, &format!("{p}.mlp.c_proj"), mlp, width)?,
+            c_fc: l(linear(wts, &format!("{p}.mlp.c_fc"), width, mlp)?)?,
+            c_proj: l(linear(wts, &format!("{p}.mlp.c_proj"), mlp, width)?)?,
             heads,
             width,
         })
@@ -116,15 +179,25 @@ pub struct ClipTransformer {
 }
 
 impl ClipTransformer {
+    /// `kernel` chooses how the linear layers compute ([`TowerLinear`]).
     pub(crate) fn load(
         wts: &Weights,
         prefix: &str,
         width: usize,
         layers: usize,
         heads: usize,
+        kernel: ConvKernel,
     ) -> Result<Self> {
         let blocks = (0..layers)
-            .map(|i| Block::load(wts, &format!("{prefix}.resblocks.{i}"), width, heads))
+            .map(|i| {
+                Block::load(
+                    wts,
+                    &format!("{prefix}.resblocks.{i}"),
+                    width,
+                    heads,
+                    kernel,
+                )
+            })
             .collect::<Result<_>>()?;
         Ok(Self { blocks })
     }

@@ -27,13 +27,59 @@ const SHA_SEP: &str = " sha256:";
 pub struct RetrievalEncoder {
     model: Model,
     description: String,
+    provenance: ProvenanceCell,
+    device: Device,
+}
+
+/// Where an encoder came from, as stores record it.
+#[derive(Debug, Clone)]
+struct Provenance {
     /// An OpenAI model name, a hub id, or the canonical path of a local file or folder.
     spec: String,
     /// Whether `spec` is a local path.
     local: bool,
     /// SHA256 of the weight file.
     weights_sha256: String,
-    device: Device,
+}
+
+/// A [`Provenance`] known at load, or a local OpenAI CLIP file's, computed when first asked for:
+/// hashing a 2.5 GB `RN50x64.pt` takes seconds that captioning never needs.
+enum ProvenanceCell {
+    Known(Provenance),
+    File(
+        std::path::PathBuf,
+        std::sync::OnceLock<std::result::Result<Provenance, String>>,
+    ),
+}
+
+impl ProvenanceCell {
+    fn get(&self) -> Result<&Provenance> {
+        match self {
+            Self::Known(p) => Ok(p),
+            Self::File(path, cell) => cell
+                .get_or_init(|| Self::of_file(path).map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(|e| Error::Input(e.clone())),
+        }
+    }
+
+    /// One of the published files, wherever it lies, is recorded by its name; any other by its
+    /// canonical path.
+    fn of_file(path: &Path) -> Result<Provenance> {
+        let sha = openai_models::sha256_of(path)?;
+        let (spec, local) = match openai_models::name_of_sha256(&sha) {
+            Some(name) => (name.to_string(), false),
+            None => {
+                let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+                (canonical.display().to_string(), true)
+            }
+        };
+        Ok(Provenance {
+            spec,
+            local,
+            weights_sha256: sha,
+        })
+    }
 }
 
 /// `to` relative to the folder `from` (both absolute), as `./…` or `../…`.
@@ -99,29 +145,20 @@ impl RetrievalEncoder {
             return Ok(Self {
                 description: format!("openai-clip:{}", model.dims().name()),
                 model: Model::OpenAi(model),
-                spec: spec.to_string(),
-                local: false,
-                weights_sha256: openai_models::sha256_of_name(spec)?,
+                provenance: ProvenanceCell::Known(Provenance {
+                    spec: spec.to_string(),
+                    local: false,
+                    weights_sha256: openai_models::sha256_of_name(spec)?,
+                }),
                 device: device.clone(),
             });
         }
         if path.is_file() {
             let model = OpenAiClip::load(path, device, precision)?;
-            let sha = openai_models::sha256_of(path)?;
-            // One of the published files, wherever it lies, is recorded by its name.
-            let (spec, local) = match openai_models::name_of_sha256(&sha) {
-                Some(name) => (name.to_string(), false),
-                None => {
-                    let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-                    (canonical.display().to_string(), true)
-                }
-            };
             return Ok(Self {
                 description: format!("openai-clip:{}", model.dims().name()),
                 model: Model::OpenAi(model),
-                spec,
-                local,
-                weights_sha256: sha,
+                provenance: ProvenanceCell::File(path.to_path_buf(), Default::default()),
                 device: device.clone(),
             });
         }
@@ -147,9 +184,11 @@ impl RetrievalEncoder {
                 model.head().embed_dim()
             ),
             model: Model::Hf(model),
-            spec,
-            local,
-            weights_sha256,
+            provenance: ProvenanceCell::Known(Provenance {
+                spec,
+                local,
+                weights_sha256,
+            }),
             device: device.clone(),
         })
     }
@@ -157,30 +196,32 @@ impl RetrievalEncoder {
     /// `"<description> @ <spec> sha256:<hex>"`: the description (`openai-clip:RN50x64`) says
     /// which embedding space a store is in, the spec (an OpenAI name, a hub id, or here a local
     /// path) where to load the encoder again, the SHA256 which weights exactly.
-    pub fn identity(&self) -> String {
-        format!(
+    pub fn identity(&self) -> Result<String> {
+        let p = self.provenance.get()?;
+        Ok(format!(
             "{}{IDENTITY_SEP}{}{SHA_SEP}{}",
-            self.description, self.spec, self.weights_sha256
-        )
+            self.description, p.spec, p.weights_sha256
+        ))
     }
 
     /// [`RetrievalEncoder::identity`] as a store in `store_dir` records it: never an absolute
     /// path, a local encoder's path relative to the store (`./…`, `../…`), so that a store moved
     /// together with its encoder still finds it.
     pub fn identity_for_store(&self, store_dir: &Path) -> Result<String> {
-        let spec = match self.local {
-            true => relative_to(&absolute(store_dir)?, Path::new(&self.spec)),
-            false => self.spec.clone(),
+        let p = self.provenance.get()?;
+        let spec = match p.local {
+            true => relative_to(&absolute(store_dir)?, Path::new(&p.spec)),
+            false => p.spec.clone(),
         };
         Ok(format!(
             "{}{IDENTITY_SEP}{spec}{SHA_SEP}{}",
-            self.description, self.weights_sha256
+            self.description, p.weights_sha256
         ))
     }
 
-    /// SHA256 (hex) of the encoder's weight file.
-    pub fn weights_sha256(&self) -> &str {
-        &self.weights_sha256
+    /// SHA256 (hex) of the encoder's weight file (hashed on first use for a local file).
+    pub fn weights_sha256(&self) -> Result<&str> {
+        Ok(&self.provenance.get()?.weights_sha256)
     }
 
     /// The model description, e.g. `openai-clip:RN50x64`.

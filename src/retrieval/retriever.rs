@@ -87,7 +87,10 @@ pub(crate) fn check_recorded_encoder(
         )));
     }
     let recorded_sha = RetrievalEncoder::sha256_of_identity(&manifest.encoder);
-    let sha = encoder.as_clip().map(RetrievalEncoder::weights_sha256);
+    let sha = match (recorded_sha, encoder.as_clip()) {
+        (Some(_), Some(clip)) => Some(clip.weights_sha256()?),
+        _ => None,
+    };
     if let (Some(want), Some(got)) = (recorded_sha, sha) {
         if want != got {
             return Err(Error::Input(format!(
