@@ -356,7 +356,7 @@ impl Store {
         let spec = out.to_string_lossy().to_string();
         interruptible(py, move || {
             let caps = caption_records(path, texts)?;
-            let enc = RetrievalEncoder::load_with(&encoder, &device, precision)?;
+            let enc = RetrievalEncoder::load_for_texts(&encoder, &device, precision)?;
             let opts = BuildOptions {
                 batch_size,
                 dtype: if f16 { Dtype::F16 } else { Dtype::F32 },
@@ -393,7 +393,7 @@ impl Store {
                 Some(s) => s,
                 None => smallcap::retrieval::build::recorded_encoder_spec(&ds)?,
             };
-            let enc = RetrievalEncoder::load_with(&spec, &device, precision)?;
+            let enc = RetrievalEncoder::load_for_texts(&spec, &device, precision)?;
             let caps = caption_records(path, texts)?;
             let opts = BuildOptions {
                 batch_size,

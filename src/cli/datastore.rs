@@ -202,7 +202,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
                 bail!("--max-gpt2-tokens must be at least 1 (the reference uses {MAX_CAPTION_TOKENS})");
             }
             let caps = load_captions(&a.captions, &a.filter)?;
-            let encoder = RetrievalEncoder::load_with(
+            let encoder = RetrievalEncoder::load_for_texts(
                 &a.encoder,
                 &super::device(&a.device)?,
                 a.encoder_precision,
@@ -231,7 +231,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
                 Some(s) => s.clone(),
                 None => recorded_encoder_spec(&ds)?,
             };
-            let encoder = RetrievalEncoder::load_with(
+            let encoder = RetrievalEncoder::load_for_texts(
                 &spec,
                 &super::device(&a.device)?,
                 a.encoder_precision,
@@ -288,7 +288,12 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
         },
         DatastoreCommand::Import(a) => {
             let encoder = match &a.encoder {
-                Some(spec) => Some(RetrievalEncoder::load(spec, &device)?),
+                // Loaded for its identity and dimension: no tower is packed.
+                Some(spec) => Some(RetrievalEncoder::load_for_texts(
+                    spec,
+                    &device,
+                    smallcap::EncoderPrecision::F32,
+                )?),
                 None => None,
             };
             if let Some(enc) = &encoder {

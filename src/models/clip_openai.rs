@@ -300,11 +300,26 @@ impl OpenAiClip {
     /// [`DIMS_FILE`] in the same folder supplies the head count where `build_model` cannot.
     /// `precision` chooses how the ResNet image tower computes ([`EncoderPrecision`]).
     pub fn load(path: &Path, device: &Device, precision: EncoderPrecision) -> Result<Self> {
-        Self::load_kernel(path, device, precision.conv_kernel())
+        Self::load_kernel(path, device, precision.conv_kernel(), false)
+    }
+
+    /// [`OpenAiClip::load`] for text encoding only (datastore builds): the image tower is kept
+    /// in its plain f32 form, which costs no packing at load.
+    pub fn load_for_texts(
+        path: &Path,
+        device: &Device,
+        precision: EncoderPrecision,
+    ) -> Result<Self> {
+        Self::load_kernel(path, device, precision.conv_kernel(), true)
     }
 
     /// [`OpenAiClip::load`] with the ResNet's kernel given.
-    pub(crate) fn load_kernel(path: &Path, device: &Device, kernel: ConvKernel) -> Result<Self> {
+    pub(crate) fn load_kernel(
+        path: &Path,
+        device: &Device,
+        kernel: ConvKernel,
+        texts_only: bool,
+    ) -> Result<Self> {
         let map = crate::checkpoint::read_state_dict(path, device)?;
         let weights = Weights::new(path, map);
         let dims_path = path
@@ -323,7 +338,7 @@ impl OpenAiClip {
             None => None,
         };
         let dims = ClipDims::infer_with(&weights, dims_path.as_deref().zip(given.as_ref()))?;
-        Self::from_weights_kernel(&weights, dims, device, kernel)
+        Self::from_weights_kernel(&weights, dims, device, kernel, texts_only)
     }
 
     /// Builds the model from its weights and sizes.
@@ -333,7 +348,7 @@ impl OpenAiClip {
         device: &Device,
         precision: EncoderPrecision,
     ) -> Result<Self> {
-        Self::from_weights_kernel(w, dims, device, precision.conv_kernel())
+        Self::from_weights_kernel(w, dims, device, precision.conv_kernel(), false)
     }
 
     fn from_weights_kernel(
@@ -341,6 +356,7 @@ impl OpenAiClip {
         dims: ClipDims,
         device: &Device,
         kernel: ConvKernel,
+        texts_only: bool,
     ) -> Result<Self> {
         let kernel = match device {
             Device::Cpu => kernel,
@@ -362,7 +378,7 @@ impl OpenAiClip {
                     heads: dims.vision_heads(),
                     input_resolution: dims.image_resolution,
                 },
-                kernel,
+                if texts_only { ConvKernel::F32 } else { kernel },
             )?),
             VisionLayers::Vit(_) => {
                 let cfg = dims.vit_config(w)?;
@@ -440,7 +456,8 @@ mod tests {
         }
         for (kernel, bound) in kernels {
             let model =
-                OpenAiClip::load_kernel(&dir.join("clip_resnet.pt"), &Device::Cpu, kernel).unwrap();
+                OpenAiClip::load_kernel(&dir.join("clip_resnet.pt"), &Device::Cpu, kernel, false)
+                    .unwrap();
             let mut n = 0;
             let mut worst = 0f32;
             for (name, px) in t.iter().filter(|(k, _)| k.ends_with(".pixel_values")) {

@@ -136,12 +136,35 @@ impl RetrievalEncoder {
 
     /// [`RetrievalEncoder::load`] with the precision of the ResNet image towers.
     pub fn load_with(spec: &str, device: &Device, precision: EncoderPrecision) -> Result<Self> {
+        Self::load_impl(spec, device, precision, false)
+    }
+
+    /// [`RetrievalEncoder::load_with`] for encoding texts only (datastore builds): an OpenAI
+    /// ResNet image tower is not packed for `precision` (it still encodes images, in f32).
+    pub fn load_for_texts(
+        spec: &str,
+        device: &Device,
+        precision: EncoderPrecision,
+    ) -> Result<Self> {
+        Self::load_impl(spec, device, precision, true)
+    }
+
+    fn load_impl(
+        spec: &str,
+        device: &Device,
+        precision: EncoderPrecision,
+        texts_only: bool,
+    ) -> Result<Self> {
+        let load_clip = |file: &Path| match texts_only {
+            true => OpenAiClip::load_for_texts(file, device, precision),
+            false => OpenAiClip::load(file, device, precision),
+        };
         let path = Path::new(spec);
         // OpenAI's names (RN50x64, ViT-B/32, …), fetched as clip.load does; recorded by name.
         let looks_like_a_name = spec.starts_with("RN") || spec.starts_with("ViT-");
         if !path.exists() && (openai_models::is_model_name(spec) || looks_like_a_name) {
             let file = openai_models::model_file(spec)?;
-            let model = OpenAiClip::load(&file, device, precision)?;
+            let model = load_clip(&file)?;
             return Ok(Self {
                 description: format!("openai-clip:{}", model.dims().name()),
                 model: Model::OpenAi(model),
@@ -154,7 +177,7 @@ impl RetrievalEncoder {
             });
         }
         if path.is_file() {
-            let model = OpenAiClip::load(path, device, precision)?;
+            let model = load_clip(path)?;
             return Ok(Self {
                 description: format!("openai-clip:{}", model.dims().name()),
                 model: Model::OpenAi(model),
