@@ -94,10 +94,10 @@ pub struct CaptionerArgs {
     /// bf16 (half the memory read per decoding step; captions may differ slightly).
     #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
     pub decoder_weights: smallcap::WeightType,
-    /// How the retrieval encoder's ResNet image tower computes: f32 (f32 results; on a CPU
-    /// with AMX through its tile unit with f32 operands split into bf16 parts), or bf16 (bf16
-    /// operands, f32 sums: faster; query embeddings agree with f32's to about 1e-2, so the
-    /// retrieved captions may differ).
+    /// How the retrieval encoder's ResNet image tower computes: f32 (the reference's query
+    /// embeddings), or bf16 (bf16 operands on AMX or AVX-512 BF16, f32 sums: about 4× faster;
+    /// embeddings agree with f32's to about 1e-3, so a caption near a tie may be retrieved
+    /// instead of another).
     #[arg(long, default_value = "f32", value_name = "f32|bf16")]
     pub encoder_precision: smallcap::EncoderPrecision,
 }

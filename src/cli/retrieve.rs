@@ -60,8 +60,9 @@ pub struct RetrieveArgs {
     /// Where the encoder runs: cpu, or cuda[:N] in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
     device: String,
-    /// How a ResNet image tower computes: f32 (f32 results), or bf16 (faster; embeddings agree
-    /// with f32's to about 1e-2, so the top-k may differ).
+    /// How a ResNet image tower and the text tower compute: f32 (the reference's embeddings),
+    /// or bf16 (bf16 operands on AMX or AVX-512 BF16, f32 sums: faster; embeddings agree with
+    /// f32's to about 1e-3, so the top-k may differ).
     #[arg(long, default_value = "f32", value_name = "f32|bf16")]
     encoder_precision: smallcap::EncoderPrecision,
 }
