@@ -144,25 +144,31 @@ fn bf16_scores_agree_with_f32_scores() {
     }
 }
 
+/// `caption` with live retrieval from the fixture's FAISS store through `encoder`.
+fn caption_live(level: &str, split: &str, encoder: &str, precision: &str) -> Command {
+    let mut c = smallcap(level, split);
+    c.args(["caption", "--model"])
+        .arg(fixture("model"))
+        .arg("--tokenizer")
+        .arg(fixture("tokenizer"))
+        .arg("--datastore")
+        .arg(format!(
+            "{},captions={}",
+            rfix("datastore_index").display(),
+            rfix("datastore_captions.json").display()
+        ))
+        .arg("--retrieval-encoder")
+        .arg(rfix(encoder))
+        .args(["--encoder-precision", precision]);
+    c
+}
+
 #[test]
 fn live_retrieval_captions_as_the_reference_with_every_kernel() {
     let cases = pipeline_cases();
     for level in LEVELS {
         for split in ["3", "2"] {
-            let mut c = smallcap(level, split);
-            c.args(["caption", "--model"])
-                .arg(fixture("model"))
-                .arg("--tokenizer")
-                .arg(fixture("tokenizer"))
-                .arg("--datastore")
-                .arg(format!(
-                    "{},captions={}",
-                    rfix("datastore_index").display(),
-                    rfix("datastore_captions.json").display()
-                ))
-                .arg("--retrieval-encoder")
-                .arg(rfix("clip_resnet_jit_fp16.pt"))
-                .args(["--encoder-precision", "f32"]);
+            let mut c = caption_live(level, split, "clip_resnet_jit_fp16.pt", "f32");
             for case in &cases {
                 c.arg(fixture(&format!(
                     "images/{}",
@@ -176,21 +182,8 @@ fn live_retrieval_captions_as_the_reference_with_every_kernel() {
 
 #[test]
 fn bf16_captions_every_image_and_a_bad_precision_is_refused() {
-    let mut c = smallcap("amx", "3");
-    c.args(["caption", "--model"])
-        .arg(fixture("model"))
-        .arg("--tokenizer")
-        .arg(fixture("tokenizer"))
-        .arg("--datastore")
-        .arg(format!(
-            "{},captions={}",
-            rfix("datastore_index").display(),
-            rfix("datastore_captions.json").display()
-        ))
-        .arg("--retrieval-encoder")
-        .arg(rfix("clip_resnet.pt"))
-        .args(["--encoder-precision", "bf16", "--images"])
-        .arg(fixture("images"));
+    let mut c = caption_live("amx", "3", "clip_resnet.pt", "bf16");
+    c.arg("--images").arg(fixture("images"));
     let out = lines(&c.output().unwrap());
     assert_eq!(out.len(), 11);
     for l in &out {
@@ -218,16 +211,6 @@ fn bf16_captions_every_image_and_a_bad_precision_is_refused() {
 /// reference's (unit vectors: an L2 distance), and not equal to f32's.
 #[test]
 fn bf16_datastore_build_embeds_captions_close_to_the_reference() {
-    let t = candle_core::safetensors::load(
-        rfix("expected_tensors.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let want = t["caption_embeddings"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
     for level in LEVELS {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("store");
@@ -246,22 +229,7 @@ fn bf16_datastore_build_embeds_captions_close_to_the_reference() {
             "{}",
             String::from_utf8_lossy(&status.stderr)
         );
-        let got: Vec<f32> = std::fs::read(out.join("embeddings.bin"))
-            .unwrap()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        assert_eq!(got.len(), want.len());
-        let mut worst = 0f32;
-        for (g, w) in got.chunks(32).zip(want.chunks(32)) {
-            let d = g
-                .iter()
-                .zip(w)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f32>()
-                .sqrt();
-            worst = worst.max(d);
-        }
+        let worst = common::store_rows_vs_reference(&out, 32);
         eprintln!("{level}: bf16 caption embeddings within {worst:e} of the reference's");
         assert!(worst < 5e-2 && worst > 1e-6, "{level}: {worst}");
     }

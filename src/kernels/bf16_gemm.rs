@@ -355,16 +355,32 @@ pub fn pack_b(
     parts
 }
 
+/// What the kernels' tests share: uniform values in ±1 and the levels this CPU runs.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Level;
+    use smallcap_util::rng::SplitMix64;
+
+    /// Uniform in `[-1, 1)`.
+    pub(crate) fn uniform(rng: &mut SplitMix64) -> f32 {
+        rng.next_f32() * 2.0 - 1.0
+    }
+
+    /// The levels this CPU runs (each one it lacks is named on stderr: it is not tested here).
+    pub(crate) fn levels() -> Vec<Level> {
+        let all = [Level::Amx, Level::Avx512, Level::Portable];
+        for l in all.iter().filter(|l| !l.runs_here()) {
+            eprintln!("note: this CPU cannot run the {l:?} bf16 kernel; it is not tested here");
+        }
+        all.into_iter().filter(|l| l.runs_here()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::{levels, uniform};
     use super::*;
-
-    fn rng(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+    use smallcap_util::rng::SplitMix64;
 
     /// A `m × k` times `k × n` product through [`block`] with A rows split into parts and
     /// padded to 32 columns per step; returns C (`m × n`).
@@ -435,20 +451,11 @@ mod tests {
         c
     }
 
-    fn levels() -> Vec<Level> {
-        let all = [Level::Amx, Level::Avx512, Level::Portable];
-        let here: Vec<Level> = all.into_iter().filter(|l| l.runs_here()).collect();
-        for l in all.iter().filter(|l| !l.runs_here()) {
-            eprintln!("note: this CPU cannot run the {l:?} bf16 kernel; it is not tested here");
-        }
-        here
-    }
-
     /// bf16 products of bf16-rounded operands, summed in f32, equal the exact (f64) products of
     /// the rounded operands to f32 accumulation error; odd shapes exercise every padding.
     #[test]
     fn bf16_blocks_equal_exact_products_of_rounded_operands() {
-        let mut seed = 7;
+        let mut seed = SplitMix64(7);
         for (m, k, n) in [
             (32, 32, 32),
             (1, 1, 1),
@@ -456,8 +463,8 @@ mod tests {
             (17, 200, 65),
             (64, 27, 100),
         ] {
-            let a: Vec<f32> = (0..m * k).map(|_| rng(&mut seed)).collect();
-            let b: Vec<f32> = (0..k * n).map(|_| rng(&mut seed)).collect();
+            let a: Vec<f32> = (0..m * k).map(|_| uniform(&mut seed)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| uniform(&mut seed)).collect();
             let r = |x: &f32| bf16_to_f32(bf16_round(*x)) as f64;
             let want = reference(
                 &a.iter().map(r).collect::<Vec<_>>(),
@@ -483,10 +490,10 @@ mod tests {
     /// about 2^-16 relative per product, three parts at f32's level.
     #[test]
     fn split_products_reach_their_stated_precision() {
-        let mut seed = 11;
+        let mut seed = SplitMix64(11);
         let (m, k, n) = (40, 300, 50);
-        let a: Vec<f32> = (0..m * k).map(|_| rng(&mut seed)).collect();
-        let b: Vec<f32> = (0..k * n).map(|_| rng(&mut seed)).collect();
+        let a: Vec<f32> = (0..m * k).map(|_| uniform(&mut seed)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| uniform(&mut seed)).collect();
         let want = reference(
             &a.iter().map(|x| *x as f64).collect::<Vec<_>>(),
             &b.iter().map(|x| *x as f64).collect::<Vec<_>>(),
@@ -517,9 +524,9 @@ mod tests {
     /// overflow.
     #[test]
     fn split_parts_sum_to_the_value() {
-        let mut seed = 3;
+        let mut seed = SplitMix64(3);
         for _ in 0..10_000 {
-            let x = rng(&mut seed) * 10f32.powi((rng(&mut seed) * 30.0) as i32);
+            let x = uniform(&mut seed) * 10f32.powi((uniform(&mut seed) * 30.0) as i32);
             let p = split(x, Split::Three);
             let sum =
                 bf16_to_f32(p[0]) as f64 + bf16_to_f32(p[1]) as f64 + bf16_to_f32(p[2]) as f64;
@@ -544,8 +551,8 @@ mod tests {
     /// The AVX-512 split equals the scalar one on every value.
     #[test]
     fn vector_split_equals_scalar_split() {
-        let mut seed = 5;
-        let src: Vec<f32> = (0..1024).map(|_| rng(&mut seed) * 1e3).collect();
+        let mut seed = SplitMix64(5);
+        let src: Vec<f32> = (0..1024).map(|_| uniform(&mut seed) * 1e3).collect();
         for s in [Split::One, Split::Two, Split::Three] {
             let mut parts = vec![vec![0u16; src.len()]; s.parts()];
             let mut views: Vec<&mut [u16]> = parts.iter_mut().map(|v| v.as_mut_slice()).collect();

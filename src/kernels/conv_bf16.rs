@@ -734,14 +734,9 @@ impl<T> SendPtr<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bf16_gemm::test_support::{levels, uniform};
     use crate::kernels::bf16_gemm::{bf16_round, bf16_to_f32};
-
-    fn rng(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+    use smallcap_util::rng::SplitMix64;
 
     /// A direct convolution in f64 of NCHW `x` (`ci × h × w`) with `[co, ci, k, k]` weights.
     #[allow(clippy::too_many_arguments)]
@@ -781,14 +776,6 @@ mod tests {
             }
         }
         (out, oh, ow)
-    }
-
-    fn levels() -> Vec<Level> {
-        let all = [Level::Amx, Level::Avx512, Level::Portable];
-        for l in all.iter().filter(|l| !l.runs_here()) {
-            eprintln!("note: this CPU cannot run the {l:?} bf16 kernel; it is not tested here");
-        }
-        all.into_iter().filter(|l| l.runs_here()).collect()
     }
 
     /// Runs one convolution the way the ResNet does (bordered input for 3 × 3, im2col for other
@@ -847,7 +834,7 @@ mod tests {
     /// error, and three-part split products of the f32 operands at f32's level.
     #[test]
     fn convolutions_equal_a_direct_convolution() {
-        let mut seed = 17;
+        let mut seed = SplitMix64(17);
         for (ci, co, h, w, k, stride) in [
             (3, 8, 9, 11, 3, 2),
             (40, 70, 5, 17, 3, 1),
@@ -855,9 +842,9 @@ mod tests {
             (8, 40, 1, 1, 3, 1),
             (33, 32, 3, 40, 1, 1),
         ] {
-            let x: Vec<f32> = (0..ci * h * w).map(|_| rng(&mut seed)).collect();
-            let wt: Vec<f32> = (0..co * ci * k * k).map(|_| rng(&mut seed)).collect();
-            let b: Vec<f32> = (0..co).map(|_| rng(&mut seed)).collect();
+            let x: Vec<f32> = (0..ci * h * w).map(|_| uniform(&mut seed)).collect();
+            let wt: Vec<f32> = (0..co * ci * k * k).map(|_| uniform(&mut seed)).collect();
+            let b: Vec<f32> = (0..co).map(|_| uniform(&mut seed)).collect();
             let round = |v: &[f32]| {
                 v.iter()
                     .map(|x| bf16_to_f32(bf16_round(*x)) as f64)
@@ -869,7 +856,7 @@ mod tests {
                 (Split::Three, exact(&x), exact(&wt), 2e-6),
             ] {
                 let (want, oh, ow) = direct(&xs, &ws, &b, ci, co, h, w, k, stride);
-                let res: Vec<f32> = (0..co * oh * ow).map(|_| rng(&mut seed)).collect();
+                let res: Vec<f32> = (0..co * oh * ow).map(|_| uniform(&mut seed)).collect();
                 let want: Vec<f64> = want
                     .iter()
                     .zip(&res)
@@ -896,11 +883,11 @@ mod tests {
     /// computes from the f32 result split afterwards: both paths split the same values.
     #[test]
     fn parts_output_equals_splitting_the_f32_output() {
-        let mut seed = 23;
+        let mut seed = SplitMix64(23);
         let (ci, cm, co, h, w) = (20, 50, 12, 7, 19);
-        let x: Vec<f32> = (0..ci * h * w).map(|_| rng(&mut seed)).collect();
-        let w1: Vec<f32> = (0..cm * ci).map(|_| rng(&mut seed)).collect();
-        let w2: Vec<f32> = (0..co * cm * 9).map(|_| rng(&mut seed)).collect();
+        let x: Vec<f32> = (0..ci * h * w).map(|_| uniform(&mut seed)).collect();
+        let w1: Vec<f32> = (0..cm * ci).map(|_| uniform(&mut seed)).collect();
+        let w2: Vec<f32> = (0..co * cm * 9).map(|_| uniform(&mut seed)).collect();
         let (b1, b2) = (vec![0.1f32; cm], vec![-0.2f32; co]);
         for s in [Split::One, Split::Two, Split::Three] {
             let c1 = ConvWeights::new(&w1, &b1, cm, ci, 1, s);

@@ -159,6 +159,39 @@ pub fn import_fixture_store(out: &std::path::Path) {
     );
 }
 
+/// The worst L2 distance of a datastore folder's `dim`-wide f32 rows (`embeddings.bin`) from the
+/// reference's caption embeddings (`retrieval/expected_tensors`).
+pub fn store_rows_vs_reference(dir: &std::path::Path, dim: usize) -> f32 {
+    let got: Vec<f32> = std::fs::read(dir.join("embeddings.bin"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let t = candle_core::safetensors::load(
+        fixture("retrieval/expected_tensors.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let want = t["caption_embeddings"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    let worst = got
+        .chunks(dim)
+        .zip(want.chunks(dim))
+        .map(|(g, w)| {
+            g.iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                .sqrt()
+        })
+        .fold(0f32, f32::max);
+    worst
+}
+
 /// The cases of `pipeline_cases.json` (the reference's live-retrieval pipeline, end to end).
 pub fn pipeline_cases() -> Vec<serde_json::Value> {
     let v: serde_json::Value =
