@@ -154,21 +154,21 @@ def test_datastores_open_search_build_and_add(tmp_path, live):
     assert found[0]["captions"] == ["a plate of food"]
 
 
-def test_encoder_precision_bf16_retrieves_close_to_f32(tmp_path):
-    """bf16 query embeddings: every retrieved caption's score within 5e-3 of its f32 score
-    (the whole 588-caption store ranked), on the pipeline's 11 images; a bad value is refused."""
+def test_encoder_precision_bf16_retrieves_close_to_the_reference(tmp_path):
+    """bf16 query embeddings: the scores of the reference's top-4 captions (the whole 588-caption
+    store ranked) within 5e-3 of the reference's, on the pipeline's 11 images; a bad value is
+    refused."""
     images = [PACK / "images" / c["image"] for c in PIPELINE]
     kw = dict(tokenizer=PACK / "tokenizer", datastore=STORE,
-              retrieval_encoder=str(RETRIEVAL / "clip_resnet.pt"))
-    f32 = smallcap.SmallCap.from_pretrained(PACK / "model", **kw).retrieve(images, k=588)
+              retrieval_encoder=str(RETRIEVAL / "clip_resnet_jit_fp16.pt"))
     bf16_model = smallcap.SmallCap.from_pretrained(PACK / "model", encoder_precision="bf16", **kw)
     bf16 = bf16_model.retrieve(images, k=588)
     worst = 0.0
-    for a, b in zip(bf16, f32):
-        ref = dict(zip(b["ids"], b["scores"]))
-        for i, s in zip(a["ids"], a["scores"]):
-            worst = max(worst, abs(s - ref[i]))
-    assert 0 < worst < 5e-3
+    for case, got in zip(PIPELINE, bf16):
+        scores = dict(zip(got["ids"], got["scores"]))
+        for i, s in zip(case["top_ids"], case["top_scores"]):
+            worst = max(worst, abs(scores[i] - s))
+    assert 1e-5 < worst < 5e-3
     out = bf16_model.caption(images[:2])
     assert len(out) == 2 and all(len(o["retrieved_captions"]) == 4 for o in out)
     built = smallcap.Datastore.build(["a cat on a mat", "a red bus"], encoder=str(RETRIEVAL / "clip_resnet.pt"),

@@ -366,6 +366,15 @@ pub(crate) mod test_support {
         rng.next_f32() * 2.0 - 1.0
     }
 
+    /// The largest `|got − want|`.
+    pub(crate) fn max_abs_diff(got: &[f32], want: &[f64]) -> f64 {
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (*g as f64 - w).abs())
+            .fold(0.0, f64::max)
+    }
+
     /// The levels this CPU runs (each one it lacks is named on stderr: it is not tested here).
     pub(crate) fn levels() -> Vec<Level> {
         let all = [Level::Amx, Level::Avx512, Level::Portable];
@@ -378,7 +387,7 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{levels, uniform};
+    use super::test_support::{levels, max_abs_diff, uniform};
     use super::*;
     use smallcap_util::rng::SplitMix64;
 
@@ -475,11 +484,7 @@ mod tests {
             );
             for level in levels() {
                 let got = gemm(level, &a, &b, m, k, n, Split::One);
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (*g as f64 - w).abs())
-                    .fold(0.0, f64::max);
+                let err = max_abs_diff(&got, &want);
                 // f32 accumulation of k terms of magnitude ≤ 1.
                 assert!(err <= k as f64 * 1.2e-7, "{level:?} {m}x{k}x{n}: {err}");
             }
@@ -506,11 +511,7 @@ mod tests {
         for level in levels() {
             for (s, bound) in [(Split::One, 3e-3), (Split::Two, 2e-5), (Split::Three, 3e-7)] {
                 let got = gemm(level, &a, &b, m, k, n, s);
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (*g as f64 - w).abs())
-                    .fold(0.0, f64::max);
+                let err = max_abs_diff(&got, &want);
                 assert!(
                     err / scale <= bound,
                     "{level:?} {s:?}: relative {}",

@@ -182,6 +182,12 @@ impl Drop for InputParts {
     }
 }
 
+/// Whether a `k × k` convolution of this stride runs directly on a bordered input (1 × 1 and
+/// 3 × 3, stride 1); any other runs as a 1 × 1 convolution over its [`Nhwc::im2col`] patches.
+pub fn runs_directly(k: usize, stride: usize) -> bool {
+    stride == 1 && (k == 1 || k == 3)
+}
+
 /// `c` rounded up to the block width.
 pub fn padded_channels(c: usize) -> usize {
     c.div_ceil(32) * 32
@@ -528,7 +534,12 @@ impl ConvWeights {
                 split: self.split,
             },
         };
-        let geom = BlockGeometry { w, out_pad, relu };
+        let geom = BlockGeometry {
+            w,
+            out_pad,
+            relu,
+            avx512: avx512_available(),
+        };
         let products = self.split.products();
         (0..m_blocks * n_blocks).into_par_iter().for_each_init(
             || (Vec::with_capacity(products.len() * k_steps), [0f32; 1024]),
@@ -594,6 +605,20 @@ struct BlockGeometry {
     w: usize,
     out_pad: usize,
     relu: bool,
+    /// Whether the epilogue may take its AVX-512 build (checked once per convolution).
+    avx512: bool,
+}
+
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The epilogue of one block: rows of `tiles` (first pixel, count) through [`epilogue`] into
@@ -612,10 +637,9 @@ unsafe fn write_block(
     residual: Option<&Nhwc>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-    {
-        // SAFETY: the CPU has the features; the rest is forwarded from the caller.
+    if g.avx512 {
+        // SAFETY: the CPU has the features (`avx512_available`); the rest is forwarded from
+        // the caller.
         unsafe { write_block_avx512(dst, g, nb, tiles, blk, bias, residual) };
         return;
     }
@@ -734,7 +758,7 @@ impl<T> SendPtr<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::bf16_gemm::test_support::{levels, uniform};
+    use crate::kernels::bf16_gemm::test_support::{levels, max_abs_diff, uniform};
     use crate::kernels::bf16_gemm::{bf16_round, bf16_to_f32};
     use smallcap_util::rng::SplitMix64;
 
@@ -795,7 +819,7 @@ mod tests {
         stride: usize,
         s: Split,
     ) -> Vec<f32> {
-        let direct_shape = stride == 1 && (k == 1 || k == 3);
+        let direct_shape = runs_directly(k, stride);
         let weights = if direct_shape {
             ConvWeights::new(wt, b, co, ci, k, s)
         } else {
@@ -865,11 +889,7 @@ mod tests {
                 let scale = (ci * k * k) as f64;
                 for level in levels() {
                     let got = run(level, &x, &wt, &b, &res, ci, co, h, w, k, stride, s);
-                    let err = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(g, w)| (*g as f64 - w).abs())
-                        .fold(0.0, f64::max);
+                    let err = max_abs_diff(&got, &want);
                     assert!(
                         err <= tol * scale,
                         "{level:?} {s:?} ci={ci} co={co} {h}x{w} k={k}/{stride}: {err}"

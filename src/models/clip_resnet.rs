@@ -15,7 +15,7 @@ use super::clip_transformer::{attention, linear, TowerLinear};
 use super::clip_weights::Weights;
 use crate::error::Result;
 use crate::kernels::bf16_gemm::Level;
-use crate::kernels::conv_bf16::{Activation, ConvWeights, InputParts, Nhwc};
+use crate::kernels::conv_bf16::{runs_directly, Activation, ConvWeights, InputParts, Nhwc};
 use crate::precision::ConvKernel;
 
 const BN_EPS: f64 = 1e-5;
@@ -74,9 +74,7 @@ impl ConvBn {
                     row.iter_mut().for_each(|v| *v *= s);
                 }
                 let bv = bias.to_vec1::<f32>()?;
-                // The implicit GEMM takes 1 × 1 and 3 × 3 stride-1 convolutions; any other
-                // runs as a 1 × 1 convolution over its im2col patches.
-                let weights = Box::new(if stride == 1 && (k == 1 || k == 3) {
+                let weights = Box::new(if runs_directly(k, stride) {
                     ConvWeights::new(&wv, &bv, cout, cin, k, split)
                 } else {
                     ConvWeights::new(&wv, &bv, cout, cin * k * k, 1, split)
@@ -117,7 +115,7 @@ impl ConvBn {
         else {
             unreachable!("parts_of is only called on a tower loaded for the bf16 blocks")
         };
-        if *stride == 1 && (*k == 1 || *k == 3) {
+        if runs_directly(*k, *stride) {
             if x.pad == k / 2 {
                 weights.input_parts(x)
             } else {
