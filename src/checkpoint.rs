@@ -542,6 +542,9 @@ fn state_dict_items(path: &Path, root: Object) -> Result<Vec<(Object, Object)>> 
     }
 }
 
+/// How many times its archive's size a pickle may take once read (see [`read_pytorch`]).
+const PICKLE_EXPANSION: u64 = 16;
+
 /// Reads a PyTorch zip checkpoint as data: the pickle is parsed into objects, every global it
 /// names is checked against [`ALLOWED_GLOBALS`] (TorchScript module classes `__torch__.*` are
 /// accepted as inert attribute containers), and tensor bytes are read from the archive.
@@ -551,6 +554,7 @@ fn read_pytorch(
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
         Error::checkpoint(
             path,
@@ -568,7 +572,23 @@ fn read_pytorch(
         let entry = zip
             .by_name(&pkl_name)
             .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
-        let mut reader = std::io::BufReader::new(entry);
+        // The pickle is held in memory for the check below: at most a small multiple of the
+        // archive's size (PyTorch stores it uncompressed; a compressed one may expand this much).
+        let limit = file_len.saturating_mul(PICKLE_EXPANSION);
+        let mut pkl = Vec::new();
+        entry
+            .take(limit + 1)
+            .read_to_end(&mut pkl)
+            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
+        if pkl.len() as u64 > limit {
+            return Err(Error::checkpoint(
+                path,
+                format!("{pkl_name} expands to more than {PICKLE_EXPANSION} times the archive's {file_len} bytes; refusing it"),
+            ));
+        }
+        crate::pickle_check::check(&pkl)
+            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?;
+        let mut reader = pkl.as_slice();
         let mut stack = Stack::empty();
         stack
             .read_loop(&mut reader)
@@ -607,21 +627,48 @@ fn read_pytorch(
             ));
         }
         let shape = layout.shape().clone();
-        let nbytes = shape.elem_count() * info.dtype.size_in_bytes();
+        // Sizes come from the pickle: checked against the file before anything is allocated.
+        let nbytes = shape
+            .dims()
+            .iter()
+            .try_fold(info.dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
+            .filter(|&n| n as u64 <= file_len)
+            .ok_or_else(|| {
+                Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor {name}: shape {:?} of {:?} needs more bytes than the {file_len}-byte file holds",
+                        shape.dims(),
+                        info.dtype
+                    ),
+                )
+            })?;
         let mut entry = zip
             .by_name(&info.path)
             .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {}: {e}", info.path)))?;
-        let mut skip = vec![0u8; layout.start_offset()];
-        let mut data = vec![0u8; nbytes];
+        let too_short = |e: &dyn std::fmt::Display| {
+            Error::checkpoint(
+                path,
+                format!("tensor {name}: storage {} is too short: {e}", info.path),
+            )
+        };
+        // candle's layout holds PyTorch's storage offset already in bytes.
+        let offset = layout.start_offset() as u64;
+        let skipped = std::io::copy(&mut (&mut entry).take(offset), &mut std::io::sink())
+            .map_err(|e| too_short(&e))?;
+        // Grows with the data actually read, so a storage shorter than its shape claims costs
+        // no more than its own length.
+        let mut data = Vec::with_capacity(nbytes.min(entry.size() as usize));
         entry
-            .read_exact(&mut skip)
-            .and_then(|_| entry.read_exact(&mut data))
-            .map_err(|e| {
-                Error::checkpoint(
-                    path,
-                    format!("tensor {name}: storage {} is too short: {e}", info.path),
-                )
-            })?;
+            .take(nbytes as u64)
+            .read_to_end(&mut data)
+            .map_err(|e| too_short(&e))?;
+        if skipped != offset || data.len() != nbytes {
+            return Err(too_short(&format!(
+                "{} bytes from offset {offset}, {nbytes} needed",
+                data.len()
+            )));
+        }
         let t = Tensor::from_raw_buffer(&data, info.dtype, shape.dims(), device)?;
         out.insert(name.clone(), t.to_dtype(DType::F32)?);
     }

@@ -32,6 +32,7 @@ pub mod generation;
 pub mod hub;
 pub(crate) mod kernels;
 pub mod models;
+pub(crate) mod pickle_check;
 pub mod pipeline;
 pub mod precision;
 pub mod prompt;

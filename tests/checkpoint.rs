@@ -255,3 +255,59 @@ fn written_buffers_equal_the_reference_checkpoints() {
         assert_eq!(same, 1.0, "{name}");
     }
 }
+
+/// `torch.save({"h": torch.ones(2, 2, dtype=torch.float16), "b": torch.ones(3,
+/// dtype=torch.bfloat16), "i": torch.arange(4), "view": torch.arange(6.0)[2:]})` (the fuzz seed
+/// made by fuzz/make_seeds.py): every dtype is widened to f32, and a view is read from its
+/// storage offset (PyTorch counts it in elements: here 2 elements, 8 bytes into the storage).
+#[test]
+fn dtypes_and_storage_offsets_of_a_torch_save_file() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes");
+    let t = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu).unwrap();
+    let v = |name: &str| -> Vec<f32> { t[name].flatten_all().unwrap().to_vec1().unwrap() };
+    assert_eq!(v("view"), [2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(v("h"), [1.0; 4]);
+    assert_eq!(t["h"].dims(), [2, 2]);
+    assert_eq!(v("b"), [1.0; 3]);
+    assert_eq!(v("i"), [0.0, 1.0, 2.0, 3.0]);
+}
+
+/// Sizes in the pickle are checked against the file before anything is allocated: a tensor
+/// whose shape claims more bytes than the whole file holds is refused by name (the `dtypes`
+/// seed with `view`'s shape patched from `(4,)` to `(2^31 - 1,)`: 8 GiB of f32).
+#[test]
+fn a_shape_larger_than_the_file_is_refused_before_allocating() {
+    let seed =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes"))
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.bin");
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&seed)).unwrap();
+    let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).unwrap();
+        let name = f.name().unwrap().to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
+        if name.ends_with("data.pkl") {
+            // storage offset 2 (BININT1 2), size (4,) (BININT1 4, TUPLE1) → BININT 2^31 - 1
+            let at = bytes
+                .windows(5)
+                .position(|w| w == b"K\x02K\x04\x85")
+                .expect("view's offset and size in the pickle");
+            bytes.splice(at + 2..at + 4, *b"J\xff\xff\xff\x7f");
+        }
+        out.start_file(name, stored).unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    out.finish().unwrap();
+    let e = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("huge.bin") && e.contains("tensor view") && e.contains("needs more bytes than"),
+        "{e}"
+    );
+}

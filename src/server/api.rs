@@ -140,12 +140,21 @@ fn body_error(e: axum::Error, limit: usize) -> ApiError {
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     let status = e.status();
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "body_too_large"
-    } else {
-        "invalid_multipart"
-    };
-    ApiError::new(status, code, e.body_text())
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(status, "body_too_large", e.body_text());
+    }
+    if status.is_server_error() {
+        // The body stream itself failed (it ended before its Content-Length, or the client
+        // went away): the request's fault, not the server's, whatever status axum suggests.
+        return ApiError::bad_request(
+            "body_read_failed",
+            format!(
+                "the request body could not be read (shorter than its Content-Length, or the client disconnected): {}",
+                e.body_text()
+            ),
+        );
+    }
+    ApiError::new(status, "invalid_multipart", e.body_text())
 }
 
 async fn read_upload(state: &AppState, req: Request, allow_json: bool) -> Result<Upload, ApiError> {

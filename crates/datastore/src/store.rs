@@ -490,8 +490,9 @@ impl Datastore {
     }
 
     /// Appends L2-normalised vectors and their captions, atomically: the new store is built in
-    /// `<dir>.partial`, the old folder is renamed to `<dir>.old`, the new one into place, and the
-    /// old one removed. Returns the reopened store.
+    /// `<dir>.partial` and exchanged with the old folder in one step (Linux's `renameat2`), then
+    /// the old one is removed; where the OS cannot exchange, the old folder is renamed to
+    /// `<dir>.old` and the new one into place. Returns the reopened store.
     pub fn add(self, vectors: &VectorSet<'_>, captions: &[CaptionRecord]) -> Result<Self> {
         if vectors.dim() != self.dim() {
             return Err(Error::DimensionMismatch {
@@ -532,6 +533,12 @@ impl Datastore {
             return Err(e);
         }
         drop(self);
+        // One exchange where the OS has it: a kill at any moment leaves the old store or the new
+        // one at `dir` (the other, at `.partial`, is stale and replaced by the next write).
+        if smallcap_util::fs::exchange(&partial, &dir).map_err(|e| Error::io(&dir, e))? {
+            fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+            return Datastore::open(&dir);
+        }
         if old.exists() {
             fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         }

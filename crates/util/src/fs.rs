@@ -8,6 +8,8 @@
 //! The target's directory is not created: writing into a missing directory is an error. After the
 //! rename the directory is synced too on Unix (best effort), so that the rename itself survives a
 //! crash.
+//!
+//! [`exchange`] swaps two folders in one step, for replacing a whole folder atomically.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -126,6 +128,29 @@ fn sync_dir(dir: &Path) {
     }
     #[cfg(not(unix))]
     let _ = dir;
+}
+
+/// Swaps the names of two existing paths (files or folders) in one step, where the OS can
+/// (Linux's `renameat2` with `RENAME_EXCHANGE`): a process killed at any moment leaves each name
+/// holding one of the two, never neither. `Ok(false)` where the exchange is not available (another
+/// OS, or a file system without it): nothing was changed and the caller falls back to renames.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+            Ok(()) => Ok(true),
+            Err(
+                rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::NOTSUP,
+            ) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (a, b);
+        Ok(false)
+    }
 }
 
 #[cfg(test)]
@@ -247,5 +272,30 @@ mod tests {
         assert_eq!(content.len(), 4096);
         assert!(content.iter().all(|&b| b == content[0]));
         assert_eq!(names(dir.path()), ["shared"]);
+    }
+
+    #[test]
+    fn exchange_swaps_two_folders_or_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::create_dir(&b).unwrap();
+        fs::write(a.join("x"), "old").unwrap();
+        fs::write(b.join("x"), "new").unwrap();
+        let swapped = exchange(&b, &a).unwrap();
+        let (in_a, in_b) = (
+            fs::read_to_string(a.join("x")).unwrap(),
+            fs::read_to_string(b.join("x")).unwrap(),
+        );
+        if swapped {
+            assert_eq!((in_a.as_str(), in_b.as_str()), ("new", "old"));
+        } else {
+            assert_eq!((in_a.as_str(), in_b.as_str()), ("old", "new"));
+        }
+        #[cfg(target_os = "linux")]
+        assert!(swapped, "tmpfs and ext4 support RENAME_EXCHANGE");
+        // A missing side is an error, not a rename.
+        assert!(exchange(&a, &dir.path().join("missing")).is_err());
+        assert!(a.is_dir());
     }
 }

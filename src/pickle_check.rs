@@ -1,0 +1,371 @@
+//! A pass over a pickle's opcodes before candle's reader builds objects from them, so that a
+//! hostile `data.pkl` is refused while it is still bytes:
+//!
+//! - every length-prefixed argument (`BINUNICODE`'s u32) must lie inside the pickle (candle
+//!   allocates the announced length before reading);
+//! - objects may nest at most [`MAX_DEPTH`] deep (walking or dropping a deeper tree would
+//!   overflow the stack);
+//! - the objects built, counting the copies `BINGET` makes of memoized objects, may hold at most
+//!   [`NODES_PER_BYTE`] nodes per byte of pickle (memo references can double a tree per opcode:
+//!   the pickle form of "a billion laughs").
+//!
+//! The pass simulates candle's stack machine for exactly the opcodes candle knows, tracking for
+//! each stack entry only its depth and node count. Where the simulation meets what candle refuses
+//! (an unknown opcode, a pop from an empty stack, a missing memo entry) it stops and lets candle
+//! report it.
+
+use std::collections::HashMap;
+
+/// The deepest object nesting accepted (PyTorch state dicts nest about 6 deep, TorchScript
+/// module trees a few dozen).
+pub const MAX_DEPTH: u32 = 512;
+
+/// Nodes allowed per byte of pickle (real checkpoints build well under one per byte).
+pub const NODES_PER_BYTE: u64 = 16;
+
+#[derive(Clone, Copy)]
+enum Entry {
+    Mark,
+    Obj { depth: u32, nodes: u64 },
+}
+
+struct Sim {
+    stack: Vec<Entry>,
+    memo: HashMap<u32, Entry>,
+    nodes: u64,
+    max_nodes: u64,
+}
+
+/// Why the simulation stopped early without a verdict: candle will refuse the pickle itself.
+struct CandleRefuses;
+
+impl Sim {
+    fn pop(&mut self) -> Result<(u32, u64), CandleRefuses> {
+        match self.stack.pop() {
+            Some(Entry::Obj { depth, nodes }) => Ok((depth, nodes)),
+            _ => Err(CandleRefuses),
+        }
+    }
+
+    fn pop_to_mark(&mut self) -> Result<(u32, u64), CandleRefuses> {
+        let (mut depth, mut nodes) = (0, 0);
+        loop {
+            match self.stack.pop() {
+                Some(Entry::Mark) => return Ok((depth, nodes)),
+                Some(Entry::Obj { depth: d, nodes: n }) => {
+                    depth = depth.max(d);
+                    nodes += n;
+                }
+                None => return Err(CandleRefuses),
+            }
+        }
+    }
+
+    /// Pushes a new object holding children of at most `depth` and `nodes` in all.
+    fn push(&mut self, depth: u32, nodes: u64) -> Result<(), String> {
+        self.stack.push(Entry::Obj {
+            depth: depth + 1,
+            nodes: nodes + 1,
+        });
+        self.count(1)?;
+        if depth + 1 > MAX_DEPTH {
+            return Err(format!(
+                "objects nest more than {MAX_DEPTH} deep; refusing it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds children to the object on top of the stack (a list or dict being filled).
+    fn extend_top(&mut self, depth: u32, nodes: u64) -> Result<Result<(), String>, CandleRefuses> {
+        match self.stack.last_mut() {
+            Some(Entry::Obj { depth: d, nodes: n }) => {
+                *d = (*d).max(depth + 1);
+                *n += nodes;
+                if *d > MAX_DEPTH {
+                    return Ok(Err(format!(
+                        "objects nest more than {MAX_DEPTH} deep; refusing it"
+                    )));
+                }
+                Ok(Ok(()))
+            }
+            _ => Err(CandleRefuses),
+        }
+    }
+
+    fn count(&mut self, nodes: u64) -> Result<(), String> {
+        self.nodes = self.nodes.saturating_add(nodes);
+        if self.nodes > self.max_nodes {
+            return Err(format!(
+                "builds more than {} objects from {} bytes (memo references copied over and over); refusing it",
+                self.max_nodes,
+                self.max_nodes / NODES_PER_BYTE
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A cursor over the pickle's bytes.
+struct Bytes<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len())?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Some(s)
+    }
+
+    fn line(&mut self) -> Option<()> {
+        let rest = &self.data[self.pos..];
+        let nl = rest.iter().position(|&b| b == b'\n')?;
+        self.pos += nl + 1;
+        Some(())
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+/// Checks `pkl` as described in the module note. `Err` says what is wrong; `Ok` means candle's
+/// reader may run (it still refuses what it does not understand).
+pub fn check(pkl: &[u8]) -> Result<(), String> {
+    let mut sim = Sim {
+        stack: Vec::new(),
+        memo: HashMap::new(),
+        nodes: 0,
+        max_nodes: (pkl.len() as u64)
+            .saturating_mul(NODES_PER_BYTE)
+            .max(1 << 16),
+    };
+    let mut b = Bytes { data: pkl, pos: 0 };
+    match run(&mut sim, &mut b) {
+        Ok(Ok(())) | Err(CandleRefuses) => Ok(()),
+        Ok(Err(msg)) => Err(format!("at byte {}: {msg}", b.pos)),
+    }
+}
+
+fn run(sim: &mut Sim, b: &mut Bytes<'_>) -> Result<Result<(), String>, CandleRefuses> {
+    macro_rules! push {
+        ($depth:expr, $nodes:expr) => {
+            if let Err(msg) = sim.push($depth, $nodes) {
+                return Ok(Err(msg));
+            }
+        };
+    }
+    macro_rules! arg {
+        ($e:expr) => {
+            $e.ok_or(CandleRefuses)?
+        };
+    }
+    loop {
+        let Some(&[op]) = b.take(1) else {
+            return Err(CandleRefuses);
+        };
+        match op {
+            // PROTO
+            0x80 => {
+                arg!(b.take(1));
+            }
+            // GLOBAL: module and name lines
+            b'c' => {
+                arg!(b.line());
+                arg!(b.line());
+                push!(0, 0);
+            }
+            // BINPUT, LONG_BINPUT
+            b'q' | b'r' => {
+                let idx = if op == b'q' {
+                    u32::from(arg!(b.take(1))[0])
+                } else {
+                    arg!(b.u32())
+                };
+                let top = *sim.stack.last().ok_or(CandleRefuses)?;
+                // candle stores a copy
+                if let Entry::Obj { nodes, .. } = top {
+                    if let Err(msg) = sim.count(nodes) {
+                        return Ok(Err(msg));
+                    }
+                }
+                sim.memo.insert(idx, top);
+            }
+            // BINGET, LONG_BINGET: a copy of the memoized object
+            b'h' | b'j' => {
+                let idx = if op == b'h' {
+                    u32::from(arg!(b.take(1))[0])
+                } else {
+                    arg!(b.u32())
+                };
+                let entry = *sim.memo.get(&idx).ok_or(CandleRefuses)?;
+                if let Entry::Obj { nodes, .. } = entry {
+                    if let Err(msg) = sim.count(nodes) {
+                        return Ok(Err(msg));
+                    }
+                }
+                sim.stack.push(entry);
+            }
+            // EMPTY_TUPLE, EMPTY_DICT (and DICT, which candle reads as EMPTY_DICT), EMPTY_LIST,
+            // NONE, NEWTRUE, NEWFALSE
+            b')' | b'}' | b'd' | b']' | b'N' | 0x88 | 0x89 => push!(0, 0),
+            // BININT1, BININT2, BININT, BINFLOAT
+            b'K' | b'M' | b'J' | b'G' => {
+                let n = match op {
+                    b'K' => 1,
+                    b'M' => 2,
+                    b'J' => 4,
+                    _ => 8,
+                };
+                arg!(b.take(n));
+                push!(0, 0);
+            }
+            // BINUNICODE: a u32 length, then that many bytes
+            b'X' => {
+                let at = b.pos;
+                let len = arg!(b.u32()) as usize;
+                let left = b.data.len() - b.pos;
+                if len > left {
+                    return Ok(Err(format!(
+                        "a string at byte {at} announces {len} bytes but only {left} follow"
+                    )));
+                }
+                b.take(len);
+                push!(0, 0);
+            }
+            // LONG1: a u8 length, then that many bytes
+            0x8a => {
+                let len = arg!(b.take(1))[0] as usize;
+                arg!(b.take(len));
+                push!(0, 0);
+            }
+            b'(' => sim.stack.push(Entry::Mark),
+            // TUPLE
+            b't' => {
+                let (d, n) = sim.pop_to_mark()?;
+                push!(d, n);
+            }
+            // TUPLE1, TUPLE2, TUPLE3
+            0x85..=0x87 => {
+                let (mut d, mut n) = (0, 0);
+                for _ in 0..(op - 0x84) {
+                    let (cd, cn) = sim.pop()?;
+                    d = d.max(cd);
+                    n += cn;
+                }
+                push!(d, n);
+            }
+            // BINPERSID: the id wrapped as a persistent load
+            b'Q' => {
+                let (d, n) = sim.pop()?;
+                push!(d, n);
+            }
+            // REDUCE, BUILD, NEWOBJ: two objects into one
+            b'R' | b'b' | 0x81 => {
+                let (d1, n1) = sim.pop()?;
+                let (d2, n2) = sim.pop()?;
+                push!(d1.max(d2), n1 + n2);
+            }
+            // APPEND
+            b'a' => {
+                let (d, n) = sim.pop()?;
+                if let Err(msg) = sim.extend_top(d, n)? {
+                    return Ok(Err(msg));
+                }
+            }
+            // SETITEM
+            b's' => {
+                let (d1, n1) = sim.pop()?;
+                let (d2, n2) = sim.pop()?;
+                if let Err(msg) = sim.extend_top(d1.max(d2), n1 + n2)? {
+                    return Ok(Err(msg));
+                }
+            }
+            // APPENDS, SETITEMS
+            b'e' | b'u' => {
+                let (d, n) = sim.pop_to_mark()?;
+                if let Err(msg) = sim.extend_top(d, n)? {
+                    return Ok(Err(msg));
+                }
+            }
+            // STOP
+            b'.' => return Ok(Ok(())),
+            _ => return Err(CandleRefuses),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `PROTO 2`, then `body`, then `STOP`.
+    fn pickle(body: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 2];
+        p.extend_from_slice(body);
+        p.push(b'.');
+        p
+    }
+
+    #[test]
+    fn plain_objects_pass() {
+        // {"a": (1, "xy")}
+        let p = pickle(b"}(X\x01\x00\x00\x00aK\x01X\x02\x00\x00\x00xy\x86u");
+        assert_eq!(check(&p), Ok(()));
+    }
+
+    #[test]
+    fn a_string_longer_than_the_pickle_is_refused() {
+        let p = pickle(b"X\xff\xff\xff\xffab");
+        let e = check(&p).unwrap_err();
+        assert!(
+            e.contains("announces 4294967295 bytes but only 3 follow"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_the_bound() {
+        // N: depth 1; each TUPLE1 adds one level.
+        let ok = pickle(&[&b"N"[..], &[0x85; (MAX_DEPTH - 1) as usize]].concat());
+        assert_eq!(check(&ok), Ok(()));
+        let deep = pickle(&[&b"N"[..], &[0x85; MAX_DEPTH as usize]].concat());
+        assert!(check(&deep).unwrap_err().contains("nest more than 512"));
+        // Through a list being appended to, too.
+        let mut body = b"]".to_vec();
+        for _ in 0..MAX_DEPTH {
+            body.extend_from_slice(b"]");
+        }
+        body.extend(std::iter::repeat_n(b'a', MAX_DEPTH as usize));
+        assert!(check(&pickle(&body))
+            .unwrap_err()
+            .contains("nest more than"));
+    }
+
+    #[test]
+    fn memo_copies_that_double_a_tree_are_refused() {
+        // x = None; repeat: x = (x, x) through the memo: 2^k nodes from 7 bytes per step.
+        let mut body = b"Nq\x00".to_vec();
+        for _ in 0..40 {
+            body.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        let e = check(&pickle(&body)).unwrap_err();
+        assert!(e.contains("objects from"), "{e}");
+    }
+
+    #[test]
+    fn what_candle_refuses_is_left_to_candle() {
+        // An unknown opcode, a pop from an empty stack, a missing memo entry, no STOP.
+        for p in [
+            &b"\x80\x02\xff."[..],
+            b"\x80\x02t.",
+            b"\x80\x02h\x07.",
+            b"\x80\x02N",
+        ] {
+            assert_eq!(check(p), Ok(()));
+        }
+    }
+}
