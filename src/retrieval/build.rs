@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use smallcap_datastore::store::StoreOptions;
-use smallcap_datastore::{CaptionRecord, Datastore, Dtype, VectorSet};
+use smallcap_datastore::{captions_digest, CaptionRecord, Datastore, Dtype, VectorSet};
 
 use super::RetrievalEncoder;
 use crate::error::{Error, Result};
@@ -81,32 +81,6 @@ struct Progress {
     captions_sha256: String,
     batch_size: usize,
     batches_done: usize,
-    /// For `add`: the store the captions are appended to, as it was when the add began.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    base: Option<AddBase>,
-}
-
-/// The store an add appends to: its size and embeddings checksum before the add.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct AddBase {
-    count: usize,
-    embeddings_sha256: String,
-}
-
-fn captions_digest(captions: &[CaptionRecord]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for c in captions {
-        h.update(c.text.as_bytes());
-        h.update([0u8]);
-        h.update(
-            c.image_id
-                .map_or(String::new(), |i| i.to_string())
-                .as_bytes(),
-        );
-        h.update([0u8]);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The work folder of a build of `out`.
@@ -247,7 +221,6 @@ fn new_progress(
         captions_sha256: captions_digest(captions),
         batch_size: opts.batch_size,
         batches_done: 0,
-        base: None,
     })
 }
 
@@ -262,14 +235,20 @@ pub fn build_datastore(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Datastore> {
     check_options(captions, opts)?;
+    let work = work_dir(out);
+    let want = new_progress(encoder, out, captions, opts)?;
     if out.exists() {
+        // A rerun of a build that finished (perhaps killed before it could clean up) is done.
+        if let Some(store) = same_build(out, &want, captions)? {
+            remove_work(&work)?;
+            progress(captions.len(), captions.len());
+            return Ok(store);
+        }
         return Err(Error::Input(format!(
-            "{} already exists; remove it or choose another folder",
+            "{} already exists (and is not this build of these captions); remove it or choose another folder",
             out.display()
         )));
     }
-    let work = work_dir(out);
-    let want = new_progress(encoder, out, captions, opts)?;
     let emb_path = encode_resumably(encoder, captions, &work, &want, opts, &mut progress)?;
     let store_opts = StoreOptions {
         encoder: want.encoder.clone(),
@@ -278,8 +257,38 @@ pub fn build_datastore(
     let ds = with_rows(&emb_path, want.dim, |set| {
         Ok(Datastore::create(out, &store_opts, set, captions)?)
     })?;
-    fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    remove_work(&work)?;
     Ok(ds)
+}
+
+/// The store at `out` when it holds exactly what building `captions` as `want` gives: the
+/// encoder, the count and the captions, in order.
+fn same_build(
+    out: &Path,
+    want: &Progress,
+    captions: &[CaptionRecord],
+) -> Result<Option<Datastore>> {
+    let Ok(store) = Datastore::open(out) else {
+        return Ok(None);
+    };
+    let m = store.manifest();
+    if m.encoder != want.encoder || m.count != captions.len() || m.last_add.is_some() {
+        return Ok(None);
+    }
+    for (i, c) in captions.iter().enumerate() {
+        if store.caption(i)? != *c {
+            return Ok(None);
+        }
+    }
+    Ok(Some(store))
+}
+
+/// Removes a work folder, if there is one.
+fn remove_work(work: &Path) -> Result<()> {
+    match fs::remove_dir_all(work) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(work, e)),
+        _ => Ok(()),
+    }
 }
 
 /// The retrieval encoder a datastore folder records (its manifest's identity, a relative file
@@ -299,9 +308,10 @@ pub fn recorded_encoder_spec(store: &Datastore) -> Result<String> {
 
 /// Encodes `captions` and appends them to `store`, resumably: the encodings go to
 /// `<dir>.adding` as in [`build_datastore`], then [`Datastore::add`] swaps in the grown store
-/// atomically. Running the same add again after an interruption continues the encoding; after
-/// a run that was stopped between the swap and the clean-up, it recognises the finished add
-/// (the store grew by exactly these captions) instead of adding them twice.
+/// atomically, its manifest recording the add ([`smallcap_datastore::AddRecord`]). Running the
+/// same add again after an interruption continues the encoding; once the grown store is in
+/// place, the same add again (these captions were the store's last add) is a no-op instead of
+/// adding them twice.
 pub fn add_to_datastore(
     encoder: &RetrievalEncoder,
     store: Datastore,
@@ -324,51 +334,25 @@ pub fn add_to_datastore(
         &dir.display().to_string(),
     )?;
     let work = add_work_dir(&dir);
-    let mut want = new_progress(encoder, &dir, captions, opts)?;
-    if let Some(base) = recorded_base(&work, &want) {
-        if base.embeddings_sha256 != store.manifest().embeddings_sha256
-            && store.len() == base.count + captions.len()
-            && store_ends_with(&store, captions)?
-        {
-            fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
-            progress(captions.len(), captions.len());
-            return Ok(store);
-        }
+    let want = new_progress(encoder, &dir, captions, opts)?;
+    // The manifest records the last add: a rerun of it (after a run killed once the grown store
+    // was in place) is done, not repeated.
+    if store.manifest().last_add.as_ref().is_some_and(|last| {
+        last.captions_sha256 == want.captions_sha256
+            && last.added == captions.len()
+            && last.count_before + last.added == store.len()
+    }) {
+        tracing::warn!(
+            "{}: these {} captions are the store's last add; nothing to do",
+            dir.display(),
+            captions.len()
+        );
+        remove_work(&work)?;
+        progress(captions.len(), captions.len());
+        return Ok(store);
     }
-    want.base = Some(AddBase {
-        count: store.len(),
-        embeddings_sha256: store.manifest().embeddings_sha256.clone(),
-    });
     let emb_path = encode_resumably(encoder, captions, &work, &want, opts, &mut progress)?;
     let grown = with_rows(&emb_path, want.dim, |set| Ok(store.add(set, captions)?))?;
-    fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    remove_work(&work)?;
     Ok(grown)
-}
-
-/// The store recorded by a finished encoding of the same captions in `work`, if any.
-fn recorded_base(work: &Path, want: &Progress) -> Option<AddBase> {
-    let text = fs::read_to_string(work.join("progress.json")).ok()?;
-    let p: Progress = serde_json::from_str(&text).ok()?;
-    let same = Progress {
-        batches_done: 0,
-        base: None,
-        ..p.clone()
-    } == *want;
-    let finished = p.batches_done == p.count.div_ceil(p.batch_size.max(1));
-    if same && finished {
-        p.base
-    } else {
-        None
-    }
-}
-
-/// Whether the store's last captions are `captions`, in order.
-fn store_ends_with(store: &Datastore, captions: &[CaptionRecord]) -> Result<bool> {
-    let start = store.len() - captions.len();
-    for (i, c) in captions.iter().enumerate() {
-        if store.caption(start + i)?.text != c.text {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }

@@ -35,7 +35,7 @@ pub use captions::{CaptionList, CaptionRecord};
 pub use error::{Error, Result};
 pub use faiss::{FaissIndex, FlatIndex, IvfFlatIndex, Metric};
 pub use search::{recall_at_k, top_k, Dtype, VectorSet};
-pub use store::{Datastore, Manifest};
+pub use store::{captions_digest, AddRecord, Datastore, Manifest};
 
 #[cfg(target_endian = "big")]
 compile_error!("smallcap-datastore reads little-endian files by viewing them in place; big-endian targets are not supported");

@@ -76,6 +76,38 @@ pub struct Manifest {
     pub captions_sha256: String,
     /// Program that wrote the store.
     pub created_by: String,
+    /// What the last [`Datastore::add`] appended (absent in a store that was never added to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_add: Option<AddRecord>,
+}
+
+/// The record of an add in the manifest it wrote: a rerun of the same add (after a run that was
+/// killed once the new store was in place) recognises that it is done instead of appending the
+/// captions twice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddRecord {
+    /// Captions in the store before the add.
+    pub count_before: usize,
+    /// Captions the add appended.
+    pub added: usize,
+    /// [`captions_digest`] of the appended captions.
+    pub captions_sha256: String,
+}
+
+/// SHA-256 (hex) of caption records: each text and image id, NUL-terminated, in order.
+pub fn captions_digest(captions: &[CaptionRecord]) -> String {
+    let mut h = Sha256::new();
+    for c in captions {
+        h.update(c.text.as_bytes());
+        h.update([0u8]);
+        h.update(
+            c.image_id
+                .map_or(String::new(), |i| i.to_string())
+                .as_bytes(),
+        );
+        h.update([0u8]);
+    }
+    hex(&h.finalize())
 }
 
 /// `ivf.json`: how the approximate index was built, and for which embeddings.
@@ -234,7 +266,7 @@ impl StoreWriter {
 
     /// Flushes everything, writes the manifest and returns the manifest (the folder stays
     /// `<dir>.partial`; the caller renames it).
-    fn finish(self, encoder: &str) -> Result<Manifest> {
+    fn finish(self, encoder: &str, last_add: Option<AddRecord>) -> Result<Manifest> {
         if self.count != self.ncaps {
             return Err(Error::CountMismatch {
                 what: "datastore being written".into(),
@@ -263,6 +295,7 @@ impl StoreWriter {
             embeddings_sha256: hex(&self.emb_hash.finalize()),
             captions_sha256: hex(&self.caps_hash.finalize()),
             created_by: concat!("smallcap-datastore ", env!("CARGO_PKG_VERSION")).into(),
+            last_add,
         };
         let mp = self.dir.join(MANIFEST);
         write_atomic(&mp, |w| {
@@ -446,7 +479,7 @@ impl Datastore {
             for c in captions {
                 w.push_caption(c)?;
             }
-            w.finish(&opts.encoder).map(|_| ())
+            w.finish(&opts.encoder, None).map(|_| ())
         })
     }
 
@@ -526,7 +559,14 @@ impl Datastore {
             for c in captions {
                 w.push_caption(c)?;
             }
-            w.finish(&self.manifest.encoder)
+            w.finish(
+                &self.manifest.encoder,
+                Some(AddRecord {
+                    count_before: self.len(),
+                    added: captions.len(),
+                    captions_sha256: captions_digest(captions),
+                }),
+            )
         })();
         if let Err(e) = built {
             let _ = fs::remove_dir_all(&partial);
