@@ -10,13 +10,54 @@ use super::{build_u8, expand_palette, palette_with_ramp, Ctx};
 use crate::error::ImageError;
 use crate::source::{PilMode, SourceImage};
 
+/// The canvas of frame 0 as Pillow sizes it: the logical screen, grown to hold the first frame
+/// where that extends past it. Reads the blocks up to the first image descriptor, no pixel data
+/// (so the pixel limit holds for the canvas actually allocated, however far a frame is offset).
 pub(super) fn header_size(bytes: &[u8], ctx: Ctx<'_>) -> Result<(u64, u64), ImageError> {
+    let mut dec = open(bytes, ctx)?;
+    let (w, h, _, _) = first_frame(&mut dec, bytes, ctx)?;
+    Ok((w, h))
+}
+
+/// The logical screen's size (`bytes` holds at least the 10-byte header).
+fn screen(bytes: &[u8]) -> (u64, u64) {
+    let w = u16::from_le_bytes([bytes[6], bytes[7]]);
+    let h = u16::from_le_bytes([bytes[8], bytes[9]]);
+    (u64::from(w), u64::from(h))
+}
+
+/// The decoder, positioned before the first frame.
+fn open<'a>(bytes: &'a [u8], ctx: Ctx<'_>) -> Result<gif::Decoder<Cursor<&'a [u8]>>, ImageError> {
     if bytes.len() < 10 {
         return Err(ctx.truncated());
     }
-    let w = u16::from_le_bytes([bytes[6], bytes[7]]);
-    let h = u16::from_le_bytes([bytes[8], bytes[9]]);
-    Ok((u64::from(w), u64::from(h)))
+    let (sw, sh) = screen(bytes);
+    // An empty or oversized logical screen is refused before any block is read.
+    ctx.check_size(sw, sh)?;
+    let mut opts = gif::DecodeOptions::new();
+    opts.set_color_output(gif::ColorOutput::Indexed);
+    opts.set_memory_limit(gif::MemoryLimit::Unlimited); // sizes are checked by the callers
+    opts.read_info(Cursor::new(bytes))
+        .map_err(|e| map_err(ctx, e))
+}
+
+/// Reads the first frame's descriptor: the canvas size (the logical screen grown to hold the
+/// frame) and the frame's offset.
+fn first_frame(
+    dec: &mut gif::Decoder<Cursor<&[u8]>>,
+    bytes: &[u8],
+    ctx: Ctx<'_>,
+) -> Result<(u64, u64, u64, u64), ImageError> {
+    let (sw, sh) = screen(bytes);
+    let frame = dec
+        .next_frame_info()
+        .map_err(|e| map_err(ctx, e))?
+        .ok_or_else(|| ctx.decode_err("no image frame"))?;
+    let (left, top) = (u64::from(frame.left), u64::from(frame.top));
+    // Pillow grows the image to hold a first frame that extends past the logical screen.
+    let w = sw.max(left + u64::from(frame.width));
+    let h = sh.max(top + u64::from(frame.height));
+    Ok((w, h, left, top))
 }
 
 /// `_is_palette_needed`: false when entry i is (i, i, i) for every entry.
@@ -37,25 +78,16 @@ fn map_err(ctx: Ctx<'_>, e: gif::DecodingError) -> ImageError {
 }
 
 pub(super) fn decode(bytes: &[u8], ctx: Ctx<'_>) -> Result<SourceImage, ImageError> {
-    let (sw, sh) = header_size(bytes, ctx)?;
-    ctx.check_size(sw, sh)?;
-    let mut opts = gif::DecodeOptions::new();
-    opts.set_color_output(gif::ColorOutput::Indexed);
-    opts.set_memory_limit(gif::MemoryLimit::Unlimited); // sizes are checked below
-    let mut dec = opts
-        .read_info(Cursor::new(bytes))
-        .map_err(|e| map_err(ctx, e))?;
+    let mut dec = open(bytes, ctx)?;
     let global = dec.global_palette().map(<[u8]>::to_vec);
+    let (w, h, left, top) = first_frame(&mut dec, bytes, ctx)?;
+    let (w, h) = ctx.check_size(w, h)?;
     let frame = dec
-        .next_frame_info()
-        .map_err(|e| map_err(ctx, e))?
+        .current_frame_info()
         .ok_or_else(|| ctx.decode_err("no image frame"))?;
-    let (left, top) = (u64::from(frame.left), u64::from(frame.top));
     let (fw, fh) = (usize::from(frame.width), usize::from(frame.height));
     let transparent = frame.transparent;
     let local = frame.palette.clone();
-    // Pillow grows the image to hold a first frame that extends past the logical screen.
-    let (w, h) = ctx.check_size(sw.max(left + fw as u64), sh.max(top + fh as u64))?;
     let mut buf = vec![0u8; fw * fh];
     if !buf.is_empty() {
         dec.read_into_buffer(&mut buf)

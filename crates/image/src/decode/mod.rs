@@ -166,7 +166,8 @@ fn sniff_or_err<'a>(bytes: &[u8], name: &'a str) -> Result<Ctx<'a>, ImageError> 
     Ok(Ctx { name, format })
 }
 
-/// Width and height from the header alone (for GIF: the logical screen), after the same zero-size
+/// Width and height from the header alone (for GIF: the canvas of the first frame, as Pillow
+/// grows the logical screen to hold it), after the same zero-size
 /// and [`MAX_PIXELS`] checks `decode` makes. Reads no pixel data.
 pub fn image_size(bytes: &[u8], name: &str) -> Result<(u32, u32), ImageError> {
     let ctx = sniff_or_err(bytes, name)?;
