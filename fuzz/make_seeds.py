@@ -9,7 +9,7 @@ corpora from these (in fuzz/corpus/, not committed).
 
 with a Python that has torch, transformers==4.21.1, safetensors, faiss-cpu and Pillow 9.3.
 """
-import io, json, os, subprocess, sys, tempfile
+import io, json, os, subprocess, sys, tempfile, zipfile
 
 import faiss
 import numpy as np
@@ -62,6 +62,10 @@ put("checkpoint", "dtypes", saved({"h": torch.ones(2, 2, dtype=torch.float16),
                                    "b": torch.ones(3, dtype=torch.bfloat16),
                                    "i": torch.arange(4), "view": torch.arange(6.0)[2:]}))
 put("checkpoint", "torchscript", jit_saved(small))
+# the pickles alone (the target packs them with storages, so that mutations pass the zip's CRCs)
+for name in ["state_dict", "nested", "dtypes", "torchscript"]:
+    with zipfile.ZipFile(os.path.join(SEEDS, "checkpoint", name)) as z:
+        put("checkpoint", name + ".pkl", z.read(next(n for n in z.namelist() if n.endswith("/data.pkl"))))
 
 # ------------------------------------------------------------------ model_load
 sys.path.insert(0, os.environ["SMALLCAP_REF"])

@@ -1,4 +1,6 @@
 //! Fuzz target `datastore`: see `smallcap_fuzz::datastore` (fuzz/src/lib.rs) for what it feeds and checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| smallcap_fuzz::datastore(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    smallcap_fuzz::datastore(data);
+});

@@ -18,8 +18,9 @@ use candle_core::Device;
 /// Separates the parts of an input that stands for several files (the seeds show the layout).
 pub const SEPARATOR: &[u8] = b"\n%%SMALLCAP-FUZZ-FILE%%\n";
 
-/// A target's check: returns when the parser behaved, panics where it did not.
-pub type Check = fn(&[u8]);
+/// A target's check: panics where the parser misbehaved; otherwise says whether it accepted the
+/// input (`true`) or refused it (`false`, with a clear error).
+pub type Check = fn(&[u8]) -> bool;
 
 /// Every target, by name: the fuzz target and the regression folder of the same name.
 pub const TARGETS: [(&str, Check); 8] = [
@@ -35,19 +36,27 @@ pub const TARGETS: [(&str, Check); 8] = [
 
 /// PyTorch zip checkpoints and TorchScript archives as `checkpoint::read_state_dict` reads
 /// them: the zip layer, the restricted pickle reader (allowlisted globals only), TorchScript
-/// module trees and the tensor storages.
-pub fn checkpoint(data: &[u8]) {
+/// module trees and the tensor storages. An input that starts like a zip is the file itself;
+/// any other input is a `data.pkl`, packed as PyTorch packs one ([`torch_zip`]), so that
+/// mutations reach the pickle reader instead of failing the zip's checksums.
+pub fn checkpoint(data: &[u8]) -> bool {
     let dir = fresh_dir("checkpoint");
-    let path = write(&dir, "pytorch_model.bin", data);
-    if let Err(e) = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu) {
-        assert_names(&e.to_string(), &["pytorch_model.bin"]);
-    }
+    let file = if data.starts_with(b"PK") {
+        data.to_vec()
+    } else {
+        torch_zip(data)
+    };
+    let path = write(&dir, "pytorch_model.bin", &file);
+    refused(
+        smallcap::checkpoint::read_state_dict(&path, &Device::Cpu),
+        &["pytorch_model.bin"],
+    )
 }
 
 /// A checkpoint folder as `SmallCap::load_dir` reads it: `config.json` (sizes checked against
 /// the tensors before anything is built from them) and the weights, as safetensors or, when the
 /// part starts like a zip, a PyTorch pickle. Input: config, separator, weights.
-pub fn model_load(data: &[u8]) {
+pub fn model_load(data: &[u8]) -> bool {
     let parts = split(data, 2);
     let dir = fresh_dir("model");
     write(&dir, "config.json", parts[0]);
@@ -57,15 +66,16 @@ pub fn model_load(data: &[u8]) {
         "model.safetensors"
     };
     write(&dir, weights, parts[1]);
-    if let Err(e) = smallcap::SmallCap::load_dir(&dir, &Device::Cpu) {
-        assert_names(&e.to_string(), &["config.json", weights]);
-    }
+    refused(
+        smallcap::SmallCap::load_dir(&dir, &Device::Cpu),
+        &["config.json", weights],
+    )
 }
 
 /// OpenAI CLIP weight files as the retrieval encoder loads them: a TorchScript archive (or
 /// state-dict pickle), the sizes inferred from its tensors, and an optional `clip_dims.json`
 /// beside it. Input: archive, separator, clip_dims.json (absent when empty).
-pub fn clip_archive(data: &[u8]) {
+pub fn clip_archive(data: &[u8]) -> bool {
     use smallcap::models::clip_openai::OpenAiClip;
     let parts = split(data, 2);
     let dir = fresh_dir("clip");
@@ -73,26 +83,25 @@ pub fn clip_archive(data: &[u8]) {
     if !parts[1].is_empty() {
         write(&dir, "clip_dims.json", parts[1]);
     }
-    if let Err(e) = OpenAiClip::load(&path, &Device::Cpu, smallcap::EncoderPrecision::F32) {
-        assert_names(&e.to_string(), &["clip.pt", "clip_dims.json"]);
-    }
+    refused(
+        OpenAiClip::load(&path, &Device::Cpu, smallcap::EncoderPrecision::F32),
+        &["clip.pt", "clip_dims.json"],
+    )
 }
 
 /// FAISS index files (`IndexFlatIP`/`IndexFlatL2` and `IndexIVFFlat`) as the datastore reads
 /// them, and a search of what was opened.
-pub fn faiss_index(data: &[u8]) {
+pub fn faiss_index(data: &[u8]) -> bool {
     use smallcap_datastore::faiss::FaissIndex;
     let dir = fresh_dir("faiss");
     let path = write(&dir, "datastore_index", data);
-    match FaissIndex::open(&path) {
-        Ok(index) => {
-            let query = vec![0.5f32; index.dim()];
-            if let Err(e) = index.search(&query, index.dim(), 4, None) {
-                assert_names(&e.to_string(), &["datastore_index"]);
-            }
-        }
-        Err(e) => assert_names(&e.to_string(), &["datastore_index"]),
-    }
+    let name = ["datastore_index"];
+    let index = match FaissIndex::open(&path) {
+        Ok(index) => index,
+        Err(e) => return refused::<()>(Err(e), &name),
+    };
+    let query = vec![0.5f32; index.dim()];
+    refused(index.search(&query, index.dim(), 4, None), &name)
 }
 
 /// The files of our datastore folder, in the order [`datastore`] takes them.
@@ -108,7 +117,7 @@ const STORE_FILES: [&str; 6] = [
 /// Our datastore folder: `manifest.json`, `embeddings.bin`, `captions.jsonl`, `captions.idx`,
 /// `ivf.json` and `ivf.index` (left out when empty), opened, verified, searched (exact and
 /// approximate) and read back. Input: the six files in that order, separated.
-pub fn datastore(data: &[u8]) {
+pub fn datastore(data: &[u8]) -> bool {
     use smallcap_datastore::store::Datastore;
     let parts = split(data, STORE_FILES.len());
     let dir = fresh_dir("store");
@@ -117,31 +126,23 @@ pub fn datastore(data: &[u8]) {
             write(&dir, name, bytes);
         }
     }
-    let named = |e: smallcap_datastore::Error| {
-        let msg = e.to_string();
-        assert_names(&msg, &STORE_FILES);
-    };
     let store = match Datastore::open(&dir) {
         Ok(store) => store,
-        Err(e) => return named(e),
+        Err(e) => return refused::<()>(Err(e), &STORE_FILES),
     };
-    if let Err(e) = store.verify() {
-        named(e);
-    }
     let query = vec![0.25f32; store.dim()];
-    if let Err(e) = store.search(&query, store.dim(), 3) {
-        named(e);
-    }
+    let mut accepted = refused(store.verify(), &STORE_FILES);
+    accepted &= refused(store.search(&query, store.dim(), 3), &STORE_FILES);
     if store.has_ann() {
-        if let Err(e) = store.search_approx(&query, store.dim(), 3, None) {
-            named(e);
-        }
+        accepted &= refused(
+            store.search_approx(&query, store.dim(), 3, None),
+            &STORE_FILES,
+        );
     }
     for i in 0..store.len().min(4) {
-        if let Err(e) = store.caption(i) {
-            named(e);
-        }
+        accepted &= refused(store.caption(i), &STORE_FILES);
     }
+    accepted
 }
 
 /// Larger images are decoded by the program but skipped by [`image`]: valid, only slow.
@@ -150,12 +151,12 @@ const DECODE_PIXELS: u64 = 1 << 22;
 /// Uploaded images: format sniffing, the header-only size check (the pixel limit is enforced
 /// before any pixel buffer exists), every decoder, and the conversions that follow (`to_rgb`,
 /// CLIPFeatureExtractor at 224 px, `clip._transform`).
-pub fn image(data: &[u8]) {
+pub fn image(data: &[u8]) -> bool {
     use smallcap_image::{clip_feature_extractor, clip_transform, decode, image_size, MAX_PIXELS};
     let name = "upload.img";
     let (w, h) = match image_size(data, name) {
         Ok(size) => size,
-        Err(e) => return assert_names(&e.to_string(), &[name]),
+        Err(e) => return refused::<()>(Err(e), &[name]),
     };
     let pixels = u64::from(w) * u64::from(h);
     assert!(
@@ -163,7 +164,7 @@ pub fn image(data: &[u8]) {
         "{w}x{h} passed the size check"
     );
     if pixels > DECODE_PIXELS {
-        return;
+        return true;
     }
     match decode(data, name) {
         Ok(img) => {
@@ -175,19 +176,21 @@ pub fn image(data: &[u8]) {
             let rgb = img.to_rgb();
             assert_eq!(clip_feature_extractor(&rgb, 224).len(), 3 * 224 * 224);
             assert_eq!(clip_transform(&img, 32).len(), 3 * 32 * 32);
+            true
         }
-        Err(e) => assert_names(&e.to_string(), &[name]),
+        Err(e) => refused::<()>(Err(e), &[name]),
     }
 }
 
 /// Caption files from strangers: a datastore's captions in each format (text, JSON list, COCO,
 /// Karpathy, detected), `retrieved_caps_*.json`, the Karpathy split file `train` reads, and the
 /// COCO gold and prediction files `eval` reads.
-pub fn captions(data: &[u8]) {
+pub fn captions(data: &[u8]) -> bool {
     use smallcap_datastore::captions::{read_captions, CaptionFormat};
     let dir = fresh_dir("captions");
     let path = write(&dir, "captions.json", data);
     let name = ["captions.json"];
+    let mut accepted = true;
     for format in [
         None,
         Some(CaptionFormat::Text),
@@ -195,28 +198,23 @@ pub fn captions(data: &[u8]) {
         Some(CaptionFormat::Coco),
         Some(CaptionFormat::Karpathy),
     ] {
-        if let Err(e) = read_captions(&path, format) {
-            assert_names(&e.to_string(), &name);
-        }
+        accepted &= refused(read_captions(&path, format), &name);
     }
     match smallcap::retrieved::RetrievedCaptions::from_file(&path) {
         Ok(r) => {
             let _ = r.lookup(Path::new("COCO_val2014_000000000042.jpg"));
         }
-        Err(e) => assert_names(&e.to_string(), &name),
+        Err(e) => accepted &= refused::<()>(Err(e), &name),
     }
     match smallcap::train::dataset::Annotations::from_file(&path) {
         Ok(a) => {
             let _ = a.samples(&["train", "restval"]);
         }
-        Err(e) => assert_names(&e.to_string(), &name),
+        Err(e) => accepted &= refused::<()>(Err(e), &name),
     }
-    if let Err(e) = smallcap_metrics::coco::load_gold(&path) {
-        assert_names(&e.to_string(), &name);
-    }
-    if let Err(e) = smallcap_metrics::coco::load_predictions(&path) {
-        assert_names(&e.to_string(), &name);
-    }
+    accepted &= refused(smallcap_metrics::coco::load_gold(&path), &name);
+    accepted &= refused(smallcap_metrics::coco::load_predictions(&path), &name);
+    accepted
 }
 
 /// The fixture the HTTP server loads (this file is built from fuzz/ and from the repository root).
@@ -237,7 +235,7 @@ fn fixture() -> String {
 /// encoder. Covers HTTP parsing, the routes, multipart and raw-image bodies, JSON bodies, query
 /// strings and headers. A response with status 500, or a panic in a server thread (libFuzzer's
 /// panic hook turns it into a crash), is a finding.
-pub fn http(data: &[u8]) {
+pub fn http(data: &[u8]) -> bool {
     let mut conn = TcpStream::connect(server()).expect("the server accepts connections");
     conn.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -255,6 +253,7 @@ pub fn http(data: &[u8]) {
         "status 500 for this request:\n{}",
         String::from_utf8_lossy(&response)
     );
+    status.is_some_and(|s| s.starts_with(b"2"))
 }
 
 fn server() -> SocketAddr {
@@ -289,6 +288,29 @@ fn server() -> SocketAddr {
         std::mem::forget(server);
         addr
     })
+}
+
+/// Storages [`torch_zip`] packs beside a pickle: `archive/data/0` to `archive/data/15`.
+const STORAGES: usize = 16;
+/// Bytes of each of those storages.
+const STORAGE_BYTES: usize = 1024;
+
+/// A PyTorch zip checkpoint (as `torch.save` writes it, entries stored uncompressed) holding
+/// `pickle` as `archive/data.pkl` and storages `archive/data/0`..`15` of 1 KiB each, filled
+/// with the bytes 0, 1, 2, ...
+pub fn torch_zip(pickle: &[u8]) -> Vec<u8> {
+    use zip::write::SimpleFileOptions;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    out.start_file("archive/data.pkl", stored).unwrap();
+    out.write_all(pickle).unwrap();
+    let storage: Vec<u8> = (0..STORAGE_BYTES).map(|i| i as u8).collect();
+    for key in 0..STORAGES {
+        out.start_file(format!("archive/data/{key}"), stored)
+            .unwrap();
+        out.write_all(&storage).unwrap();
+    }
+    out.finish().unwrap().into_inner()
 }
 
 /// Splits `data` at [`SEPARATOR`] into exactly `n` parts (missing parts are empty; the last part
@@ -341,10 +363,18 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
-/// Every refusal must name the file it refuses: one of `names`.
-fn assert_names(message: &str, names: &[&str]) {
-    assert!(
-        names.iter().any(|n| message.contains(n)),
-        "the error names none of {names:?}: {message}"
-    );
+/// True for `Ok`; for `Err`, checks that the error names the file it refuses (one of `names`)
+/// and gives false.
+fn refused<T>(result: Result<T, impl std::fmt::Display>, names: &[&str]) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                names.iter().any(|n| message.contains(n)),
+                "the error names none of {names:?}: {message}"
+            );
+            false
+        }
+    }
 }

@@ -26,7 +26,82 @@ fn map_err(ctx: Ctx<'_>, e: TiffError) -> ImageError {
     }
 }
 
+/// Checks the first IFD before the `tiff` crate reads it: its entry count and every entry's
+/// values (count × type size) must fit in the file. The crate reads that IFD with its own
+/// default limits (up to 1 MiB per value, allocated before the data is read) before ours can be
+/// set, so a tiny file announcing huge tag arrays is refused here, by name.
+fn check_first_ifd(bytes: &[u8], ctx: Ctx<'_>) -> Result<(), ImageError> {
+    let le = bytes.starts_with(b"II");
+    let u16_at = |at: usize| -> Option<u64> {
+        let b: [u8; 2] = bytes.get(at..at + 2)?.try_into().ok()?;
+        Some(u64::from(if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }))
+    };
+    let u32_at = |at: usize| -> Option<u64> {
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(u64::from(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }))
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+        Some(if le {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        })
+    };
+    let big = u16_at(2) == Some(43);
+    let ifd = if big { u64_at(8) } else { u32_at(4) };
+    let Some(ifd) = ifd.and_then(|o| usize::try_from(o).ok()) else {
+        return Err(ctx.truncated());
+    };
+    let (count, first, entry_len) = if big {
+        (u64_at(ifd), ifd + 8, 20)
+    } else {
+        (u16_at(ifd), ifd + 2, 12)
+    };
+    let Some(count) = count else {
+        return Err(ctx.truncated());
+    };
+    let len = bytes.len() as u64;
+    if count.saturating_mul(entry_len as u64) > len {
+        return Err(ctx.decode_err(format!(
+            "the first IFD announces {count} entries, more than the {len}-byte file holds"
+        )));
+    }
+    for i in 0..count as usize {
+        let at = first + i * entry_len;
+        let (Some(tag), Some(ty)) = (u16_at(at), u16_at(at + 2)) else {
+            return Err(ctx.truncated());
+        };
+        let n = if big { u64_at(at + 4) } else { u32_at(at + 4) };
+        let Some(n) = n else {
+            return Err(ctx.truncated());
+        };
+        let size: u64 = match ty {
+            1 | 2 | 6 | 7 => 1,
+            3 | 8 => 2,
+            4 | 9 | 11 | 13 => 4,
+            5 | 10 | 12 | 16 | 17 | 18 => 8,
+            _ => continue,
+        };
+        if n.saturating_mul(size) > len {
+            return Err(ctx.decode_err(format!(
+                "tag {tag} announces {n} values of {size} bytes, more than the {len}-byte file holds"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn header_size(bytes: &[u8], ctx: Ctx<'_>) -> Result<(u64, u64), ImageError> {
+    check_first_ifd(bytes, ctx)?;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut dec = Decoder::new(Cursor::new(bytes)).map_err(|e| map_err(ctx, e))?;
         let (w, h) = dec.dimensions().map_err(|e| map_err(ctx, e))?;
@@ -41,17 +116,17 @@ pub(super) fn decode(bytes: &[u8], ctx: Ctx<'_>) -> Result<SourceImage, ImageErr
 }
 
 fn decode_inner(bytes: &[u8], ctx: Ctx<'_>) -> Result<SourceImage, ImageError> {
+    check_first_ifd(bytes, ctx)?;
     let mut dec = Decoder::new(Cursor::new(bytes)).map_err(|e| map_err(ctx, e))?;
     let (w, h) = dec.dimensions().map_err(|e| map_err(ctx, e))?;
     let (w, h) = ctx.check_size(u64::from(w), u64::from(h))?;
-    // The pixel count is bounded above; allow the buffer that needs (up to 16-bit RGBA).
+    // Sizes read from the file are held to what the file can hold: the decoded image to its
+    // (checked) pixel count at up to 16 bytes a pixel (4 samples of 32 bits), and a strip's
+    // compressed bytes or a tag's values, which lie inside the file, to the file's length.
     let mut limits = Limits::default();
-    limits.decoding_buffer_size = limits
-        .decoding_buffer_size
-        .max(crate::MAX_PIXELS as usize * 8);
-    limits.intermediate_buffer_size = limits
-        .intermediate_buffer_size
-        .max(crate::MAX_PIXELS as usize * 8);
+    limits.decoding_buffer_size = (w as usize * h as usize).saturating_mul(16);
+    limits.intermediate_buffer_size = bytes.len();
+    limits.ifd_value_size = bytes.len();
     let mut dec = dec.with_limits(limits);
     let color = dec.colortype().map_err(|e| map_err(ctx, e))?;
     let associated_alpha = dec
