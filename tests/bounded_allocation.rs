@@ -1,5 +1,6 @@
-//! Bounded allocation for refused inputs: every parser of untrusted files is given mutants of
-//! valid files (made by the reference tools: `fuzz/seeds/`) in which sizes are made absurd (a 4-
+//! Bounded allocation for refused inputs: every parser of untrusted files is given the inputs of
+//! past fuzz findings (`fuzz/regressions/`) and mutants of them and of valid files (made by the
+//! reference tools: `fuzz/seeds/`) in which sizes are made absurd (a 4-
 //! or 8-byte field overwritten with 2^31 - 1, 2^32 - 1, 2^40, 2^63, ..., a number in a JSON text
 //! made 10^12, a pickle's small int made 2^31 - 1), or which are truncated or have bytes
 //! flipped. For each mutant the parser
@@ -167,7 +168,7 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn refused_inputs_hold_memory_within_a_small_multiple_of_their_size() {
-    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     // Errors with a captured backtrace (candle's, under RUST_BACKTRACE=1) would count the
     // symbolizer's tables; library backtraces are off here, panics keep theirs.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
@@ -181,15 +182,23 @@ fn refused_inputs_hold_memory_within_a_small_multiple_of_their_size() {
         }
         let mut refused = 0;
         let mut worst = 0;
-        let mut files: Vec<_> = std::fs::read_dir(seeds.join(target))
-            .unwrap()
+        // The seeds, and the inputs of past findings (`fuzz/regressions/`), each as it is too.
+        let mut files: Vec<_> = ["seeds", "regressions"]
+            .iter()
+            .filter_map(|kind| std::fs::read_dir(fuzz.join(kind).join(target)).ok())
+            .flatten()
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
         for file in files {
             let seed = std::fs::read(&file).unwrap();
-            for i in 0..MUTANTS {
-                let input = mutate(&seed, &mut rng);
+            for i in 0..=MUTANTS {
+                // Mutant 0 is the file itself.
+                let input = if i == 0 {
+                    seed.clone()
+                } else {
+                    mutate(&seed, &mut rng)
+                };
                 let before = IN_USE.load(Ordering::Relaxed);
                 PEAK.store(before, Ordering::Relaxed);
                 let accepted = check(&input);
