@@ -607,7 +607,7 @@ fn read_pytorch(
         if !select.wants(name) {
             continue;
         }
-        let info = match value.into_tensor_info(key.clone(), Path::new(&dir_name)) {
+        let info = match storage_view(value, &dir_name) {
             Ok(Some(info)) => info,
             // Non-tensor entries (`_metadata`, ...) are skipped when reading everything.
             Ok(None) if matches!(select, Select::All) => continue,
@@ -619,30 +619,29 @@ fn read_pytorch(
             }
             Err(e) => return Err(Error::checkpoint(path, format!("tensor {name}: {e}"))),
         };
-        let layout = &info.layout;
-        if !layout.is_contiguous() {
+        if !info.is_contiguous() {
             return Err(Error::checkpoint(
                 path,
                 format!("tensor {name} is stored non-contiguously"),
             ));
         }
-        let shape = layout.shape().clone();
         // Sizes come from the pickle: checked against the file before anything is allocated.
-        let nbytes = shape
-            .dims()
+        let elem = info.dtype.size_in_bytes();
+        let sizes = info
+            .dims
             .iter()
-            .try_fold(info.dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
-            .filter(|&n| n as u64 <= file_len)
-            .ok_or_else(|| {
-                Error::checkpoint(
-                    path,
-                    format!(
-                        "tensor {name}: shape {:?} of {:?} needs more bytes than the {file_len}-byte file holds",
-                        shape.dims(),
-                        info.dtype
-                    ),
-                )
-            })?;
+            .try_fold(elem, |n, &d| n.checked_mul(d))
+            .zip(info.offset.checked_mul(elem))
+            .filter(|&(n, o)| n as u64 <= file_len && o as u64 <= file_len);
+        let Some((nbytes, offset)) = sizes else {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor {name}: shape {:?} at offset {} of {:?} needs more bytes than the {file_len}-byte file holds",
+                    info.dims, info.offset, info.dtype
+                ),
+            ));
+        };
         let mut entry = zip
             .by_name(&info.path)
             .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {}: {e}", info.path)))?;
@@ -652,8 +651,7 @@ fn read_pytorch(
                 format!("tensor {name}: storage {} is too short: {e}", info.path),
             )
         };
-        // candle's layout holds PyTorch's storage offset already in bytes.
-        let offset = layout.start_offset() as u64;
+        let offset = offset as u64;
         let skipped = std::io::copy(&mut (&mut entry).take(offset), &mut std::io::sink())
             .map_err(|e| too_short(&e))?;
         // Grows with the data actually read, so a storage shorter than its shape claims costs
@@ -669,10 +667,120 @@ fn read_pytorch(
                 data.len()
             )));
         }
-        let t = Tensor::from_raw_buffer(&data, info.dtype, shape.dims(), device)?;
+        let t = Tensor::from_raw_buffer(&data, info.dtype, &info.dims, device)?;
         out.insert(name.clone(), t.to_dtype(DType::F32)?);
     }
     Ok(out)
+}
+
+/// Where a tensor's data lies: `torch._utils._rebuild_tensor_v2`'s arguments, read with every
+/// count and index checked (candle's own reader indexes them unchecked and panics on a short
+/// tuple).
+struct StorageView {
+    dtype: DType,
+    dims: Vec<usize>,
+    stride: Vec<usize>,
+    /// Storage offset, in elements (as PyTorch counts it).
+    offset: usize,
+    /// The storage's entry in the archive.
+    path: String,
+}
+
+impl StorageView {
+    /// Row-major with no gaps (dimensions of size 1 may have any stride).
+    fn is_contiguous(&self) -> bool {
+        let mut want = 1usize;
+        for (&d, &s) in self.dims.iter().zip(&self.stride).rev() {
+            if d != 1 && s != want {
+                return false;
+            }
+            want = want.saturating_mul(d);
+        }
+        self.dims.len() == self.stride.len()
+    }
+}
+
+/// The storage view a state-dict value rebuilds (`_rebuild_tensor_v2`, possibly wrapped in
+/// `_rebuild_parameter` or `_rebuild_from_type_v2`); `None` for a value that is no tensor.
+fn storage_view(value: Object, dir_name: &str) -> std::result::Result<Option<StorageView>, String> {
+    fn take(v: &mut [Object], i: usize, what: &str) -> std::result::Result<Object, String> {
+        match v.get_mut(i) {
+            Some(o) => Ok(std::mem::replace(o, Object::None)),
+            None => Err(format!(
+                "{what} has {} items, fewer than {}",
+                v.len(),
+                i + 1
+            )),
+        }
+    }
+    fn tuple(o: Object, what: &str) -> std::result::Result<Vec<Object>, String> {
+        o.tuple()
+            .map_err(|o| format!("{what} is not a tuple: {o:?}"))
+    }
+    fn count(o: Object, what: &str) -> std::result::Result<usize, String> {
+        match o {
+            Object::Int(i) if i >= 0 => Ok(i as usize),
+            Object::Long(i) if i >= 0 => Ok(i as usize),
+            o => Err(format!("{what} is not a count: {o:?}")),
+        }
+    }
+    let is = |o: &Object, m: &str, c: &str| matches!(o, Object::Class { module_name, class_name } if module_name == m && class_name == c);
+    let Ok((mut callable, mut args)) = value.reduce() else {
+        return Ok(None);
+    };
+    if is(&callable, "torch._tensor", "_rebuild_from_type_v2") {
+        let mut a = tuple(args, "_rebuild_from_type_v2's arguments")?;
+        callable = take(&mut a, 0, "_rebuild_from_type_v2's arguments")?;
+        args = take(&mut a, 2, "_rebuild_from_type_v2's arguments")?;
+    } else if is(&callable, "torch._utils", "_rebuild_parameter") {
+        let mut a = tuple(args, "_rebuild_parameter's arguments")?;
+        match take(&mut a, 0, "_rebuild_parameter's arguments")?.reduce() {
+            Ok((c, inner)) => (callable, args) = (c, inner),
+            Err(_) => return Ok(None),
+        }
+    }
+    if !is(&callable, "torch._utils", "_rebuild_tensor_v2") {
+        return Ok(None);
+    }
+    let what = "_rebuild_tensor_v2's arguments";
+    let mut a = tuple(args, what)?;
+    let counts = |o: Object, what: &str| -> std::result::Result<Vec<usize>, String> {
+        tuple(o, what)?
+            .into_iter()
+            .map(|x| count(x, what))
+            .collect()
+    };
+    let stride = counts(take(&mut a, 3, what)?, "the stride")?;
+    let dims = counts(take(&mut a, 2, what)?, "the size")?;
+    let offset = count(take(&mut a, 1, what)?, "the storage offset")?;
+    let storage = match take(&mut a, 0, what)? {
+        Object::PersistentLoad(id) => *id,
+        o => return Err(format!("the storage is not a persistent id: {o:?}")),
+    };
+    let what = "the storage's persistent id";
+    let mut st = tuple(storage, what)?;
+    let key = take(&mut st, 2, what)?
+        .unicode()
+        .map_err(|o| format!("the storage key is not a string: {o:?}"))?;
+    let (_, class) = take(&mut st, 1, what)?
+        .class()
+        .map_err(|o| format!("the storage type is not a class: {o:?}"))?;
+    let dtype = match class.as_str() {
+        "FloatStorage" => DType::F32,
+        "DoubleStorage" => DType::F64,
+        "HalfStorage" => DType::F16,
+        "BFloat16Storage" => DType::BF16,
+        "ByteStorage" => DType::U8,
+        "LongStorage" => DType::I64,
+        other => return Err(format!("unsupported storage type {other}")),
+    };
+    Ok(Some(StorageView {
+        dtype,
+        dims,
+        stride,
+        offset,
+        path: format!("{dir_name}/{key}"),
+    }))
 }
 
 /// Walks the unpickled object tree and refuses any global outside [`ALLOWED_GLOBALS`] (and the
