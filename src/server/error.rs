@@ -56,6 +56,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image")
             }
             ImageError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+            ImageError::ExtremeAspect { .. } => (StatusCode::BAD_REQUEST, "invalid_image"),
             ImageError::ZeroSized { .. } | ImageError::Decode { .. } | ImageError::Io { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_image")
             }

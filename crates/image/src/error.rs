@@ -34,6 +34,18 @@ pub enum ImageError {
         /// The limit in pixels.
         limit: u64,
     },
+    /// The header's sides differ by more than [`crate::MAX_ASPECT`] to 1; nothing was decoded.
+    #[error("{name}: image is {width}x{height}, its sides differ by more than {limit}:1 (CLIP's resize of the shorter side would make it enormous)")]
+    ExtremeAspect {
+        /// File name.
+        name: String,
+        /// Width from the header.
+        width: u64,
+        /// Height from the header.
+        height: u64,
+        /// The limit on longer side / shorter side.
+        limit: u64,
+    },
     /// The header says the image has no pixels.
     #[error("{name}: image has zero size ({width}x{height})")]
     ZeroSized {

@@ -4,7 +4,8 @@
 //!
 //! - [`load_rgb`] / [`decode_rgb`]: `Image.open(path).convert("RGB")` — JPEG, PNG, WebP, GIF (first
 //!   frame), BMP, TIFF; no EXIF rotation (Pillow applies none). Headers are checked first: empty
-//!   images and images over [`MAX_PIXELS`] are refused before any pixel data is decoded.
+//!   images, images over [`MAX_PIXELS`] and images whose sides differ by more than [`MAX_ASPECT`]
+//!   to 1 are refused before any pixel data is decoded.
 //! - [`load`] / [`decode`]: the same image kept in its Pillow mode ([`SourceImage`]), which
 //!   `clip._transform` needs because it resizes before converting to RGB.
 //! - [`resize_bicubic`]: Pillow's `Image.resize((w, h), Image.BICUBIC)`, bit-exact.
@@ -32,6 +33,13 @@ pub use source::{PilMode, SourceImage};
 
 /// The most pixels (width × height, as the file's header claims) an image may have.
 pub const MAX_PIXELS: u64 = 100_000_000;
+
+/// The most the longer side may exceed the shorter, as a ratio; more is refused from the header,
+/// like [`MAX_PIXELS`]. CLIP's preprocessing resizes the shorter side to 224-448 px before it
+/// crops, so a 1 × 65535 image (a 200-byte GIF) would become 448 × 29 million pixels (39 GB)
+/// first; at 200:1 the resized image stays within 448 × 89,600 (120 MB). Pillow has no such
+/// limit; no photograph comes near it.
+pub const MAX_ASPECT: u64 = 200;
 
 /// Reads and decodes an image file into its Pillow mode (see [`decode`]).
 pub fn load(path: &Path) -> Result<SourceImage, ImageError> {

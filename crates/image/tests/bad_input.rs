@@ -361,3 +361,31 @@ fn exif_orientation_is_not_applied() {
     let img = decode_rgb(&bytes, "jpeg_exif_rotated.jpg").unwrap();
     assert_eq!(img.dimensions(), (21, 13));
 }
+
+/// Sides that differ by more than MAX_ASPECT to 1 are refused from the header (CLIP's resize of
+/// the shorter side would blow them up first); exactly MAX_ASPECT to 1 passes the check.
+#[test]
+fn extreme_aspect_ratios_are_refused_from_the_header() {
+    use smallcap_image::MAX_ASPECT;
+    let limit = MAX_ASPECT as u32;
+    for (w, h) in [(1, limit + 1), (limit + 1, 1), (3, 3 * limit + 1)] {
+        let bytes = png_header_only(w, h);
+        let err = image_size(&bytes, "thin.png").unwrap_err();
+        assert!(
+            matches!(err, ImageError::ExtremeAspect { width, height, limit: l, .. }
+                if (width, height, l) == (u64::from(w), u64::from(h), MAX_ASPECT)),
+            "{w}x{h}: {err:?}"
+        );
+        assert_names(&err, "thin.png");
+        assert!(matches!(
+            decode_rgb(&bytes, "thin.png"),
+            Err(ImageError::ExtremeAspect { .. })
+        ));
+    }
+    for (w, h) in [(1, limit), (limit, 1), (3, 3 * limit)] {
+        assert_eq!(
+            image_size(&png_header_only(w, h), "ok.png").unwrap(),
+            (w, h)
+        );
+    }
+}

@@ -10,7 +10,7 @@ mod webp;
 
 use crate::error::ImageError;
 use crate::source::SourceImage;
-use crate::MAX_PIXELS;
+use crate::{MAX_ASPECT, MAX_PIXELS};
 
 /// The container formats this crate reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,7 +98,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// Refuses empty images and images over [`MAX_PIXELS`]; call before decoding pixel data.
+    /// Refuses empty images, images over [`MAX_PIXELS`] and images longer than [`MAX_ASPECT`]
+    /// times their width (or the reverse); call before decoding pixel data.
     pub fn check_size(&self, width: u64, height: u64) -> Result<(u32, u32), ImageError> {
         if width == 0 || height == 0 {
             return Err(ImageError::ZeroSized {
@@ -116,6 +117,14 @@ impl Ctx<'_> {
                 width,
                 height,
                 limit: MAX_PIXELS,
+            });
+        }
+        if width.max(height) > width.min(height).saturating_mul(MAX_ASPECT) {
+            return Err(ImageError::ExtremeAspect {
+                name: self.name.to_string(),
+                width,
+                height,
+                limit: MAX_ASPECT,
             });
         }
         Ok((width as u32, height as u32))
