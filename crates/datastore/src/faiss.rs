@@ -739,6 +739,13 @@ impl FaissIndex {
         match self {
             FaissIndex::Flat(f) => crate::search::top_k(&f.vectors(), queries, query_dim, k),
             FaissIndex::IvfFlat(f) => {
+                // FAISS writes whatever nprobe the index held; 0 cannot search (FAISS throws too).
+                if nprobe.is_none() && f.nprobe() == 0 {
+                    return Err(Error::format(
+                        f.path(),
+                        "the file's nprobe is 0: pass an nprobe of at least 1",
+                    ));
+                }
                 crate::ivf::search(f, queries, query_dim, k, nprobe.unwrap_or(f.nprobe()))
             }
         }
