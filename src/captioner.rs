@@ -94,7 +94,7 @@ impl Captioner {
         Self::from_specs_with_weights(model, tokenizer, device, WeightType::F32)
     }
 
-    /// [`Captioner::from_specs`] with the decoder's weights kept in `weights` (f32, f16 or bf16).
+    /// [`Captioner::from_specs`] with the decoder's weights kept in `weights` (f32, f16, bf16 or int8).
     pub fn from_specs_with_weights(
         model: &str,
         tokenizer: Option<&str>,

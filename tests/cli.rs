@@ -275,7 +275,7 @@ fn bad_arguments_and_retrieval_files_are_clear_errors() {
 
     let err = run_expecting_failure(&["--no-retrieval", "--decoder-weights", "f64"], &[img]);
     assert!(
-        err.contains("--decoder-weights") && err.contains("f32, f16 or bf16"),
+        err.contains("--decoder-weights") && err.contains("f32, f16, bf16 or int8"),
         "{err}"
     );
 }
@@ -288,7 +288,7 @@ fn half_precision_decoder_weights_caption_every_image() {
     let with = retrieval_cases(&all);
     let dir = tempfile::tempdir().unwrap();
     let retrieved = write_retrieved(dir.path(), &with);
-    for weights in ["f16", "bf16"] {
+    for weights in ["f16", "bf16", "int8"] {
         let mut c = smallcap();
         model_args(&mut c)
             .arg("--retrieved")

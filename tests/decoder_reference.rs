@@ -158,12 +158,13 @@ fn generated_ids_and_captions_equal_the_reference() {
 fn half_precision_weights_stay_close_to_the_reference_logits() {
     // As for GPT-2 (tests/model_reference.rs): rounding to f16 changes a weight by at most
     // u = 2^-11 of its value, to bf16 by u = 2^-8; two blocks, the projections and the head each
-    // add about u; the bound allows 4u.
+    // add about u; the bound allows 4u. Int8 per column: about u = 2^-7 (see model_reference).
     let u = |bits: i32| 2f32.powi(-bits);
     for pack in packs() {
         for (ty, bound) in [
             (WeightType::F16, 4.0 * u(11)),
             (WeightType::Bf16, 4.0 * u(8)),
+            (WeightType::Int8, 4.0 * u(7)),
         ] {
             let mut m = model(&pack);
             m.pack_decoder(ty).unwrap();

@@ -116,7 +116,8 @@ class SmallCap:
             retrieval_encoder: the CLIP model that embeds queries (default: the one the
                 datastore records, else the checkpoint's, ``RN50x64`` for SmallCap7M): an
                 OpenAI name, an OpenAI CLIP file, or a Hugging Face CLIPModel folder or hub id.
-            decoder_weights: ``"f32"`` (the reference's ids), ``"f16"`` or ``"bf16"``.
+            decoder_weights: ``"f32"`` (the reference's ids), ``"f16"``, ``"bf16"`` or ``"int8"``
+                (per-channel int8 weights: a quarter of the bytes read per step).
             device: ``"cpu"`` or ``"cuda[:N]"`` (in a CUDA build).
             encoder_precision: how the retrieval encoder's ResNet computes: ``"f32"`` (the
                 reference's query embeddings and top-k) or ``"bf16"`` (faster on CPUs with AMX or

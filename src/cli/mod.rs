@@ -90,9 +90,10 @@ pub struct CaptionerArgs {
     /// facebook/xglm-564M for an XGLM one).
     #[arg(long)]
     pub tokenizer: Option<String>,
-    /// How the decoder's weights are kept in memory: f32 (the reference's results), or f16 or
-    /// bf16 (half the memory read per decoding step; captions may differ slightly).
-    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+    /// How the decoder's weights are kept in memory: f32 (the reference's results), f16 or bf16
+    /// (half the memory read per decoding step), or int8 (symmetric per output channel, f32
+    /// activations: a quarter); captions may differ slightly from f32's.
+    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16|int8")]
     pub decoder_weights: smallcap::WeightType,
     /// How the retrieval encoder's ResNet image tower computes: f32 (the reference's query
     /// embeddings), or bf16 (bf16 operands on AMX or AVX-512 BF16, f32 sums: about 4× faster;

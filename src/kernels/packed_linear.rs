@@ -1,5 +1,5 @@
 //! Frozen linear layers packed for decoding: `y = x · W + b` for the few rows of a decoding step,
-//! streamed at memory bandwidth, with the weights in f32 or, as an option, f16 or bf16.
+//! streamed at memory bandwidth, with the weights in f32 or, as an option, f16, bf16 or int8.
 //!
 //! Each decoding step multiplies a handful of rows (the beams of the images in flight) by every
 //! weight of GPT-2: the step is bound by reading about 0.5 GB of f32 weights, and a general GEMM
@@ -11,8 +11,14 @@
 //!
 //! Every output is the bias plus the products in increasing `k` order, accumulated in f32 whatever
 //! the storage type. With AVX-512 the panels are read with vector loads (and converted from
-//! f16/bf16 on the fly) into fused multiply-adds; elsewhere a portable loop computes the same sums
-//! with separate multiplies and adds, which the compiler vectorises for the target.
+//! f16/bf16/int8 on the fly) into fused multiply-adds; elsewhere a portable loop computes the same
+//! sums with separate multiplies and adds, which the compiler vectorises for the target.
+//!
+//! Int8 weights are symmetric per output column (`W[k, c] ≈ scale[c] · q[k, c]`, `q` in
+//! `-127..=127`, `scale[c] = max_k |W[k, c]| / 127`, rounded half to even as `torch.round`): the
+//! sums `Σ x · q` are formed in f32 and the output is `bias + scale · sum`. Activations stay f32
+//! (weight-only quantisation): a decoding step is bound by reading the weights, and int8 storage
+//! reads a quarter of f32's bytes without adding activation rounding.
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -32,17 +38,22 @@ pub enum WeightType {
     F16,
     /// bfloat16 (round to nearest even): half the bytes, f32's range, fewer mantissa bits.
     Bf16,
+    /// Symmetric int8 per output column with an f32 scale: a quarter of the bytes.
+    Int8,
 }
 
 impl std::str::FromStr for WeightType {
     type Err = String;
-    /// Parses `f32`, `f16` or `bf16`.
+    /// Parses `f32`, `f16`, `bf16` or `int8`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
             "bf16" => Ok(Self::Bf16),
-            _ => Err(format!("`{s}` is not a weight type: use f32, f16 or bf16")),
+            "int8" => Ok(Self::Int8),
+            _ => Err(format!(
+                "`{s}` is not a weight type: use f32, f16, bf16 or int8"
+            )),
         }
     }
 }
@@ -54,6 +65,7 @@ impl WeightType {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
         }
     }
 }
@@ -63,6 +75,8 @@ enum Panels {
     F32(Vec<f32>),
     F16(Vec<F16Bits>),
     Bf16(Vec<Bf16Bits>),
+    /// `q` values and one scale per column (`n` rounded up to whole panels, zero-padded).
+    Int8(Vec<I8>, Vec<f32>),
 }
 
 /// A frozen `[k, n]` weight and its bias, packed in column panels.
@@ -118,6 +132,10 @@ impl PackedLinear {
                     .map(|&v| Bf16Bits(half::bf16::from_f32(v).to_bits()))
                     .collect(),
             ),
+            WeightType::Int8 => {
+                let (q, scale) = quantize_panels(&packed, k);
+                Panels::Int8(q, scale)
+            }
         };
         Ok(Self {
             k,
@@ -145,13 +163,22 @@ impl PackedLinear {
     /// `xs` `[m, k]` row-major → `[m, n]` row-major; `simd` selects the AVX-512 kernel.
     fn multiply(&self, xs: &[f32], m: usize, simd: bool) -> Vec<f32> {
         match &self.panels {
-            Panels::F32(w) => self.multiply_with(w, xs, m, simd),
-            Panels::F16(w) => self.multiply_with(w, xs, m, simd),
-            Panels::Bf16(w) => self.multiply_with(w, xs, m, simd),
+            Panels::F32(w) => self.multiply_with(w, &[], xs, m, simd),
+            Panels::F16(w) => self.multiply_with(w, &[], xs, m, simd),
+            Panels::Bf16(w) => self.multiply_with(w, &[], xs, m, simd),
+            Panels::Int8(w, scale) => self.multiply_with(w, scale, xs, m, simd),
         }
     }
 
-    fn multiply_with<E: Element>(&self, w: &[E], xs: &[f32], m: usize, simd: bool) -> Vec<f32> {
+    /// `scale`: one per padded column for scaled elements ([`Element::SCALED`]), else empty.
+    fn multiply_with<E: Element>(
+        &self,
+        w: &[E],
+        scale: &[f32],
+        xs: &[f32],
+        m: usize,
+        simd: bool,
+    ) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         let n_panels = n.div_ceil(PANEL);
         // Panel-major results (`[panel][m][PANEL]`), so that each task owns one slice.
@@ -166,7 +193,12 @@ impl PackedLinear {
                     let p = t * per_task + i;
                     let panel = &w[p * k * PANEL..(p + 1) * k * PANEL];
                     let bias = &self.bias[p * PANEL..(p + 1) * PANEL];
-                    panel_product(xs, m, k, panel, bias, out, simd);
+                    let scale = if E::SCALED {
+                        &scale[p * PANEL..(p + 1) * PANEL]
+                    } else {
+                        &[]
+                    };
+                    panel_product(xs, m, k, Columns { panel, bias, scale }, out, simd);
                 }
             });
         let mut out = vec![0f32; m * n];
@@ -206,8 +238,49 @@ struct F16Bits(u16);
 #[repr(transparent)]
 struct Bf16Bits(u16);
 
+/// An int8 weight (the storage of [`WeightType::Int8`]), scaled per column.
+#[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
+struct I8(i8);
+
+/// Quantises f32 panels `[n_panels][k][PANEL]` to symmetric int8 per column: returns the `q`
+/// panels (same layout) and one scale per padded column (`max |w| / 127`; 0 for a zero column).
+fn quantize_panels(packed: &[f32], k: usize) -> (Vec<I8>, Vec<f32>) {
+    let n_panels = packed.len() / (k * PANEL).max(1);
+    let mut scale = vec![0f32; n_panels * PANEL];
+    for (p, panel) in packed.chunks_exact(k * PANEL).enumerate() {
+        for row in panel.chunks_exact(PANEL) {
+            for (s, &v) in scale[p * PANEL..(p + 1) * PANEL].iter_mut().zip(row) {
+                *s = s.max(v.abs());
+            }
+        }
+    }
+    for s in &mut scale {
+        *s /= 127.0;
+    }
+    let q = packed
+        .chunks_exact(PANEL)
+        .enumerate()
+        .flat_map(|(row, values)| {
+            let p = row / k;
+            let scale = &scale[p * PANEL..(p + 1) * PANEL];
+            values.iter().zip(scale).map(|(&v, &s)| {
+                let q = if s > 0.0 {
+                    (v / s).round_ties_even()
+                } else {
+                    0.0
+                };
+                I8(q.clamp(-127.0, 127.0) as i8)
+            })
+        })
+        .collect();
+    (q, scale)
+}
+
 /// A stored weight value.
 trait Element: Copy + Send + Sync {
+    /// Whether the stored values are multiplied by a per-column scale after the sum.
+    const SCALED: bool = false;
     fn to_f32(self) -> f32;
     /// Sixteen consecutive values as f32.
     ///
@@ -253,17 +326,40 @@ impl Element for Bf16Bits {
     }
 }
 
-/// `out` `[m][PANEL]` = `xs` `[m, k]` · `panel` `[k][PANEL]` + `bias`, in tiles of rows.
+impl Element for I8 {
+    const SCALED: bool = true;
+    fn to_f32(self) -> f32 {
+        self.0 as f32
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(ptr as *const __m128i)))
+    }
+}
+
+/// One panel's columns: the stored values `[k][PANEL]`, their `bias` and, for scaled elements,
+/// their `scale` (`PANEL` values each; `scale` is empty otherwise).
+#[derive(Clone, Copy)]
+struct Columns<'a, E> {
+    panel: &'a [E],
+    bias: &'a [f32],
+    scale: &'a [f32],
+}
+
+/// `out` `[m][PANEL]` = `xs` `[m, k]` · the panel (scaled) + bias, in tiles of rows.
 fn panel_product<E: Element>(
     xs: &[f32],
     m: usize,
     k: usize,
-    panel: &[E],
-    bias: &[f32],
+    cols: Columns<'_, E>,
     out: &mut [f32],
     simd: bool,
 ) {
-    debug_assert_eq!(panel.len(), k * PANEL);
+    debug_assert_eq!(cols.panel.len(), k * PANEL);
+    debug_assert_eq!(cols.bias.len(), PANEL);
+    debug_assert_eq!(cols.scale.len(), if E::SCALED { PANEL } else { 0 });
     let mut r0 = 0;
     while r0 < m {
         let rows = TILE_ROWS.min(m - r0);
@@ -274,23 +370,24 @@ fn panel_product<E: Element>(
             // SAFETY: `simd` is true only where `simd_available()` detected AVX-512F (`forward`
             // passes its result; the tests check it before passing `true`). The slices have
             // what `tile_avx512::<E, R>` reads and writes: `x` is `rows × k` and `o` is
-            // `rows × PANEL` (cut just above), `panel` is `k × PANEL` and `bias` `PANEL` values
-            // (cut so by `multiply_with`), and `R == rows` (`rows <= TILE_ROWS == 6`).
+            // `rows × PANEL` (cut just above), the panel is `k × PANEL`, `bias` `PANEL` values
+            // and `scale` `PANEL` values for a scaled `E` (cut so by `multiply_with`, checked
+            // above in debug builds), and `R == rows` (`rows <= TILE_ROWS == 6`).
             unsafe {
                 match rows {
-                    1 => tile_avx512::<E, 1>(x, k, panel, bias, o),
-                    2 => tile_avx512::<E, 2>(x, k, panel, bias, o),
-                    3 => tile_avx512::<E, 3>(x, k, panel, bias, o),
-                    4 => tile_avx512::<E, 4>(x, k, panel, bias, o),
-                    5 => tile_avx512::<E, 5>(x, k, panel, bias, o),
-                    _ => tile_avx512::<E, 6>(x, k, panel, bias, o),
+                    1 => tile_avx512::<E, 1>(x, k, cols, o),
+                    2 => tile_avx512::<E, 2>(x, k, cols, o),
+                    3 => tile_avx512::<E, 3>(x, k, cols, o),
+                    4 => tile_avx512::<E, 4>(x, k, cols, o),
+                    5 => tile_avx512::<E, 5>(x, k, cols, o),
+                    _ => tile_avx512::<E, 6>(x, k, cols, o),
                 }
             }
             r0 += rows;
             continue;
         }
         let _ = simd;
-        tile_portable(x, rows, k, panel, bias, o);
+        tile_portable(x, rows, k, cols, o);
         r0 += rows;
     }
 }
@@ -300,18 +397,26 @@ fn tile_portable<E: Element>(
     x: &[f32],
     rows: usize,
     k: usize,
-    panel: &[E],
-    bias: &[f32],
+    cols: Columns<'_, E>,
     out: &mut [f32],
 ) {
     for r in 0..rows {
         let acc = &mut out[r * PANEL..(r + 1) * PANEL];
-        acc.copy_from_slice(bias);
+        if E::SCALED {
+            acc.fill(0.0);
+        } else {
+            acc.copy_from_slice(cols.bias);
+        }
         let xr = &x[r * k..(r + 1) * k];
         for (kk, &a) in xr.iter().enumerate() {
-            let w = &panel[kk * PANEL..(kk + 1) * PANEL];
+            let w = &cols.panel[kk * PANEL..(kk + 1) * PANEL];
             for (o, &wv) in acc.iter_mut().zip(w) {
                 *o += a * wv.to_f32();
+            }
+        }
+        if E::SCALED {
+            for ((o, &s), &b) in acc.iter_mut().zip(cols.scale).zip(cols.bias) {
+                *o = b + s * *o;
             }
         }
     }
@@ -320,26 +425,28 @@ fn tile_portable<E: Element>(
 /// `R` rows by one panel with `R × 4` accumulators in AVX-512 registers.
 ///
 /// # Safety
-/// AVX-512F must be available; `x` holds `R × k` values, `panel` `k × PANEL`, `bias` `PANEL`,
-/// `out` `R × PANEL` (every access below is an unaligned load or store within those extents).
+/// AVX-512F must be available; `x` holds `R × k` values, the panel `k × PANEL`, `bias` `PANEL`
+/// (and `scale` `PANEL` for a scaled `E`), `out` `R × PANEL` (every access below is an
+/// unaligned load or store within those extents).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512<E: Element, const R: usize>(
     x: &[f32],
     k: usize,
-    panel: &[E],
-    bias: &[f32],
+    cols: Columns<'_, E>,
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let b = bias.as_ptr();
+    let b = cols.bias.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
-    for row in acc.iter_mut() {
-        for (j, a) in row.iter_mut().enumerate() {
-            *a = _mm512_loadu_ps(b.add(16 * j));
+    if !E::SCALED {
+        for row in acc.iter_mut() {
+            for (j, a) in row.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(b.add(16 * j));
+            }
         }
     }
-    let w = panel.as_ptr();
+    let w = cols.panel.as_ptr();
     let xp = x.as_ptr();
     for kk in 0..k {
         let wk = w.add(kk * PANEL);
@@ -353,6 +460,18 @@ unsafe fn tile_avx512<E: Element, const R: usize>(
             let a = _mm512_set1_ps(*xp.add(r * k + kk));
             for j in 0..4 {
                 row[j] = _mm512_fmadd_ps(a, wv[j], row[j]);
+            }
+        }
+    }
+    if E::SCALED {
+        let s = cols.scale.as_ptr();
+        for row in acc.iter_mut() {
+            for (j, a) in row.iter_mut().enumerate() {
+                let (sj, bj) = (
+                    _mm512_loadu_ps(s.add(16 * j)),
+                    _mm512_loadu_ps(b.add(16 * j)),
+                );
+                *a = _mm512_fmadd_ps(*a, sj, bj);
             }
         }
     }
@@ -408,8 +527,14 @@ mod tests {
                     WeightType::F32 => v,
                     WeightType::F16 => half::f16::from_f32(v).to_f32(),
                     WeightType::Bf16 => half::bf16::from_f32(v).to_f32(),
+                    WeightType::Int8 => v, // replaced below, per column
                 })
                 .collect();
+            let rounded = if ty == WeightType::Int8 {
+                dequantized_by_arithmetic(&w, k, n)
+            } else {
+                rounded
+            };
             let expected = reference(&x, m, k, &rounded, n, &b);
             let wt = Tensor::from_vec(w.clone(), (k, n), &Device::Cpu).unwrap();
             let bt = Tensor::from_vec(b.clone(), n, &Device::Cpu).unwrap();
@@ -447,6 +572,54 @@ mod tests {
     fn half_panels_match_the_product_of_the_rounded_weights() {
         check(WeightType::F16, 1e-5);
         check(WeightType::Bf16, 1e-5);
+    }
+
+    /// Per-column symmetric int8, written from the definition: `scale = max |w| / 127`,
+    /// `q = round_half_even(w / scale)`, dequantised `q · scale`.
+    fn dequantized_by_arithmetic(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+        let mut out = w.to_vec();
+        for c in 0..n {
+            let amax = (0..k).map(|r| w[r * n + c].abs()).fold(0f32, f32::max);
+            let scale = amax / 127.0;
+            for r in 0..k {
+                let q = if scale > 0.0 {
+                    (w[r * n + c] / scale).round_ties_even()
+                } else {
+                    0.0
+                };
+                out[r * n + c] = q * scale;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn int8_panels_match_the_product_of_the_dequantized_weights() {
+        check(WeightType::Int8, 1e-5);
+    }
+
+    #[test]
+    fn int8_quantization_by_hand() {
+        // One column [127, -50, 2.5, 0]: scale 1, q = [127, -50, 2 (2.5 → even), 0]; a zero
+        // column stays zero; the bias is added after the scale.
+        let w = Tensor::from_vec(
+            vec![127.0f32, 0.0, -50.0, 0.0, 2.5, 0.0, 0.0, 0.0],
+            (4, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let b = Tensor::from_vec(vec![10.0f32, -1.0], 2, &Device::Cpu).unwrap();
+        let p = PackedLinear::pack(&w, Some(&b), WeightType::Int8).unwrap();
+        let x = [1.0f32, 1.0, 100.0, 7.0];
+        let want = [10.0 + 127.0 - 50.0 + 200.0, -1.0];
+        for simd in [false, simd_available()] {
+            let got = p.multiply(&x, 1, simd);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-5, "simd {simd}: {got:?} vs {want:?}");
+            }
+        }
+        assert_eq!("int8".parse::<WeightType>().unwrap(), WeightType::Int8);
+        assert_eq!(WeightType::Int8.as_str(), "int8");
     }
 
     #[test]
