@@ -180,11 +180,8 @@ fn interrupted_add_resumes_and_a_finished_add_is_not_repeated() {
         serde_json::from_str(&std::fs::read_to_string(rfix("datastore_captions.json")).unwrap())
             .unwrap();
     assert!(all.len() > 300, "{} captions", all.len());
-    let write = |name: &str, caps: &[String]| {
-        let p = tmp.path().join(name);
-        std::fs::write(&p, serde_json::to_string(caps).unwrap()).unwrap();
-        p
-    };
+    let write =
+        |name: &str, caps: &[String]| common::annotations::write_captions(tmp.path(), name, caps);
     let (head, tail) = (
         write("head.json", &all[..200]),
         write("tail.json", &all[200..]),

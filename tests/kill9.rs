@@ -231,11 +231,8 @@ fn datastore_build_killed_at_random_resumes_to_the_same_store() {
 fn datastore_add_killed_at_random_leaves_the_old_or_the_new_store() {
     let tmp = tempfile::tempdir().unwrap();
     let all = all_captions();
-    let write = |name: &str, caps: &[String]| {
-        let p = tmp.path().join(name);
-        std::fs::write(&p, serde_json::to_string(caps).unwrap()).unwrap();
-        p
-    };
+    let write =
+        |name: &str, caps: &[String]| common::annotations::write_captions(tmp.path(), name, caps);
     let (head, tail) = (
         write("head.json", &all[..200]),
         write("tail.json", &all[200..]),
@@ -300,25 +297,6 @@ const IMAGES: [&str; 11] = [
     "rocket.jpg",
 ];
 
-/// Karpathy-style annotations of the first `n` images (cocoid i + 1), two captions each.
-fn annotations(dir: &Path, n: usize) -> PathBuf {
-    let caps = [
-        ["a red square", "a square that is red"],
-        ["two men riding horses", "men on horses"],
-    ];
-    let images: Vec<_> = IMAGES[..n]
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            json!({"cocoid": i + 1, "filename": f, "filepath": "", "split": "train",
-                   "sentences": caps[i % 2].iter().map(|c| json!({"tokens": c.split(' ').collect::<Vec<_>>()})).collect::<Vec<_>>()})
-        })
-        .collect();
-    let path = dir.join(format!("ann_{n}.json"));
-    std::fs::write(&path, json!({"images": images}).to_string()).unwrap();
-    path
-}
-
 fn features_cmd(ann: &Path, out: &Path) -> Command {
     let mut c = smallcap();
     c.arg("features")
@@ -349,7 +327,7 @@ fn features_of(dir: &Path) -> BTreeMap<String, Vec<f32>> {
 #[test]
 fn features_killed_at_random_resume_to_the_same_features() {
     let tmp = tempfile::tempdir().unwrap();
-    let ann = annotations(tmp.path(), IMAGES.len());
+    let ann = common::annotations::karpathy(tmp.path(), &IMAGES, "train");
     let whole = tmp.path().join("whole");
     let span = finish(&mut features_cmd(&ann, &whole));
     let want = features_of(&whole);
@@ -401,7 +379,7 @@ fn checkpoints(out: &Path) -> BTreeMap<usize, PathBuf> {
 fn train_killed_at_random_resumes_from_a_whole_checkpoint_to_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let n = 4;
-    let ann = annotations(tmp.path(), n);
+    let ann = common::annotations::karpathy(tmp.path(), &IMAGES[..n], "train");
     let feats = tmp.path().join("features");
     finish(&mut features_cmd(&ann, &feats));
     let pool = common::cases()[0].retrieved_captions.clone().unwrap();

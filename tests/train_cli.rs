@@ -51,21 +51,7 @@ fn s(p: &Path) -> &str {
 
 /// Annotations: image i (cocoid i+1) of `IMAGES[..n]`, two captions each, in `split`.
 fn annotations(dir: &Path, n: usize, split: &str) -> PathBuf {
-    let caps = [
-        ["a red square", "a square that is red"],
-        ["two men riding horses", "men on horses"],
-    ];
-    let images: Vec<_> = IMAGES[..n]
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            json!({"cocoid": i + 1, "filename": f, "filepath": "", "split": split,
-                   "sentences": caps[i % 2].iter().map(|c| json!({"tokens": c.split(' ').collect::<Vec<_>>()})).collect::<Vec<_>>()})
-        })
-        .collect();
-    let path = dir.join(format!("ann_{split}_{n}.json"));
-    std::fs::write(&path, json!({"images": images}).to_string()).unwrap();
-    path
+    common::annotations::karpathy(dir, &IMAGES[..n], split)
 }
 
 fn retrieved(dir: &Path, n: usize) -> PathBuf {

@@ -46,7 +46,7 @@ struct Args {
     /// generated id sequence is checked against the reference's.
     #[arg(long)]
     perf_dir: Option<PathBuf>,
-    /// How the decoder's weights are kept: f32 (the reference's results), f16 or bf16.
+    /// How the decoder's weights are kept: f32 (the reference's results), f16, bf16 or int8.
     #[arg(long, default_value = "f32")]
     decoder_weights: WeightType,
 }

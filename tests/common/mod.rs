@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: the reference fixture pack and tensor comparisons.
 #![allow(dead_code)]
 
+pub mod annotations;
 pub mod decoder_pack;
 pub mod fixture_server;
 pub mod http;

@@ -32,30 +32,19 @@ fn map_err(ctx: Ctx<'_>, e: TiffError) -> ImageError {
 /// set, so a tiny file announcing huge tag arrays is refused here, by name.
 fn check_first_ifd(bytes: &[u8], ctx: Ctx<'_>) -> Result<(), ImageError> {
     let le = bytes.starts_with(b"II");
-    let u16_at = |at: usize| -> Option<u64> {
-        let b: [u8; 2] = bytes.get(at..at + 2)?.try_into().ok()?;
-        Some(u64::from(if le {
-            u16::from_le_bytes(b)
-        } else {
-            u16::from_be_bytes(b)
-        }))
-    };
-    let u32_at = |at: usize| -> Option<u64> {
-        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-        Some(u64::from(if le {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        }))
-    };
-    let u64_at = |at: usize| -> Option<u64> {
-        let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    // An unsigned integer of `width` bytes at `at`, in the file's byte order.
+    let uint_at = |at: usize, width: usize| -> Option<u64> {
+        let b = bytes.get(at..at.checked_add(width)?)?;
+        let fold = |acc: u64, &byte: &u8| (acc << 8) | u64::from(byte);
         Some(if le {
-            u64::from_le_bytes(b)
+            b.iter().rev().fold(0, fold)
         } else {
-            u64::from_be_bytes(b)
+            b.iter().fold(0, fold)
         })
     };
+    let u16_at = |at: usize| uint_at(at, 2);
+    let u32_at = |at: usize| uint_at(at, 4);
+    let u64_at = |at: usize| uint_at(at, 8);
     let big = u16_at(2) == Some(43);
     let ifd = if big { u64_at(8) } else { u32_at(4) };
     let Some(ifd) = ifd.and_then(|o| usize::try_from(o).ok()) else {
