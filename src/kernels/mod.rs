@@ -8,6 +8,7 @@
 pub mod amx;
 pub mod bf16_gemm;
 pub mod conv_bf16;
+pub mod decode_attention;
 pub mod dropout;
 pub mod frozen_matmul;
 pub mod fused;

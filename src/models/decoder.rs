@@ -19,6 +19,7 @@ use candle_core::{DType, Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::{DecoderArch, DecoderConfig};
+use crate::kernels::decode_attention;
 use crate::kernels::dropout::Dropout;
 use crate::kernels::frozen_matmul::frozen_matmul;
 use crate::kernels::fused::{
@@ -675,7 +676,7 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let (q, k, v) = (self.scale.query(heads(0)?)?, heads(1)?, heads(2)?);
+        let (k, v) = (heads(1)?, heads(2)?);
         let (k, v) = match past {
             Some((pk, pv)) => (
                 kv_cache::append(&pk, &k, order)?,
@@ -683,6 +684,23 @@ impl SelfAttention {
             ),
             None => (k, v),
         };
+        if dropout.is_none() && decode_attention::applies(qkv, &k) {
+            let (query_scale, score_scale) = match self.scale {
+                AttentionScale::Query(s) => (s as f32, 1.0),
+                AttentionScale::Scores(s) => (1.0, s as f32),
+            };
+            let step = decode_attention::Step {
+                rows,
+                t,
+                n_head: self.n_head,
+                head_dim: self.head_dim,
+                query_scale,
+                score_scale,
+            };
+            let o = decode_attention::self_attention(qkv, &k, &v, step)?;
+            return Ok((o, k, v));
+        }
+        let q = self.scale.query(heads(0)?)?;
         let total = k.dim(2)?;
         let scores = q.matmul(&k.t()?)?;
         let scale = self.scale.scores();
