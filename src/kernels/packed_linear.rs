@@ -97,19 +97,36 @@ impl PackedLinear {
         ty: WeightType,
     ) -> candle_core::Result<Self> {
         let (k, n) = weight.dims2()?;
-        let w = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let weight = weight.to_dtype(DType::F32)?;
+        // The values in the order they are stored: `[k, n]`, or `[n, k]` seen transposed (an
+        // `nn.Linear` weight), read without a strided copy.
+        let transposed = !weight.is_contiguous() && weight.t()?.is_contiguous();
+        let w = if transposed {
+            weight.t()?.flatten_all()?.to_vec1::<f32>()?
+        } else {
+            weight.flatten_all()?.to_vec1::<f32>()?
+        };
         let n_panels = n.div_ceil(PANEL);
         let mut packed = vec![0f32; n_panels * k * PANEL];
-        for (p, panel) in packed.chunks_exact_mut(k * PANEL).enumerate() {
-            let c0 = p * PANEL;
-            let width = PANEL.min(n - c0);
-            for (kk, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
-                dst[..width].copy_from_slice(&w[kk * n + c0..kk * n + c0 + width]);
-            }
-        }
+        packed
+            .par_chunks_mut((k * PANEL).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let c0 = p * PANEL;
+                let width = PANEL.min(n - c0);
+                if transposed {
+                    for j in 0..width {
+                        let column = &w[(c0 + j) * k..(c0 + j + 1) * k];
+                        for (kk, &v) in column.iter().enumerate() {
+                            panel[kk * PANEL + j] = v;
+                        }
+                    }
+                } else {
+                    for (kk, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+                        dst[..width].copy_from_slice(&w[kk * n + c0..kk * n + c0 + width]);
+                    }
+                }
+            });
         let mut padded_bias = vec![0f32; n_panels * PANEL];
         if let Some(b) = bias {
             let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -122,13 +139,13 @@ impl PackedLinear {
             WeightType::F32 => Panels::F32(packed),
             WeightType::F16 => Panels::F16(
                 packed
-                    .iter()
+                    .par_iter()
                     .map(|&v| F16Bits(half::f16::from_f32(v).to_bits()))
                     .collect(),
             ),
             WeightType::Bf16 => Panels::Bf16(
                 packed
-                    .iter()
+                    .par_iter()
                     .map(|&v| Bf16Bits(half::bf16::from_f32(v).to_bits()))
                     .collect(),
             ),
@@ -245,36 +262,39 @@ struct I8(i8);
 
 /// Quantises f32 panels `[n_panels][k][PANEL]` to symmetric int8 per column: returns the `q`
 /// panels (same layout) and one scale per padded column (`max |w| / 127`; 0 for a zero column).
+/// Panels in parallel.
 fn quantize_panels(packed: &[f32], k: usize) -> (Vec<I8>, Vec<f32>) {
     let n_panels = packed.len() / (k * PANEL).max(1);
     let mut scale = vec![0f32; n_panels * PANEL];
-    for (p, panel) in packed.chunks_exact(k * PANEL).enumerate() {
-        for row in panel.chunks_exact(PANEL) {
-            for (s, &v) in scale[p * PANEL..(p + 1) * PANEL].iter_mut().zip(row) {
-                *s = s.max(v.abs());
+    let mut q = vec![I8(0); packed.len()];
+    q.par_chunks_mut((k * PANEL).max(1))
+        .zip(scale.par_chunks_mut(PANEL))
+        .zip(packed.par_chunks((k * PANEL).max(1)))
+        .for_each(|((q, scale), panel)| {
+            for row in panel.chunks_exact(PANEL) {
+                for (s, &v) in scale.iter_mut().zip(row) {
+                    *s = s.max(v.abs());
+                }
             }
-        }
-    }
-    for s in &mut scale {
-        *s /= 127.0;
-    }
-    let q = packed
-        .chunks_exact(PANEL)
-        .enumerate()
-        .flat_map(|(row, values)| {
-            let p = row / k;
-            let scale = &scale[p * PANEL..(p + 1) * PANEL];
-            values.iter().zip(scale).map(|(&v, &s)| {
-                let q = if s > 0.0 {
-                    (v / s).round_ties_even()
-                } else {
-                    0.0
-                };
-                I8(q.clamp(-127.0, 127.0) as i8)
-            })
-        })
-        .collect();
+            for s in scale.iter_mut() {
+                *s /= 127.0;
+            }
+            for (q, row) in q.chunks_exact_mut(PANEL).zip(panel.chunks_exact(PANEL)) {
+                for ((q, &v), &s) in q.iter_mut().zip(row).zip(scale.iter()) {
+                    let r = if s > 0.0 { round_half_even(v / s) } else { 0.0 };
+                    *q = I8(r.clamp(-127.0, 127.0) as i8);
+                }
+            }
+        });
     (q, scale)
+}
+
+/// `x` rounded to the nearest integer, ties to even, for `|x| < 2^22` (here at most 127): adding
+/// 1.5 · 2^23 leaves no fraction bits, so the hardware's round-to-nearest-even does the
+/// rounding (without SSE4.1, `f32::round_ties_even` is a call into the C library).
+fn round_half_even(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 · 2^23
+    (x + SHIFT) - SHIFT
 }
 
 /// A stored weight value.
@@ -620,6 +640,28 @@ mod tests {
         }
         assert_eq!("int8".parse::<WeightType>().unwrap(), WeightType::Int8);
         assert_eq!(WeightType::Int8.as_str(), "int8");
+    }
+
+    #[test]
+    fn int8_rounding_is_half_to_even() {
+        for x in [
+            -127.0f32, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.49, 3.5, 126.5, 0.0, -0.0,
+        ] {
+            assert_eq!(round_half_even(x), x.round_ties_even(), "{x}");
+        }
+    }
+
+    #[test]
+    fn transposed_weights_pack_as_their_contiguous_copy() {
+        // An nn.Linear weight `[n, k]` seen as `[k, n]`: packed straight from its storage.
+        let (k, n) = (37, 70);
+        let w = Tensor::from_vec(values(n * k, 4), (n, k), &Device::Cpu).unwrap();
+        let x = values(2 * k, 5);
+        for ty in [WeightType::F32, WeightType::Int8] {
+            let view = PackedLinear::pack(&w.t().unwrap(), None, ty).unwrap();
+            let copy = PackedLinear::pack(&w.t().unwrap().contiguous().unwrap(), None, ty).unwrap();
+            assert_eq!(view.multiply(&x, 2, false), copy.multiply(&x, 2, false));
+        }
     }
 
     #[test]
