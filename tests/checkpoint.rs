@@ -272,18 +272,14 @@ fn dtypes_and_storage_offsets_of_a_torch_save_file() {
     assert_eq!(v("i"), [0.0, 1.0, 2.0, 3.0]);
 }
 
-/// Sizes in the pickle are checked against the file before anything is allocated: a tensor
-/// whose shape claims more bytes than the whole file holds is refused by name (the `dtypes`
-/// seed with `view`'s shape patched from `(4,)` to `(2^31 - 1,)`: 8 GiB of f32).
-#[test]
-fn a_shape_larger_than_the_file_is_refused_before_allocating() {
+/// The `dtypes` seed written to `path` with its data.pkl's `view` offset and size
+/// (`BININT1 2, BININT1 4, TUPLE1`) replaced by `patch` (the offset's opcode kept).
+fn dtypes_seed_with_view_size(path: &Path, patch: &[u8]) {
     let seed =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes"))
             .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("huge.bin");
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&seed)).unwrap();
-    let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let mut out = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     let stored =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for i in 0..zip.len() {
@@ -292,22 +288,50 @@ fn a_shape_larger_than_the_file_is_refused_before_allocating() {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
         if name.ends_with("data.pkl") {
-            // storage offset 2 (BININT1 2), size (4,) (BININT1 4, TUPLE1) → BININT 2^31 - 1
             let at = bytes
                 .windows(5)
                 .position(|w| w == b"K\x02K\x04\x85")
                 .expect("view's offset and size in the pickle");
-            bytes.splice(at + 2..at + 4, *b"J\xff\xff\xff\x7f");
+            bytes.splice(at + 2..at + 4, patch.iter().copied());
         }
         out.start_file(name, stored).unwrap();
         out.write_all(&bytes).unwrap();
     }
     out.finish().unwrap();
+}
+
+/// Sizes in the pickle are checked against the file before anything is allocated: a tensor
+/// whose shape claims more bytes than the whole file holds is refused by name (the `dtypes`
+/// seed with `view`'s shape patched from `(4,)` to `(2^31 - 1,)`: 8 GiB of f32).
+#[test]
+fn a_shape_larger_than_the_file_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.bin");
+    dtypes_seed_with_view_size(&path, b"J\xff\xff\xff\x7f");
     let e = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("huge.bin") && e.contains("tensor view") && e.contains("needs more bytes than"),
+        "{e}"
+    );
+}
+
+/// A shape that fits in the file but not in its storage: `view` (f32, 2 elements into a storage
+/// of 6) patched from `(4,)` to `(5,)` needs 20 bytes where 16 remain.
+#[test]
+fn a_storage_shorter_than_its_shape_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.bin");
+    dtypes_seed_with_view_size(&path, b"K\x05");
+    let e = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("short.bin")
+            && e.contains("tensor view")
+            && e.contains("too short")
+            && e.contains("16 bytes from offset 8, 20 needed"),
         "{e}"
     );
 }
