@@ -20,8 +20,14 @@ use crate::config::VisionConfig;
 use crate::kernels::packed_linear::{self, WeightType};
 use crate::models::linear::Linear;
 
-/// An `nn.Linear` (`[out, in]` weight, with bias).
+/// An `nn.Linear` (`[out, in]` weight, with bias). Where [`ClipVision::load`] packs the layers
+/// (a CPU with AVX-512), the weight stays a transposed view of its storage, which packing reads
+/// directly, instead of a contiguous copy that packing would copy again.
 fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Linear> {
+    if vb.device().is_cpu() && packed_linear::simd_available() {
+        let weight = vb.get((d_out, d_in), "weight")?.t()?;
+        return Ok(Linear::from_tensors(weight, Some(vb.get(d_out, "bias")?)));
+    }
     Linear::nn_linear(vb, d_in, d_out, true)
 }
 

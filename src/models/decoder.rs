@@ -314,9 +314,13 @@ pub struct Decoder {
 /// A frozen LM head laid out for decoding.
 #[derive(Debug, Clone)]
 enum FrozenHead {
-    /// Transposed to `[embedding_dim, vocab]` once at load: gemm streams a row-major right-hand
-    /// side several times faster than a transposed view.
-    RowMajor(Tensor),
+    /// `[embedding_dim, vocab]`: the embedding's transposed view (which packing reads directly),
+    /// made contiguous on its first product (gemm streams a row-major right-hand side several
+    /// times faster than a transposed view).
+    RowMajor {
+        view: Tensor,
+        contiguous: std::sync::OnceLock<Tensor>,
+    },
     /// Packed by [`Decoder::pack_for_decoding`].
     Packed(Arc<PackedLinear>),
 }
@@ -387,7 +391,10 @@ impl Decoder {
             frozen_head: if lm_head.track_op() {
                 None
             } else {
-                Some(FrozenHead::RowMajor(lm_head.t()?.contiguous()?))
+                Some(FrozenHead::RowMajor {
+                    view: lm_head.t()?,
+                    contiguous: std::sync::OnceLock::new(),
+                })
             },
             lm_head,
             cfg: cfg.clone(),
@@ -425,8 +432,8 @@ impl Decoder {
                 layer.pack(ty)?;
             }
         }
-        if let Some(FrozenHead::RowMajor(head_t)) = &self.frozen_head {
-            let packed = PackedLinear::pack(head_t, None, ty)?;
+        if let Some(FrozenHead::RowMajor { view, .. }) = &self.frozen_head {
+            let packed = PackedLinear::pack(view, None, ty)?;
             self.frozen_head = Some(FrozenHead::Packed(Arc::new(packed)));
         }
         Ok(())
@@ -594,7 +601,13 @@ impl Decoder {
             None => h,
         };
         match &self.frozen_head {
-            Some(FrozenHead::RowMajor(head_t)) if !training => h.matmul(head_t),
+            Some(FrozenHead::RowMajor { view, contiguous }) if !training => {
+                if contiguous.get().is_none() {
+                    // A race only computes it twice; the first stored is kept.
+                    let _ = contiguous.set(view.contiguous()?);
+                }
+                h.matmul(contiguous.get().unwrap_or(view))
+            }
             Some(FrozenHead::Packed(head)) if !training => head.forward(&h),
             _ => frozen_matmul(&h, &self.lm_head.t()?),
         }
