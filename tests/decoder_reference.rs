@@ -10,7 +10,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::decoder_pack::{decoder_pack, DecoderPack};
-use common::train_steps::{KeyBias, TrainPack};
+use common::train_steps::{KeyBias, Tolerance, TrainPack};
 use common::*;
 use smallcap::generation::GenerationConfig;
 use smallcap::{prompt, SmallCap, Tokenizer, WeightType};
@@ -224,11 +224,17 @@ fn three_training_steps_match_the_reference() {
         let want = TrainPack::new(&pack.path("train"), Device::Cpu).expected();
         assert_eq!(names, want.trainable, "{}", pack.name);
         let steps = TrainPack::new(&pack.path("train"), Device::Cpu);
-        steps.check_three_steps(&m, None, KeyBias::Whole("encoder_attn.k_proj.bias"));
+        steps.check_three_steps(
+            &m,
+            None,
+            KeyBias::Whole("encoder_attn.k_proj.bias"),
+            &Tolerance::F32,
+        );
         steps.check_three_steps(
             &train_model(&pack),
             Some(2),
             KeyBias::Whole("encoder_attn.k_proj.bias"),
+            &Tolerance::F32,
         );
     }
 }

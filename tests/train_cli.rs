@@ -522,3 +522,66 @@ fn micro_batches_give_the_whole_batch_update() {
     ]);
     assert!(err.contains("--micro-batch"), "{err}");
 }
+
+/// `--precision bf16`: recorded in the run's state, kept by a resumed run (which ends where an
+/// uninterrupted one does), and effective (the weights differ from f32's, by bf16's rounding
+/// and not more); an unknown precision is refused by name.
+#[test]
+fn bf16_precision_is_kept_on_resume_and_changes_the_products() {
+    let tmp = tempfile::tempdir().unwrap();
+    let feats = features(tmp.path(), 3);
+    let ret = retrieved(tmp.path(), 3);
+    let ann = annotations(tmp.path(), 3, "train");
+    // 6 samples, batch 3: 2 steps per epoch, 4 in all.
+    let run = |name: &str, extra: &[&str]| -> PathBuf {
+        let out = tmp.path().join(name);
+        let mut a = train_args(&ann, &feats, &ret, &out);
+        a.extend(["--dropout", "0", "--no-shuffle"]);
+        a.extend(extra);
+        ok(&a);
+        out
+    };
+    let weights = |dir: &Path| {
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let f32_run = run("f32", &[]);
+    let bf16_run = run("bf16", &["--precision", "bf16"]);
+    let state = std::fs::read_to_string(bf16_run.join("checkpoint-4/trainer_state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["options"]["precision"], "bf16");
+
+    let part = run("part", &["--precision", "bf16", "--steps", "2"]);
+    let mut a = train_args(&ann, &feats, &ret, &part);
+    let pos = a.iter().position(|x| *x == "--init").unwrap();
+    a.drain(pos..pos + 2);
+    let resume = part.join("checkpoint-2");
+    a.extend(["--dropout", "0", "--no-shuffle", "--resume", s(&resume)]);
+    ok(&a);
+    let (whole, resumed) = (
+        weights(&bf16_run.join("checkpoint-4")),
+        weights(&part.join("checkpoint-4")),
+    );
+    let exact = weights(&f32_run.join("checkpoint-4"));
+    let mut changed = 0;
+    for (name, t) in &whole {
+        assert_eq!(
+            max_diff(t, &resumed[name]),
+            0.0,
+            "{name}: resumed run differs"
+        );
+        let d = max_diff(t, &exact[name]);
+        changed += usize::from(d > 0.0);
+        // Four updates of at most the learning rate (1e-4) each, bf16 or not.
+        assert!(d <= 8e-4, "{name}: bf16 and f32 runs differ by {d}");
+    }
+    assert!(changed > 0, "--precision bf16 changed nothing");
+
+    let x = tmp.path().join("x");
+    let mut a = train_args(&ann, &feats, &ret, &x);
+    a.extend(["--precision", "fp8"]);
+    let err = fails(&a);
+    assert!(
+        err.contains("--precision") && err.contains("expected f32 or bf16"),
+        "{err}"
+    );
+}

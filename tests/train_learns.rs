@@ -186,7 +186,14 @@ fn data(dir: &Path, clip: &Path) -> Data {
 
 /// Trains, then returns the exact-match rate and the CIDEr-D of the held-out captions after the
 /// last epoch.
-fn train(d: &Data, clip: &Path, gpt2: &Path, out: &Path, retrieval: bool) -> (f64, f64) {
+fn train(
+    d: &Data,
+    clip: &Path,
+    gpt2: &Path,
+    out: &Path,
+    retrieval: bool,
+    extra: &[&str],
+) -> (f64, f64) {
     let tok =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smallcap-tiny/tokenizer");
     let epochs = "12";
@@ -204,7 +211,6 @@ fn train(d: &Data, clip: &Path, gpt2: &Path, out: &Path, retrieval: bool) -> (f6
         gpt2.to_str().unwrap(),
         "--tokenizer",
         tok.to_str().unwrap(),
-        "--train-decoder",
         "--lr",
         "3e-3",
         "--batch-size",
@@ -219,6 +225,7 @@ fn train(d: &Data, clip: &Path, gpt2: &Path, out: &Path, retrieval: bool) -> (f6
         d.ann.to_str().unwrap(),
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     if retrieval {
@@ -272,8 +279,22 @@ fn a_tiny_model_learns_shapes_and_retrieval_helps() {
     let tmp = tempfile::tempdir().unwrap();
     let (clip, gpt2) = pretrained(tmp.path());
     let d = data(tmp.path(), &clip);
-    let (with, with_cider) = train(&d, &clip, &gpt2, &tmp.path().join("rag"), true);
-    let (without, without_cider) = train(&d, &clip, &gpt2, &tmp.path().join("norag"), false);
+    let (with, with_cider) = train(
+        &d,
+        &clip,
+        &gpt2,
+        &tmp.path().join("rag"),
+        true,
+        &["--train-decoder"],
+    );
+    let (without, without_cider) = train(
+        &d,
+        &clip,
+        &gpt2,
+        &tmp.path().join("norag"),
+        false,
+        &["--train-decoder"],
+    );
     // Chance is 1/12 ≈ 0.08 and the colour alone gives 1/3: 0.5 needs shapes read from the
     // retrieved captions. Without them the model has only the weak visual signal.
     assert!(with >= 0.5, "with retrieval: exact match {with}");
@@ -290,4 +311,23 @@ fn a_tiny_model_learns_shapes_and_retrieval_helps() {
         with_cider > without_cider,
         "CIDEr with retrieval {with_cider}, without {without_cider}"
     );
+}
+
+/// `--precision bf16` (every linear product of the decoder in bf16): the model still learns to
+/// read the shape from the retrieved captions.
+#[test]
+fn training_with_bf16_products_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (clip, gpt2) = pretrained(tmp.path());
+    let d = data(tmp.path(), &clip);
+    let (acc, cider) = train(
+        &d,
+        &clip,
+        &gpt2,
+        &tmp.path().join("bf16"),
+        true,
+        &["--precision", "bf16", "--train-decoder"],
+    );
+    assert!(acc >= 0.5, "exact match {acc}");
+    assert!(cider >= 3.75, "CIDEr {cider}");
 }

@@ -8,10 +8,10 @@ mod common;
 
 use candle_core::Device;
 use common::fixture;
-use common::train_steps::{KeyBias, TrainPack};
+use common::train_steps::{KeyBias, Tolerance, TrainPack};
 use smallcap::checkpoint::StateDict;
 use smallcap::models::Dropout;
-use smallcap::train::{TrainModel, Trainable};
+use smallcap::train::{TrainModel, TrainPrecision, Trainable};
 use smallcap::{SmallCapConfig, Tokenizer};
 
 /// The CPU, or the first GPU when `SMALLCAP_TEST_CUDA` is set (scripts/gpu-train-check.sh).
@@ -51,15 +51,45 @@ const KEY_BIAS: KeyBias = KeyBias::FirstHalfOf("crossattention.c_attn.bias");
 
 #[test]
 fn three_steps_match_the_reference() {
-    pack().check_three_steps(&model(), None, KEY_BIAS);
+    pack().check_three_steps(&model(), None, KEY_BIAS, &Tolerance::F32);
 }
 
 /// The same steps with gradient accumulation over micro-batches of one and of two samples:
 /// the same losses, gradients and parameters as the reference's whole batch.
 #[test]
 fn three_steps_in_micro_batches_match_the_reference() {
-    pack().check_three_steps(&model(), Some(1), KEY_BIAS);
-    pack().check_three_steps(&model(), Some(2), KEY_BIAS);
+    pack().check_three_steps(&model(), Some(1), KEY_BIAS, &Tolerance::F32);
+    pack().check_three_steps(&model(), Some(2), KEY_BIAS, &Tolerance::F32);
+}
+
+/// `--precision bf16`: the decoder's linear products in bf16 (operands rounded, f32 sums), the
+/// same three steps within bf16's tolerance (see [`Tolerance::BF16`]), whole and in
+/// micro-batches.
+#[test]
+fn three_steps_with_bf16_products_match_the_reference_within_bf16_rounding() {
+    if device().is_cuda() {
+        return; // bf16 products run on the CPU's kernels.
+    }
+    let bf16 = || {
+        let mut m = model();
+        m.use_precision(TrainPrecision::Bf16).unwrap();
+        m
+    };
+    // The products did change: the loss is not f32's to the bit.
+    let batch = pack().batch();
+    let loss = |m: &TrainModel| {
+        m.loss(&batch, &mut Dropout::off())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_ne!(
+        loss(&model()),
+        loss(&bf16()),
+        "bf16 products changed nothing"
+    );
+    pack().check_three_steps(&bf16(), None, KEY_BIAS, &Tolerance::BF16);
+    pack().check_three_steps(&bf16(), Some(2), KEY_BIAS, &Tolerance::BF16);
 }
 
 #[test]

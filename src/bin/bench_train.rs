@@ -4,7 +4,8 @@
 //! batch: forward with dropout 0.1, loss, backward, clipping, HF AdamW. Reports samples per
 //! second (median over the timed steps after one warm-up step) and peak memory per batch size.
 //!
-//! `cargo run --release --bin bench_train -- [--batch 8 --batch 64] [--steps 3] [--micro-batch 8]`
+//! `cargo run --release --bin bench_train -- [--batch 8 --batch 64] [--steps 3] [--micro-batch 8]
+//! [--precision bf16]`
 
 #[path = "support/measure.rs"]
 mod measure;
@@ -24,7 +25,9 @@ use random_checkpoint::{full_size_config, write_random_checkpoint};
 use smallcap::checkpoint::StateDict;
 use smallcap::models::Dropout;
 use smallcap::train::dataset::{max_length, prep_strings};
-use smallcap::train::{clip_grad_norm, AdamW, AdamWConfig, Batch, TrainModel, Trainable};
+use smallcap::train::{
+    clip_grad_norm, AdamW, AdamWConfig, Batch, TrainModel, TrainPrecision, Trainable,
+};
 use smallcap::Rng;
 use smallcap::{SmallCapConfig, Tokenizer};
 
@@ -44,6 +47,9 @@ struct Args {
     /// --micro-batch`; default: the whole batch.
     #[arg(long)]
     micro_batch: Option<usize>,
+    /// The decoder's linear products, as `smallcap train --precision`.
+    #[arg(long, default_value = "f32")]
+    precision: TrainPrecision,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,13 +59,14 @@ fn main() -> anyhow::Result<()> {
     let device = Device::cuda_if_available(0)?;
     let config = SmallCapConfig::from_file(&args.model_dir.join("config.json"))?;
     let sd = StateDict::load_dir(&args.model_dir, &config, &device)?;
-    let model = TrainModel::new(
+    let mut model = TrainModel::new(
         config.clone(),
         sd.tensors,
         Trainable::CrossAttention,
         false,
         &device,
     )?;
+    model.use_precision(args.precision)?;
     let tok = Tokenizer::from_dir(&args.tokenizer)?;
     let max_len = max_length(&tok, Some(4))?;
     let words: Vec<&str> =
@@ -75,7 +82,8 @@ fn main() -> anyhow::Result<()> {
             .join(" ")
     };
     println!(
-        "device: {device:?}; trainable parameters: {}",
+        "device: {device:?}; precision {}; trainable parameters: {}",
+        args.precision,
         model.trainable_parameters()
     );
     println!(

@@ -14,7 +14,7 @@ use smallcap::train::dataset::Annotations;
 use smallcap::train::features::FeatureStore;
 use smallcap::train::init::{from_pretrained, reduce_factor, Pretrained, SpecialIds};
 use smallcap::train::trainer::{TrainOptions, Trainer, Validation};
-use smallcap::train::{TrainDataset, TrainModel, Trainable};
+use smallcap::train::{TrainDataset, TrainModel, TrainPrecision, Trainable};
 use smallcap::{SmallCapConfig, Tokenizer};
 
 const TRAIN_SPLITS: &[&str] = &["train", "restval"];
@@ -54,6 +54,12 @@ pub struct TrainArgs {
     /// may also be given with --resume).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     micro_batch: Option<u64>,
+    /// How the decoder's linear layers and LM head compute their products: f32, or bf16
+    /// operands with f32 sums on the CPU's matrix units (AMX, else AVX-512 BF16), forward and
+    /// backward, as torch's bf16 autocast; the trained parameters, their gradients and the
+    /// optimiser state stay f32 (default f32; may also be given with --resume).
+    #[arg(long)]
+    precision: Option<TrainPrecision>,
     #[arg(long, default_value_t = 10)]
     epochs: u64,
     #[arg(long, default_value_t = 1e-4)]
@@ -136,11 +142,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             config.eos_token_id,
             config.pad_token_id,
         )?;
-        let mut trainer = Trainer::resume(dir, data, features, &args.out, &device)?;
-        if let Some(m) = args.micro_batch {
-            trainer.state.options.micro_batch = Some(m as usize);
-        }
-        trainer
+        Trainer::resume(dir, data, features, &args.out, &device, |o| {
+            if let Some(m) = args.micro_batch {
+                o.micro_batch = Some(m as usize);
+            }
+            if let Some(p) = args.precision {
+                o.precision = p;
+            }
+        })?
     } else {
         let (config_json, model) = new_model(&args, k_used, &tokenizer, &device)?;
         tokenizer.check_for(&model.config.decoder)?;
@@ -164,6 +173,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             max_grad_norm: 1.0,
             train_decoder: args.train_decoder,
             micro_batch: args.micro_batch.map(|m| m as usize),
+            precision: args.precision.unwrap_or_default(),
         };
         eprintln!(
             "training a model with {} trainable parameters",

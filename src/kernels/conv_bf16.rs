@@ -432,6 +432,11 @@ impl ConvWeights {
         self.in_features
     }
 
+    /// Output channels (before padding).
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
     /// A 1 × 1 convolution as a linear layer over rows: `rows` (`n × in`, row-major) → `n ×
     /// out` (`y = x · Wᵀ + b` of `nn.Linear`).
     pub fn forward_rows(&self, level: Level, rows: &[f32]) -> Vec<f32> {

@@ -2,11 +2,12 @@
 //! decoding ([`packed_linear`], an AVX-512 small-batch GEMM for f32, f16 and bf16), the KV cache
 //! ([`kv_cache`]), and the training operations (fused gelu/LayerNorm/attention softmax with
 //! one-pass backward passes in [`fused`], the frozen-weight matmul and linear of
-//! [`frozen_matmul`], [`dropout`], the vectorised `exp`/`tanh` of [`vector_math`]). Each checks
+//! [`frozen_matmul`] (and in bf16 on the matrix units, [`bf16_linear`]), [`dropout`], the vectorised `exp`/`tanh` of [`vector_math`]). Each checks
 //! the CPU at run time and falls back to candle's operations elsewhere.
 
 pub mod amx;
 pub mod bf16_gemm;
+pub mod bf16_linear;
 pub mod conv_bf16;
 pub mod decode_attention;
 pub mod dropout;

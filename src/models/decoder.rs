@@ -19,6 +19,8 @@ use candle_core::{DType, Tensor, D};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use crate::config::{DecoderArch, DecoderConfig};
+use crate::kernels::bf16_gemm::Level;
+use crate::kernels::bf16_linear::{linear_bf16, FrozenBf16};
 use crate::kernels::decode_attention;
 use crate::kernels::dropout::Dropout;
 use crate::kernels::frozen_matmul::frozen_matmul;
@@ -308,6 +310,8 @@ pub struct Decoder {
     /// How decoding multiplies by a frozen `lm_head` (`None` when the head trains, tied to a
     /// trainable embedding). Decoding reads the whole head at every step.
     frozen_head: Option<FrozenHead>,
+    /// Training's products in bf16 on this level ([`Decoder::use_bf16_products`]).
+    bf16_products: Option<Level>,
     cfg: DecoderConfig,
 }
 
@@ -323,6 +327,8 @@ enum FrozenHead {
     },
     /// Packed by [`Decoder::pack_for_decoding`].
     Packed(Arc<PackedLinear>),
+    /// In bf16 for training's products ([`Decoder::use_bf16_products`]).
+    Bf16(Arc<FrozenBf16>),
 }
 
 /// One image's decoding state: its rows (beams), self-attention cache and cross-attention K/V.
@@ -397,6 +403,7 @@ impl Decoder {
                 })
             },
             lm_head,
+            bf16_products: None,
             cfg: cfg.clone(),
         })
     }
@@ -404,6 +411,11 @@ impl Decoder {
     /// The decoder's sizes.
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
+    }
+
+    /// Where the decoder's weights are.
+    pub fn device(&self) -> &candle_core::Device {
+        self.embeddings.tokens.device()
     }
 
     /// Packs every frozen linear layer and the LM head for decoding on the CPU, in `ty`
@@ -415,6 +427,40 @@ impl Decoder {
         if !self.embeddings.tokens.device().is_cpu() || f32_without_simd {
             return Ok(());
         }
+        for layer in self.linear_layers() {
+            if !layer.trains() {
+                layer.pack(ty)?;
+            }
+        }
+        if let Some(FrozenHead::RowMajor { view, .. }) = &self.frozen_head {
+            let packed = PackedLinear::pack(view, None, ty)?;
+            self.frozen_head = Some(FrozenHead::Packed(Arc::new(packed)));
+        }
+        Ok(())
+    }
+
+    /// Computes training's linear products in bf16 with f32 sums on `level` (`train
+    /// --precision bf16`): frozen layers and a frozen LM head are held in bf16 for the forward
+    /// product and their input's gradient ([`FrozenBf16`]); trainable ones keep their f32
+    /// weights and round them at each product, their gradients included ([`linear_bf16`]).
+    /// The attention's own products stay f32. CPU only.
+    pub fn use_bf16_products(&mut self, level: Level) -> candle_core::Result<()> {
+        if !self.device().is_cpu() {
+            candle_core::bail!("bf16 products run on the CPU's bf16 kernels only");
+        }
+        for layer in self.linear_layers() {
+            layer.to_bf16_products(level)?;
+        }
+        if let Some(FrozenHead::RowMajor { view, .. }) = &self.frozen_head {
+            let head = FrozenBf16::new(view, None, level)?;
+            self.frozen_head = Some(FrozenHead::Bf16(Arc::new(head)));
+        }
+        self.bf16_products = Some(level);
+        Ok(())
+    }
+
+    /// Every linear layer of the decoder (trainable or not).
+    fn linear_layers(&mut self) -> Vec<&mut Linear> {
         let mut layers: Vec<&mut Linear> = Vec::new();
         layers.extend(self.embeddings.project_in.as_mut());
         layers.extend(self.project_out.as_mut());
@@ -427,16 +473,7 @@ impl Decoder {
             layers.push(&mut block.mlp.fc_in);
             layers.push(&mut block.mlp.fc_out);
         }
-        for layer in layers {
-            if !layer.trains() {
-                layer.pack(ty)?;
-            }
-        }
-        if let Some(FrozenHead::RowMajor { view, .. }) = &self.frozen_head {
-            let packed = PackedLinear::pack(view, None, ty)?;
-            self.frozen_head = Some(FrozenHead::Packed(Arc::new(packed)));
-        }
-        Ok(())
+        layers
     }
 
     /// Starts a sequence for one image from its `encoder_hidden_states` `[S, width]`:
@@ -609,7 +646,11 @@ impl Decoder {
                 h.matmul(contiguous.get().unwrap_or(view))
             }
             Some(FrozenHead::Packed(head)) if !training => head.forward(&h),
-            _ => frozen_matmul(&h, &self.lm_head.t()?),
+            Some(FrozenHead::Bf16(head)) => head.forward(&h),
+            _ => match self.bf16_products {
+                Some(level) => linear_bf16(&h, &self.lm_head.t()?, None, level),
+                None => frozen_matmul(&h, &self.lm_head.t()?),
+            },
         }
     }
 }

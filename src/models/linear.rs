@@ -1,11 +1,14 @@
 //! The linear layer every model here uses: `y = x · W (+ b)` with `W` held `[in, out]`, dense
-//! (trainable or frozen) or packed for decoding ([`PackedLinear`]).
+//! (trainable or frozen), packed for decoding ([`PackedLinear`]) or with bf16 products for
+//! training on the matrix units ([`crate::kernels::bf16_linear`]).
 
 use std::sync::Arc;
 
 use candle_core::Tensor;
 use candle_nn::{Module, VarBuilder};
 
+use crate::kernels::bf16_gemm::Level;
+use crate::kernels::bf16_linear::{linear_bf16, FrozenBf16};
 use crate::kernels::frozen_matmul::{frozen_linear, frozen_matmul};
 use crate::kernels::packed_linear::{PackedLinear, WeightType};
 
@@ -25,6 +28,14 @@ enum LinearWeights {
     },
     /// Frozen and packed for decoding on the CPU (see [`PackedLinear`]); shared by clones.
     Packed(Arc<PackedLinear>),
+    /// Frozen, in bf16 for both products of training (see [`FrozenBf16`]); shared by clones.
+    Bf16(Arc<FrozenBf16>),
+    /// Trainable, its products in bf16 on `level` (see [`linear_bf16`]).
+    TrainableBf16 {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        level: Level,
+    },
 }
 
 impl Linear {
@@ -71,7 +82,8 @@ impl Linear {
             LinearWeights::Dense { weight, bias } => {
                 weight.track_op() || bias.as_ref().is_some_and(|b| b.track_op())
             }
-            LinearWeights::Packed(_) => false,
+            LinearWeights::Packed(_) | LinearWeights::Bf16(_) => false,
+            LinearWeights::TrainableBf16 { .. } => true,
         }
     }
 
@@ -110,6 +122,25 @@ impl Linear {
         }
         Ok(())
     }
+
+    /// Computes training's products in bf16 on `level`: a frozen weight is held in bf16 (see
+    /// [`FrozenBf16`]), a trainable one stays f32 and is rounded at each product (see
+    /// [`linear_bf16`]). A packed layer stays as it is.
+    pub fn to_bf16_products(&mut self, level: Level) -> candle_core::Result<()> {
+        let trains = self.trains();
+        if let LinearWeights::Dense { weight, bias } = &self.weights {
+            self.weights = if trains {
+                LinearWeights::TrainableBf16 {
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                    level,
+                }
+            } else {
+                LinearWeights::Bf16(Arc::new(FrozenBf16::new(weight, bias.as_ref(), level)?))
+            };
+        }
+        Ok(())
+    }
 }
 
 impl Module for Linear {
@@ -122,6 +153,12 @@ impl Module for Linear {
             } => frozen_linear(xs, weight, bias),
             LinearWeights::Dense { weight, bias: None } => frozen_matmul(xs, weight),
             LinearWeights::Packed(packed) => packed.forward(xs),
+            LinearWeights::Bf16(layer) => layer.forward(xs),
+            LinearWeights::TrainableBf16 {
+                weight,
+                bias,
+                level,
+            } => linear_bf16(xs, weight, bias.as_ref(), *level),
         }
     }
 }

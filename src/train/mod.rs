@@ -12,5 +12,5 @@ pub mod optimizer;
 pub mod trainer;
 
 pub use dataset::{Annotations, Sample, TrainDataset};
-pub use model::{Batch, TrainModel, Trainable};
+pub use model::{Batch, TrainModel, TrainPrecision, Trainable};
 pub use optimizer::{clip_grad_norm, linear_lr, AdamW, AdamWConfig};

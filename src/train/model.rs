@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{expected_tensors, token_embedding_name, LM_HEAD};
 use crate::config::{DecoderConfig, SmallCapConfig};
@@ -33,6 +34,43 @@ impl Trainable {
                 Trainable::CrossAttention => name.contains(cfg.cross_attention_marker()),
                 Trainable::Decoder => true,
             }
+    }
+}
+
+/// How training computes the frozen layers' products (`train --precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainPrecision {
+    /// f32 throughout (the reference's fixture to 1e-4).
+    #[default]
+    F32,
+    /// Every linear product of the decoder and LM head, forward and backward, with operands in
+    /// bf16 and f32 sums (what torch's bf16 autocast does to them), on AMX where the CPU has
+    /// it. The trained parameters (master weights), their gradients, the optimiser state and
+    /// every other operation stay f32.
+    Bf16,
+}
+
+impl std::str::FromStr for TrainPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(format!(
+                "unknown training precision {s:?} (expected f32 or bf16)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for TrainPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
     }
 }
 
@@ -134,6 +172,23 @@ impl TrainModel {
             decoder,
             tied_lm_head,
         })
+    }
+
+    /// Computes the decoder's linear products in `precision` from now on (f32 leaves the
+    /// model as built; see [`TrainPrecision`]). bf16 runs on the CPU only.
+    pub fn use_precision(&mut self, precision: TrainPrecision) -> Result<()> {
+        if precision == TrainPrecision::F32 {
+            return Ok(());
+        }
+        let device = self.decoder.device().clone();
+        if !device.is_cpu() {
+            return Err(Error::Input(format!(
+                "--precision {precision} runs on the CPU's bf16 kernels; this run is on {device:?} (use --precision f32 there)"
+            )));
+        }
+        self.decoder
+            .use_bf16_products(crate::kernels::bf16_gemm::Level::detect())?;
+        Ok(())
     }
 
     /// Number of trainable scalars.

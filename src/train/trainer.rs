@@ -28,7 +28,7 @@ use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::dataset::IGNORE_INDEX;
 use crate::train::features::FeatureStore;
-use crate::train::model::{Batch, TrainModel, Trainable};
+use crate::train::model::{Batch, TrainModel, TrainPrecision, Trainable};
 use crate::train::optimizer::{clip_grad_norm, linear_lr, AdamW, AdamWConfig};
 use crate::train::TrainDataset;
 
@@ -66,6 +66,10 @@ pub struct TrainOptions {
     /// the whole batch at once). Bounds memory; the update is the same.
     #[serde(default)]
     pub micro_batch: Option<usize>,
+    /// How the frozen layers' products are computed (`f32` in states written before it was
+    /// an option).
+    #[serde(default)]
+    pub precision: TrainPrecision,
 }
 
 impl Default for TrainOptions {
@@ -82,6 +86,7 @@ impl Default for TrainOptions {
             max_grad_norm: 1.0,
             train_decoder: false,
             micro_batch: None,
+            precision: TrainPrecision::F32,
         }
     }
 }
@@ -226,7 +231,7 @@ impl Trainer {
     }
 
     fn build(
-        model: TrainModel,
+        mut model: TrainModel,
         config_json: Value,
         data: TrainDataset,
         features: FeatureStore,
@@ -249,6 +254,7 @@ impl Trainer {
             cfg.encoder.num_positions(),
             cfg.encoder.hidden_size,
         )?;
+        model.use_precision(o.precision)?;
         let log = prepare_out(out)?;
         let opt = AdamW::new(model.params.clone(), AdamWConfig::default())?;
         Ok(Self {
@@ -267,17 +273,19 @@ impl Trainer {
     }
 
     /// Continues the run saved in the checkpoint folder `dir` (its settings, weights, optimiser
-    /// state and step), on the same data.
+    /// state and step), on the same data. `adjust` may change the settings that do not change
+    /// the run's course (`micro_batch`, `precision`) before the model is built.
     pub fn resume(
         dir: &Path,
         data: TrainDataset,
         features: FeatureStore,
         out: &Path,
         device: &Device,
+        adjust: impl FnOnce(&mut TrainOptions),
     ) -> Result<Self> {
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-        let state: TrainerState = serde_json::from_str(&text).map_err(|e| {
+        let mut state: TrainerState = serde_json::from_str(&text).map_err(|e| {
             Error::Input(format!(
                 "{}: not a trainer state: {e}",
                 state_path.display()
@@ -291,6 +299,7 @@ impl Trainer {
                 data.len()
             )));
         }
+        adjust(&mut state.options);
         let config_path = dir.join("config.json");
         let config_text =
             std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
