@@ -444,16 +444,40 @@ impl ConvWeights {
         let in_features = self.in_features;
         assert_eq!(rows.len() % in_features, 0, "rows of {in_features} values");
         let n = rows.len() / in_features;
-        let mut x = Nhwc::zeros(1, n, self.c_in, 0);
-        for (i, r) in rows.chunks(in_features).enumerate() {
-            let o = x.at(0, i);
-            x.data[o..o + in_features].copy_from_slice(r);
-        }
+        let x = if in_features == self.c_in {
+            // The rows are the activation's pixels as they are: one copy, then the slack.
+            let mut data = take_stale(&F32_POOL, (n + SLACK_PIXELS) * self.c_in);
+            data.clear();
+            data.extend_from_slice(rows);
+            data.resize((n + SLACK_PIXELS) * self.c_in, 0.0);
+            Nhwc {
+                h: 1,
+                w: n,
+                c: self.c_in,
+                pad: 0,
+                data,
+            }
+        } else {
+            let mut x = Nhwc::zeros(1, n, self.c_in, 0);
+            for (i, r) in rows.chunks(in_features).enumerate() {
+                let o = x.at(0, i);
+                x.data[o..o + in_features].copy_from_slice(r);
+            }
+            x
+        };
         let parts = self.input_parts(&x);
-        let y = self
+        drop(x);
+        let mut y = self
             .forward(level, &parts, false, None, 0, false)
             .into_f32();
-        y.tokens(self.out_features)
+        if self.out_features == self.c_out {
+            // The first `n` pixels are the rows: the buffer is the result.
+            let mut out = std::mem::take(&mut y.data);
+            out.truncate(n * self.c_out);
+            out
+        } else {
+            y.tokens(self.out_features)
+        }
     }
 
     /// `act(conv(x) + bias [+ residual])` of the input's parts ([`Self::input_parts`]),
