@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
@@ -542,73 +543,26 @@ fn state_dict_items(path: &Path, root: Object) -> Result<Vec<(Object, Object)>> 
     }
 }
 
-/// How many times its archive's size a pickle may take once read (see [`read_pytorch`]).
+/// How many times its archive's size a pickle may take once read (see [`PytorchArchive`]).
 const PICKLE_EXPANSION: u64 = 16;
 
-/// Reads a PyTorch zip checkpoint as data: the pickle is parsed into objects, every global it
-/// names is checked against [`ALLOWED_GLOBALS`] (TorchScript module classes `__torch__.*` are
-/// accepted as inert attribute containers), and tensor bytes are read from the archive.
+/// Reads every tensor of a PyTorch zip checkpoint that `select` wants, as f32 (see
+/// [`PytorchArchive`]).
 fn read_pytorch(
     path: &Path,
     select: Select<'_>,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
-        Error::checkpoint(
-            path,
-            format!("not a PyTorch zip checkpoint (truncated or corrupt?): {e}"),
-        )
-    })?;
-    let pkl_name = zip
-        .file_names()
-        .filter_map(|n| n.ok())
-        .find(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
-        .map(|n| n.into_owned())
-        .ok_or_else(|| Error::checkpoint(path, "the archive holds no data.pkl"))?;
-    let dir_name = pkl_name.trim_end_matches(".pkl").to_string();
-    let root = {
-        let entry = zip
-            .by_name(&pkl_name)
-            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
-        // The pickle is held in memory for the check below: at most a small multiple of the
-        // archive's size (PyTorch stores it uncompressed; a compressed one may expand this much).
-        let limit = file_len.saturating_mul(PICKLE_EXPANSION);
-        let mut pkl = Vec::new();
-        entry
-            .take(limit + 1)
-            .read_to_end(&mut pkl)
-            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
-        if pkl.len() as u64 > limit {
-            return Err(Error::checkpoint(
-                path,
-                format!("{pkl_name} expands to more than {PICKLE_EXPANSION} times the archive's {file_len} bytes; refusing it"),
-            ));
-        }
-        crate::pickle_check::check(&pkl)
-            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?;
-        let mut reader = pkl.as_slice();
-        let mut stack = Stack::empty();
-        stack
-            .read_loop(&mut reader)
-            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?;
-        stack
-            .finalize()
-            .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?
-    };
-    check_globals(&root).map_err(|msg| Error::checkpoint(path, msg))?;
-    let items = state_dict_items(path, root)?;
+    let archive = PytorchArchive::open(path)?;
     let mut out = HashMap::new();
-    for (key, value) in items {
-        let Object::Unicode(name) = &key else {
-            continue;
-        };
+    for (name, info) in &archive.entries {
         if !select.wants(name) {
             continue;
         }
-        let info = match storage_view(value, &dir_name) {
-            Ok(Some(info)) => info,
+        match info {
+            Ok(Some(_)) => {
+                out.insert(name.clone(), archive.tensor(name, device)?);
+            }
             // Non-tensor entries (`_metadata`, ...) are skipped when reading everything.
             Ok(None) if matches!(select, Select::All) => continue,
             Ok(None) => {
@@ -618,7 +572,186 @@ fn read_pytorch(
                 ))
             }
             Err(e) => return Err(Error::checkpoint(path, format!("tensor {name}: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// The bytes of a memory-mapped file, shared by the zip reader and the tensors read from it.
+#[derive(Clone)]
+struct MapBytes(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MapBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A PyTorch zip checkpoint read as data, its tensors on demand: the pickle is parsed into
+/// objects once, every global it names is checked against [`ALLOWED_GLOBALS`] (TorchScript
+/// module classes `__torch__.*` are accepted as inert attribute containers), and a tensor's
+/// bytes are read when it is asked for: straight from the memory-mapped file when the archive
+/// stores them uncompressed (as PyTorch does; their CRC-32 is checked, once per storage), through
+/// the zip reader otherwise. Sizes and offsets from the pickle are checked against the file
+/// before anything is allocated from them.
+pub struct PytorchArchive {
+    path: PathBuf,
+    map: MapBytes,
+    zip: Mutex<zip::ZipArchive<std::io::Cursor<MapBytes>>>,
+    /// State-dict entries in file order: a tensor's storage view, `None` for a value that is no
+    /// tensor, or why the value could not be read as one.
+    entries: Vec<(String, std::result::Result<Option<StorageView>, String>)>,
+    /// Each name's entry (the last, where a name repeats).
+    index: HashMap<String, usize>,
+    /// Storages whose CRC-32 matched.
+    checked: Mutex<std::collections::HashSet<String>>,
+}
+
+impl PytorchArchive {
+    /// Opens the checkpoint at `path` and reads its pickle.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only. Memory-mapping is sound as long as the file is not
+        // truncated or rewritten while mapped: nothing in this process writes a file it reads
+        // (checkpoints are written under a temporary name and renamed into place), and as every
+        // reader of memory-mapped files we rely on no other process doing so. Every range read
+        // from the map is checked against its length first.
+        let map = MapBytes(Arc::new(
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?,
+        ));
+        let file_len = map.0.len() as u64;
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(map.clone())).map_err(|e| {
+            Error::checkpoint(
+                path,
+                format!("not a PyTorch zip checkpoint (truncated or corrupt?): {e}"),
+            )
+        })?;
+        let pkl_name = zip
+            .file_names()
+            .filter_map(|n| n.ok())
+            .find(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+            .map(|n| n.into_owned())
+            .ok_or_else(|| Error::checkpoint(path, "the archive holds no data.pkl"))?;
+        let dir_name = pkl_name.trim_end_matches(".pkl").to_string();
+        let root = {
+            let entry = zip
+                .by_name(&pkl_name)
+                .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
+            // The pickle is held in memory for the check below: at most a small multiple of
+            // the archive's size (PyTorch stores it uncompressed; a compressed one may expand
+            // this much).
+            let limit = file_len.saturating_mul(PICKLE_EXPANSION);
+            let mut pkl = Vec::new();
+            entry
+                .take(limit + 1)
+                .read_to_end(&mut pkl)
+                .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
+            if pkl.len() as u64 > limit {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("{pkl_name} expands to more than {PICKLE_EXPANSION} times the archive's {file_len} bytes; refusing it"),
+                ));
+            }
+            crate::pickle_check::check(&pkl)
+                .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?;
+            let mut reader = pkl.as_slice();
+            let mut stack = Stack::empty();
+            stack
+                .read_loop(&mut reader)
+                .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?;
+            stack
+                .finalize()
+                .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: bad pickle: {e}")))?
         };
+        check_globals(&root).map_err(|msg| Error::checkpoint(path, msg))?;
+        let entries = state_dict_items(path, root)?
+            .into_iter()
+            .filter_map(|(key, value)| match key {
+                Object::Unicode(name) => Some((name, storage_view(value, &dir_name))),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), i))
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            zip: Mutex::new(zip),
+            entries,
+            index,
+            checked: Mutex::new(Default::default()),
+        })
+    }
+
+    /// The names of the archive's tensors, in file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, (name, info))| matches!(info, Ok(Some(_))) && self.index[name] == i)
+            .map(|(_, (name, _))| name.as_str())
+    }
+
+    /// The shape of tensor `name`, if the archive holds it.
+    pub fn dims(&self, name: &str) -> Option<&[usize]> {
+        self.view(name).ok().map(|v| v.dims.as_slice())
+    }
+
+    fn view(&self, name: &str) -> Result<&StorageView> {
+        match self.index.get(name).map(|&i| &self.entries[i]) {
+            Some((_, Ok(Some(info)))) => Ok(info),
+            Some((_, Ok(None))) => Err(Error::checkpoint(
+                &self.path,
+                format!("entry {name} is not a tensor"),
+            )),
+            Some((_, Err(e))) => Err(Error::checkpoint(&self.path, format!("tensor {name}: {e}"))),
+            None => Err(Error::checkpoint(
+                &self.path,
+                format!("missing tensor {name}"),
+            )),
+        }
+    }
+
+    /// Tensor `name` as f32 on `device`.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let info = self.view(name)?;
+        let bytes = self.raw(name, info)?;
+        let t = if info.dtype == DType::F32 {
+            Tensor::from_vec(f32_from_le(bytes), info.dims.as_slice(), device)?
+        } else {
+            Tensor::from_raw_buffer(bytes, info.dtype, &info.dims, device)?
+        };
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// Tensor `name`'s values as f32 with its shape: borrowed from the mapped file when stored
+    /// there as aligned little-endian f32 (no copy), converted otherwise.
+    pub fn f32_values(&self, name: &str) -> Result<(std::borrow::Cow<'_, [f32]>, &[usize])> {
+        let info = self.view(name)?;
+        let bytes = self.raw(name, info)?;
+        let values = if info.dtype != DType::F32 {
+            let t = self.tensor(name, &Device::Cpu)?;
+            std::borrow::Cow::Owned(t.flatten_all()?.to_vec1::<f32>()?)
+        } else if cfg!(target_endian = "little") && bytes.as_ptr().align_offset(4) == 0 {
+            // SAFETY: `bytes` is 4-aligned and its length a multiple of 4 (`nbytes` is the
+            // element count times 4); every bit pattern is a valid f32, read as the
+            // little-endian f32 the archive stores on this little-endian CPU; the slice borrows
+            // the map, which lives as long as `self`.
+            std::borrow::Cow::Borrowed(unsafe {
+                std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4)
+            })
+        } else {
+            std::borrow::Cow::Owned(f32_from_le(bytes))
+        };
+        Ok((values, info.dims.as_slice()))
+    }
+
+    /// The bytes of a tensor's view (`info`), checked against the file and its storage.
+    fn raw(&self, name: &str, info: &StorageView) -> Result<&[u8]> {
+        let path = &self.path;
         if !info.is_contiguous() {
             return Err(Error::checkpoint(
                 path,
@@ -626,6 +759,7 @@ fn read_pytorch(
             ));
         }
         // Sizes come from the pickle: checked against the file before anything is allocated.
+        let file_len = self.map.0.len() as u64;
         let elem = info.dtype.size_in_bytes();
         let sizes = info
             .dims
@@ -642,77 +776,100 @@ fn read_pytorch(
                 ),
             ));
         };
-        let mut entry = zip
+        let zip = &mut *self.zip.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = zip
             .by_name(&info.path)
             .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {}: {e}", info.path)))?;
-        let too_short = |e: &dyn std::fmt::Display| {
+        // PyTorch stores every storage uncompressed; they are read from the mapped file.
+        let (start, size, crc) = match entry.data_start() {
+            Some(start)
+                if entry.compression() == zip::CompressionMethod::Stored && !entry.encrypted() =>
+            {
+                (start, entry.size(), entry.crc32())
+            }
+            _ => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "storage {} is compressed or encrypted ({:?}); PyTorch stores tensors uncompressed and only such storages are read",
+                        info.path,
+                        entry.compression()
+                    ),
+                ))
+            }
+        };
+        let range = start
+            .checked_add(size)
+            .filter(|&end| end <= file_len)
+            .map(|end| start as usize..end as usize)
+            .ok_or_else(|| {
+                Error::checkpoint(
+                    path,
+                    format!("storage {} runs past the end of the file", info.path),
+                )
+            })?;
+        let storage = &self.map.0[range];
+        self.check_crc(&info.path, storage, crc)?;
+        storage.get(offset..offset + nbytes).ok_or_else(|| {
             Error::checkpoint(
                 path,
-                format!("tensor {name}: storage {} is too short: {e}", info.path),
+                format!(
+                    "tensor {name}: storage {} is too short: {} bytes from offset {offset}, {nbytes} needed",
+                    info.path,
+                    storage.len().saturating_sub(offset)
+                ),
             )
-        };
-        let offset = offset as u64;
-        let skipped = std::io::copy(&mut (&mut entry).take(offset), &mut std::io::sink())
-            .map_err(|e| too_short(&e))?;
-        // Grows with the data actually read, so a storage shorter than its shape claims costs
-        // no more than its own length.
-        let capacity = nbytes.min(entry.size() as usize);
-        let mut storage = (&mut entry).take(nbytes as u64);
-        let (t, read) = if info.dtype == DType::F32 {
-            // Most checkpoints (RN50x64's 1.7 GB among them): decoded straight into the
-            // values, one pass over memory instead of a byte copy and then a value copy.
-            let values = read_f32_le(&mut storage, capacity).map_err(|e| too_short(&e))?;
-            let read = values.len() * 4;
-            let t = (read == nbytes)
-                .then(|| Tensor::from_vec(values, info.dims.as_slice(), device))
-                .transpose()?;
-            (t, read)
-        } else {
-            let mut data = Vec::with_capacity(capacity);
-            storage.read_to_end(&mut data).map_err(|e| too_short(&e))?;
-            let t = (data.len() == nbytes)
-                .then(|| Tensor::from_raw_buffer(&data, info.dtype, &info.dims, device))
-                .transpose()?;
-            (t, data.len())
-        };
-        let t = match t {
-            Some(t) if skipped == offset => t,
-            _ => {
-                return Err(too_short(&format!(
-                    "{read} bytes from offset {offset}, {nbytes} needed"
-                )))
-            }
-        };
-        out.insert(name.clone(), t.to_dtype(DType::F32)?);
+        })
     }
-    Ok(out)
+
+    /// Checks a stored storage's CRC-32 against the archive's record (once per storage; in
+    /// parallel chunks).
+    fn check_crc(&self, storage_path: &str, bytes: &[u8], want: u32) -> Result<()> {
+        use rayon::prelude::*;
+        if self
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(storage_path)
+        {
+            return Ok(());
+        }
+        let got = bytes
+            .par_chunks(1 << 22)
+            .map(|c| {
+                let mut h = crc32fast::Hasher::new();
+                h.update(c);
+                h
+            })
+            .reduce(crc32fast::Hasher::new, |mut a, b| {
+                a.combine(&b);
+                a
+            })
+            .finalize();
+        if got != want {
+            return Err(Error::checkpoint(
+                &self.path,
+                format!("storage {storage_path} is corrupt: its CRC-32 is {got:08x}, the archive records {want:08x}"),
+            ));
+        }
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(storage_path.to_string());
+        Ok(())
+    }
 }
 
-/// Little-endian f32 values to the end of `reader`, read in chunks of at most 1 MiB; `capacity`
-/// bytes are reserved up front (the caller bounds it by what the file can hold). A trailing
-/// partial value is dropped (the caller compares the length it needed).
-fn read_f32_le(reader: &mut impl Read, capacity: usize) -> std::io::Result<Vec<f32>> {
-    let mut values = Vec::with_capacity(capacity / 4);
-    let mut chunk = vec![0u8; capacity.clamp(4, 1 << 20) / 4 * 4];
-    loop {
-        let mut got = 0;
-        while got < chunk.len() {
-            match reader.read(&mut chunk[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        values.extend(
-            chunk[..got]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
-        if got < chunk.len() {
-            return Ok(values);
-        }
-    }
+/// Little-endian f32 values of `bytes` (a multiple of 4 long), decoded in parallel.
+fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(bytes.len() / 4);
+    bytes
+        .par_chunks_exact(4)
+        .with_min_len(1 << 16)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect_into_vec(&mut out);
+    out
 }
 
 /// Where a tensor's data lies: `torch._utils._rebuild_tensor_v2`'s arguments, read with every

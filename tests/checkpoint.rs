@@ -335,3 +335,67 @@ fn a_storage_shorter_than_its_shape_is_refused() {
         "{e}"
     );
 }
+
+/// Storages are read from the memory-mapped file when stored uncompressed, so their CRC-32 is
+/// checked there: one flipped byte in `view`'s storage (`arange(6.0)`, the value 3.0) is
+/// refused by naming the storage.
+#[test]
+fn a_corrupt_storage_is_refused_by_its_crc() {
+    let seed_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes");
+    let mut bytes = std::fs::read(seed_path).unwrap();
+    let values: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let at = bytes
+        .windows(values.len())
+        .position(|w| w == values.as_slice())
+        .expect("view's storage, arange(6.0), stored uncompressed");
+    bytes[at + 3 * 4 + 1] ^= 0x40;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flipped.bin");
+    std::fs::write(&path, bytes).unwrap();
+    let e = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("flipped.bin") && e.contains("is corrupt") && e.contains("CRC-32"),
+        "{e}"
+    );
+}
+
+/// Storages are read from the file as PyTorch stores them, uncompressed: an archive whose
+/// storage entries claim another compression method (the `dtypes` seed with the method field of
+/// every `data/` entry's local and central header set to 8, deflate) is refused by naming the
+/// storage, not misread.
+#[test]
+fn a_compressed_storage_is_refused_by_name() {
+    let seed_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes");
+    let mut bytes = std::fs::read(seed_path).unwrap();
+    // (signature, offset of the method field, of the name length, of the name)
+    for (sig, method, name_len, name_at) in
+        [(b"PK\x03\x04", 8, 26, 30), (b"PK\x01\x02", 10, 28, 46)]
+    {
+        let starts: Vec<usize> = bytes
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| w == sig)
+            .map(|(i, _)| i)
+            .collect();
+        for at in starts {
+            let len = u16::from_le_bytes([bytes[at + name_len], bytes[at + name_len + 1]]) as usize;
+            let name =
+                String::from_utf8_lossy(&bytes[at + name_at..at + name_at + len]).to_string();
+            if name.contains("/data/") {
+                bytes[at + method..at + method + 2].copy_from_slice(&8u16.to_le_bytes());
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deflated.bin");
+    std::fs::write(&path, bytes).unwrap();
+    let e = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("deflated.bin") && e.contains("/data/") && e.contains("compress"),
+        "{e}"
+    );
+}
