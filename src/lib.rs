@@ -36,7 +36,7 @@ pub(crate) mod pickle_check;
 pub mod pipeline;
 pub mod precision;
 pub mod prompt;
-pub(crate) mod pytorch_writer;
+pub mod pytorch_writer;
 pub mod retrieval;
 pub mod retrieved;
 pub(crate) mod rng;

@@ -57,6 +57,11 @@ struct Args {
     /// FAISS file with COCO-length captions, laid out in a hub cache under `dir`).
     #[arg(long)]
     hub_open: bool,
+    /// Only write the random RN50x64 as a PyTorch checkpoint (`dir/RN50x64.pt`) and the store of
+    /// `n` random 1024-d vectors, then print their paths: loading is timed on them in fresh
+    /// processes (`smallcap retrieve --encoder dir/RN50x64.pt ...`, BENCHMARKS.md).
+    #[arg(long)]
+    write_archive: bool,
 }
 
 /// A hub cache under `dir/hf` holding `bench/coco` at one commit: `coco_index` (a flat-IP FAISS
@@ -261,6 +266,12 @@ fn vit_b32_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
 
 /// Random RN50x64 weights (BatchNorm statistics included), in OpenAI key names.
 fn rn50x64_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
+    let (m, dims) = rn50x64_tensors(dev)?;
+    Ok((Weights::new(Path::new("<random RN50x64>"), m), dims))
+}
+
+/// The tensors of [`rn50x64_weights`] by name.
+fn rn50x64_tensors(dev: &Device) -> anyhow::Result<(HashMap<String, Tensor>, ClipDims)> {
     let dims = ClipDims {
         embed_dim: 1024,
         image_resolution: 448,
@@ -346,7 +357,24 @@ fn rn50x64_weights(dev: &Device) -> anyhow::Result<(Weights, ClipDims)> {
     t("visual.attnpool.c_proj.bias".into(), &[1024], 0.0)?;
     add_text_tower(&mut t, 1024, 1024)?;
     drop(t);
-    Ok((Weights::new(Path::new("<random RN50x64>"), m), dims))
+    Ok((m, dims))
+}
+
+/// `--write-archive`: the random RN50x64 at `dir/RN50x64.pt` and a store of `n` vectors.
+fn write_archive(args: &Args) -> anyhow::Result<()> {
+    let store = random_store(&args.dir, args.n, 1024)?;
+    let path = args.dir.join("RN50x64.pt");
+    if !path.is_file() {
+        let (m, _) = rn50x64_tensors(&Device::Cpu)?;
+        let mut tensors: Vec<(String, Tensor)> = m.into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let tmp = args.dir.join("RN50x64.pt.tmp");
+        smallcap::pytorch_writer::write_state_dict(&tmp, &tensors)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    println!("{}", path.display());
+    println!("{}", store.dir().display());
+    Ok(())
 }
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat` (0 elsewhere).
@@ -368,6 +396,9 @@ fn main() -> anyhow::Result<()> {
         println!("| what | median wall (runs: {}) | memory |", args.runs);
         println!("|---|---|---|");
         return time_hub_open(&args);
+    }
+    if args.write_archive {
+        return write_archive(&args);
     }
     let dev = Device::Cpu;
     let img = smallcap_image::load(&args.image)?;

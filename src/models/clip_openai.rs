@@ -320,8 +320,7 @@ impl OpenAiClip {
         kernel: ConvKernel,
         texts_only: bool,
     ) -> Result<Self> {
-        let map = crate::checkpoint::read_state_dict(path, device)?;
-        let weights = Weights::new(path, map);
+        let weights = Weights::open(path, device)?;
         let dims_path = path
             .parent()
             .map(|p| p.join(DIMS_FILE))

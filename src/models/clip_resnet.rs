@@ -50,7 +50,8 @@ impl ConvBn {
         stride: usize,
         kernel: ConvKernel,
     ) -> Result<Self> {
-        let w = wts.get(&format!("{conv}.weight"), &[cout, cin, k, k])?;
+        let w_name = format!("{conv}.weight");
+        let w_shape = [cout, cin, k, k];
         let gamma = wts.get(&format!("{bn}.weight"), &[cout])?;
         let beta = wts.get(&format!("{bn}.bias"), &[cout])?;
         let mean = wts.get(&format!("{bn}.running_mean"), &[cout])?;
@@ -59,7 +60,8 @@ impl ConvBn {
         let bias = (beta - mean.mul(&scale)?)?;
         Ok(match kernel {
             ConvKernel::F32 => Self::Nchw {
-                weight: w
+                weight: wts
+                    .get(&w_name, &w_shape)?
                     .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?
                     .contiguous()?,
                 bias: bias.reshape((1, cout, 1, 1))?,
@@ -67,9 +69,10 @@ impl ConvBn {
                 stride,
             },
             ConvKernel::Blocks(_, split) => {
-                // The same fold on the values, without a second tensor of the weight.
+                // The same fold on the values (read from the mapped file where it can be),
+                // without a tensor of the weight.
                 let scale = scale.to_vec1::<f32>()?;
-                let mut wv = w.flatten_all()?.to_vec1::<f32>()?;
+                let mut wv = wts.values(&w_name, &w_shape)?.into_owned();
                 for (row, s) in wv.chunks_mut(cin * k * k).zip(&scale) {
                     row.iter_mut().for_each(|v| *v *= s);
                 }
