@@ -320,15 +320,15 @@ pub fn pack_b(
             blocks[nb].push(chunk);
         }
     }
-    blocks
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(nb, mut dst)| {
-            // The block's 32 columns (zeros past `n` and `k`), then written a K pair at a time:
+    let kp = k_steps * 32;
+    blocks.into_par_iter().enumerate().for_each_init(
+        // The block's 32 columns, reused across the blocks of a thread.
+        || vec![0f32; 32 * kp],
+        |cols, (nb, mut dst)| {
+            // The block's columns (zeros past `n` and `k`), then written a K pair at a time:
             // 16 columns × 2 values of one tile row are 32 consecutive bf16.
-            let kp = k_steps * 32;
-            let mut cols = vec![0f32; 32 * kp];
             for (jj, col) in cols.chunks_mut(kp).enumerate() {
+                col.fill(0.0);
                 if nb * 32 + jj < n {
                     column(nb * 32 + jj, &mut col[..k]);
                 }
@@ -336,22 +336,34 @@ pub fn pack_b(
             for pair in 0..kp / 2 {
                 let row = (pair / 16) * 1024 + (pair % 16) * 32;
                 for half in 0..2 {
+                    let at = row + half * 512;
+                    let value = |j16: usize, parity: usize| {
+                        cols[(half * 16 + j16) * kp + 2 * pair + parity]
+                    };
+                    if s == Split::One {
+                        // One part: rounding alone (most of a bf16 model's load).
+                        let part = &mut dst[0][at..at + 32];
+                        for (i, v) in part.iter_mut().enumerate() {
+                            *v = bf16_round(value(i / 2, i % 2));
+                        }
+                        continue;
+                    }
                     let mut vals = [[0u16; 32]; 3];
                     for j16 in 0..16 {
-                        let col = &cols[(half * 16 + j16) * kp..];
                         for parity in 0..2 {
-                            let p = split(col[2 * pair + parity], s);
+                            let p = split(value(j16, parity), s);
                             for (v, x) in vals.iter_mut().zip(p) {
                                 v[j16 * 2 + parity] = x;
                             }
                         }
                     }
                     for (part, v) in dst.iter_mut().zip(&vals) {
-                        part[row + half * 512..row + half * 512 + 32].copy_from_slice(v);
+                        part[at..at + 32].copy_from_slice(v);
                     }
                 }
             }
-        });
+        },
+    );
     parts
 }
 
