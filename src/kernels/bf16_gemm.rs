@@ -189,10 +189,10 @@ pub fn bf16_to_f32(b: u16) -> f32 {
 #[inline(always)]
 pub fn bf16_round(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    // Both results, then a select: branch-free, so loops over slices vectorise.
+    let quiet = (bits >> 16) | 0x40;
+    let nearest = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    (if x.is_nan() { quiet } else { nearest }) as u16
 }
 
 /// How many bf16 parts an f32 operand is split into.
@@ -299,8 +299,8 @@ unsafe fn split_rows_avx512(src: &[f32], stride: usize, rows: usize, dst: &mut [
     split_rows_plain(src, stride, rows, dst)
 }
 
-/// Packs B (`k × n`) as split parts for [`Step`]s: `column(j, col)` fills `col` (`k` values)
-/// with column `j < n`. Returns, per part, `n_blocks × k_steps` pieces of 1024 bf16 (`k` and `n`
+/// Packs B (`k × n`) as split parts for [`Step`]s: `column(j, col)` fills `col` (`k` values,
+/// zero when it is called) with column `j < n`. Returns, per part, `n_blocks × k_steps` pieces of 1024 bf16 (`k` and `n`
 /// padded to 32 with zeros), piece `(nb, ks)` at `(nb * k_steps + ks) * 1024`, each two tiles of
 /// 16 pairs of K × 16 columns. Column blocks are packed in parallel.
 pub fn pack_b(
@@ -322,9 +322,10 @@ pub fn pack_b(
     }
     let kp = k_steps * 32;
     blocks.into_par_iter().enumerate().for_each_init(
-        // The block's 32 columns, reused across the blocks of a thread.
-        || vec![0f32; 32 * kp],
-        |cols, (nb, mut dst)| {
+        // The block's 32 columns and, for one part, their rounding: reused across the blocks
+        // of a thread.
+        || (vec![0f32; 32 * kp], Vec::new()),
+        |(cols, rounded), (nb, mut dst)| {
             // The block's columns (zeros past `n` and `k`), then written a K pair at a time:
             // 16 columns × 2 values of one tile row are 32 consecutive bf16.
             for (jj, col) in cols.chunks_mut(kp).enumerate() {
@@ -333,25 +334,34 @@ pub fn pack_b(
                     column(nb * 32 + jj, &mut col[..k]);
                 }
             }
+            if s == Split::One {
+                // One part (most of a bf16 model's load): the columns are rounded as they lie,
+                // then interleaved a pair of values at a time.
+                rounded.clear();
+                rounded.extend(cols.iter().map(|&v| bf16_round(v)));
+                let part = &mut dst[0];
+                for pair in 0..kp / 2 {
+                    let row = (pair / 16) * 1024 + (pair % 16) * 32;
+                    for half in 0..2 {
+                        let at = row + half * 512;
+                        for j16 in 0..16 {
+                            let src = (half * 16 + j16) * kp + 2 * pair;
+                            part[at + 2 * j16..at + 2 * j16 + 2]
+                                .copy_from_slice(&rounded[src..src + 2]);
+                        }
+                    }
+                }
+                return;
+            }
             for pair in 0..kp / 2 {
                 let row = (pair / 16) * 1024 + (pair % 16) * 32;
                 for half in 0..2 {
                     let at = row + half * 512;
-                    let value = |j16: usize, parity: usize| {
-                        cols[(half * 16 + j16) * kp + 2 * pair + parity]
-                    };
-                    if s == Split::One {
-                        // One part: rounding alone (most of a bf16 model's load).
-                        let part = &mut dst[0][at..at + 32];
-                        for (i, v) in part.iter_mut().enumerate() {
-                            *v = bf16_round(value(i / 2, i % 2));
-                        }
-                        continue;
-                    }
                     let mut vals = [[0u16; 32]; 3];
                     for j16 in 0..16 {
+                        let col = &cols[(half * 16 + j16) * kp..];
                         for parity in 0..2 {
-                            let p = split(value(j16, parity), s);
+                            let p = split(col[2 * pair + parity], s);
                             for (v, x) in vals.iter_mut().zip(p) {
                                 v[j16 * 2 + parity] = x;
                             }
@@ -559,6 +569,13 @@ mod tests {
             0x3f82,
             "ties to even (odd)"
         );
+        // Infinities stay, the largest finite value rounds up to infinity, NaNs stay NaN
+        // (quietened) whatever their sign and payload, all without overflow.
+        assert_eq!(bf16_round(f32::INFINITY), 0x7f80);
+        assert_eq!(bf16_round(f32::NEG_INFINITY), 0xff80);
+        assert_eq!(bf16_round(f32::MAX), 0x7f80);
+        assert_eq!(bf16_round(f32::from_bits(0x7f80_0001)), 0x7fc0);
+        assert_eq!(bf16_round(f32::from_bits(0xffff_ffff)), 0xffff);
     }
 
     /// The AVX-512 split equals the scalar one on every value.

@@ -358,9 +358,12 @@ impl ConvWeights {
         let rows = k * k * cin_p;
         let taps = k * k;
         let parts = bf16_gemm::pack_b(rows, cout_p, split, |co, col| {
-            col.fill(0.0);
             if co < c_out {
                 let w = &weight[co * c_in * taps..(co + 1) * c_in * taps];
+                if taps == 1 {
+                    col[..c_in].copy_from_slice(w);
+                    return;
+                }
                 for (ci, per_tap) in w.chunks(taps).enumerate() {
                     for (tap, v) in per_tap.iter().enumerate() {
                         col[tap * cin_p + ci] = *v;

@@ -11,7 +11,7 @@
 
 use candle_core::Tensor;
 
-use super::clip_transformer::{attention, linear, TowerLinear};
+use super::clip_transformer::{attention, TowerLinear};
 use super::clip_weights::Weights;
 use crate::error::Result;
 use crate::kernels::bf16_gemm::Level;
@@ -438,13 +438,10 @@ impl ModifiedResNet {
                 &format!("{a}.positional_embedding"),
                 &[spatial * spatial + 1, embed],
             )?,
-            q_proj: TowerLinear::new(linear(wts, &format!("{a}.q_proj"), embed, embed)?, kernel)?,
-            k_proj: TowerLinear::new(linear(wts, &format!("{a}.k_proj"), embed, embed)?, kernel)?,
-            v_proj: TowerLinear::new(linear(wts, &format!("{a}.v_proj"), embed, embed)?, kernel)?,
-            c_proj: TowerLinear::new(
-                linear(wts, &format!("{a}.c_proj"), embed, d.output_dim)?,
-                kernel,
-            )?,
+            q_proj: TowerLinear::at(wts, &format!("{a}.q_proj"), embed, embed, kernel)?,
+            k_proj: TowerLinear::at(wts, &format!("{a}.k_proj"), embed, embed, kernel)?,
+            v_proj: TowerLinear::at(wts, &format!("{a}.v_proj"), embed, embed, kernel)?,
+            c_proj: TowerLinear::at(wts, &format!("{a}.c_proj"), embed, d.output_dim, kernel)?,
             heads: d.heads,
         };
         Ok(Self {

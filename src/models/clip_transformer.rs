@@ -24,20 +24,38 @@ pub(crate) enum TowerLinear {
 }
 
 impl TowerLinear {
-    /// `layer` for `kernel`.
-    pub(crate) fn new(layer: Linear, kernel: ConvKernel) -> Result<Self> {
+    /// The layer of weight `weight` `[o, i]` and bias `bias` `[o]` for `kernel`: the bf16
+    /// blocks are packed from the values as the file holds them (no tensor of the weight).
+    pub(crate) fn load(
+        wts: &Weights,
+        (weight, bias): (&str, &str),
+        i: usize,
+        o: usize,
+        kernel: ConvKernel,
+    ) -> Result<Self> {
         Ok(match kernel {
-            ConvKernel::F32 => Self::F32(layer),
+            ConvKernel::F32 => Self::F32(Linear::new(
+                wts.get(weight, &[o, i])?,
+                Some(wts.get(bias, &[o])?),
+            )),
             ConvKernel::Blocks(level, split) => {
-                let (o, i) = layer.weight().dims2()?;
-                let w = layer.weight().flatten_all()?.to_vec1::<f32>()?;
-                let b = match layer.bias() {
-                    Some(b) => b.to_vec1::<f32>()?,
-                    None => vec![0.0; o],
-                };
+                let w = wts.values(weight, &[o, i])?;
+                let b = wts.values(bias, &[o])?;
                 Self::Blocks(Arc::new(ConvWeights::new(&w, &b, o, i, 1, split)), level)
             }
         })
+    }
+
+    /// [`TowerLinear::load`] of `nn.Linear` `prefix` (`prefix.weight`, `prefix.bias`).
+    pub(crate) fn at(
+        wts: &Weights,
+        prefix: &str,
+        i: usize,
+        o: usize,
+        kernel: ConvKernel,
+    ) -> Result<Self> {
+        let (weight, bias) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
+        Self::load(wts, (&weight, &bias), i, o, kernel)
     }
 
     /// `x` `[…, in]` → `[…, out]`.
@@ -71,14 +89,6 @@ pub(crate) fn layer_norm(wts: &Weights, prefix: &str, w: usize) -> Result<LayerN
         wts.get(&format!("{prefix}.weight"), &[w])?,
         wts.get(&format!("{prefix}.bias"), &[w])?,
         1e-5,
-    ))
-}
-
-/// `nn.Linear(i, o)` from `<prefix>.weight` [o, i] / `<prefix>.bias` [o].
-pub(crate) fn linear(wts: &Weights, prefix: &str, i: usize, o: usize) -> Result<Linear> {
-    Ok(Linear::new(
-        wts.get(&format!("{prefix}.weight"), &[o, i])?,
-        Some(wts.get(&format!("{prefix}.bias"), &[o])?),
     ))
 }
 
@@ -140,18 +150,18 @@ impl Block {
         kernel: ConvKernel,
     ) -> Result<Self> {
         let mlp = wts.need_shape(&format!("{p}.mlp.c_fc.weight"))?[0];
-        let in_proj = Linear::new(
-            wts.get(&format!("{p}.attn.in_proj_weight"), &[3 * width, width])?,
-            Some(wts.get(&format!("{p}.attn.in_proj_bias"), &[3 * width])?),
+        let p_attn = format!("{p}.attn");
+        let in_proj = (
+            format!("{p_attn}.in_proj_weight"),
+            format!("{p_attn}.in_proj_bias"),
         );
-        let l = |layer| TowerLinear::new(layer, kernel);
         Ok(Self {
             ln_1: layer_norm(wts, &format!("{p}.ln_1"), width)?,
-            in_proj: l(in_proj)?,
-            out_proj: l(linear(wts, &format!("{p}.attn.out_proj"), width, width)?)?,
+            in_proj: TowerLinear::load(wts, (&in_proj.0, &in_proj.1), width, 3 * width, kernel)?,
+            out_proj: TowerLinear::at(wts, &format!("{p_attn}.out_proj"), width, width, kernel)?,
             ln_2: layer_norm(wts, &format!("{p}.ln_2"), width)?,
-            c_fc: l(linear(wts, &format!("{p}.mlp.c_fc"), width, mlp)?)?,
-            c_proj: l(linear(wts, &format!("{p}.mlp.c_proj"), mlp, width)?)?,
+            c_fc: TowerLinear::at(wts, &format!("{p}.mlp.c_fc"), width, mlp, kernel)?,
+            c_proj: TowerLinear::at(wts, &format!("{p}.mlp.c_proj"), mlp, width, kernel)?,
             heads,
             width,
         })
