@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
 use crate::kernels::packed_linear::WeightType;
 use crate::precision::EncoderPrecision;
-use crate::retrieval::{NamedSpec, Retrieved, Retriever};
+use crate::retrieval::{NamedSpec, Queries, Retrieved, Retriever};
 
 /// An image to caption.
 #[derive(Debug, Clone)]
@@ -116,6 +116,10 @@ pub struct PipelineOptions {
     pub share_vision_tower: bool,
     /// How the retrieval encoder's ResNet image tower computes ([`EncoderPrecision`]).
     pub encoder_precision: EncoderPrecision,
+    /// The queries the retrieval encoder is loaded for: [`Queries::All`] where texts are
+    /// retrieved too (the server), [`Queries::Images`] for captioning alone, which leaves the
+    /// text tower out.
+    pub retrieval_queries: Queries,
     /// Where the networks run.
     pub device: Device,
 }
@@ -131,6 +135,7 @@ impl PipelineOptions {
             retrieval_encoder: None,
             share_vision_tower: false,
             encoder_precision: EncoderPrecision::F32,
+            retrieval_queries: Queries::All,
             device: Device::Cpu,
         }
     }
@@ -207,6 +212,7 @@ impl Pipeline {
                 default.as_deref(),
                 &opts.device,
                 opts.encoder_precision,
+                opts.retrieval_queries,
             )?)
         };
         let captioner = Captioner::from_specs_with_weights(

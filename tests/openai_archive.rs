@@ -10,8 +10,10 @@ mod common;
 use candle_core::Device;
 use common::fixture;
 use serde::Deserialize;
-use smallcap::retrieval::RetrievalEncoder;
-use smallcap::{GenerationConfig, ImageInput, Pipeline, PipelineOptions, PromptSource};
+use smallcap::retrieval::{Queries, RetrievalEncoder};
+use smallcap::{
+    EncoderPrecision, GenerationConfig, ImageInput, Pipeline, PipelineOptions, PromptSource,
+};
 
 #[derive(Deserialize)]
 struct Case {
@@ -61,6 +63,30 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn the_fp16_torchscript_archive_gives_the_reference_query_embeddings() {
     let enc = RetrievalEncoder::load(&archive(), &Device::Cpu).unwrap();
+    reference_query_embeddings(&enc);
+}
+
+/// Loaded for image queries alone (as `caption` loads it), the encoder leaves its text tower
+/// out: image queries still give the reference's embeddings, and a text query is a clear error.
+#[test]
+fn an_encoder_loaded_for_images_gives_the_reference_embeddings_and_refuses_texts() {
+    let enc = RetrievalEncoder::load_for(
+        &archive(),
+        &Device::Cpu,
+        EncoderPrecision::F32,
+        Queries::Images,
+    )
+    .unwrap();
+    reference_query_embeddings(&enc);
+    let e = enc.encode_texts(&["a dog"]).unwrap_err().to_string();
+    assert!(
+        e.contains("image queries only") && e.contains("text tower"),
+        "{e}"
+    );
+}
+
+/// `enc` embeds the 11 fixture images within 1e-4 of the reference's query embeddings.
+fn reference_query_embeddings(enc: &RetrievalEncoder) {
     assert_eq!(enc.image_size(), 448);
     let c = cases();
     assert_eq!(c.cases.len(), 11);

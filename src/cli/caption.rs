@@ -8,6 +8,7 @@ use anyhow::bail;
 use clap::Args;
 
 use smallcap::pipeline::{ImageInput, Pipeline, PipelineCaption, PipelineOptions, PromptSource};
+use smallcap::retrieval::Queries;
 use smallcap::retrieved::{image_id, RetrievedCaptions};
 use smallcap::GenerationConfig;
 
@@ -113,6 +114,8 @@ fn load_pipeline(args: &CaptionArgs) -> anyhow::Result<Pipeline> {
         datastores: args.datastore.iter().cloned().collect(),
         retrieval_encoder: args.retrieval_encoder.clone(),
         share_vision_tower: args.share_vision_tower,
+        // Captioning queries by image alone: the retrieval encoder's text tower is left out.
+        retrieval_queries: Queries::Images,
         device: super::device(&args.device)?,
         ..PipelineOptions::new(args.captioner.model.clone())
     })?;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use smallcap::retrieval::{DatastoreSpec, NamedSpec, Retriever, SelfExclusion};
+use smallcap::retrieval::{DatastoreSpec, NamedSpec, Queries, Retriever, SelfExclusion};
 use smallcap::retrieved::image_id;
 
 #[derive(Args)]
@@ -106,6 +106,11 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
         None,
         &device,
         args.encoder_precision,
+        // Image queries need no text tower.
+        match args.text.is_empty() {
+            true => Queries::Images,
+            false => Queries::All,
+        },
     )?;
     let store_len = retriever.store(None)?.len();
     if args.k > store_len {

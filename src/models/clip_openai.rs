@@ -291,8 +291,23 @@ pub(crate) enum ClipVisual {
 pub struct OpenAiClip {
     dims: ClipDims,
     visual: ClipVisual,
-    text: ClipText,
+    /// Left out when the model is loaded for image queries only.
+    text: Option<ClipText>,
     device: Device,
+}
+
+/// Which queries a CLIP model is loaded to encode; the tower the others do not need is left
+/// out ([`Queries::Images`]) or kept in its plain f32 form ([`Queries::Texts`]), which saves its
+/// loading and packing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Queries {
+    /// Images and texts.
+    #[default]
+    All,
+    /// Texts (datastore builds); the ResNet image tower still encodes images, in f32.
+    Texts,
+    /// Images only (captioning with live retrieval): no text tower.
+    Images,
 }
 
 impl OpenAiClip {
@@ -300,7 +315,7 @@ impl OpenAiClip {
     /// [`DIMS_FILE`] in the same folder supplies the head count where `build_model` cannot.
     /// `precision` chooses how the ResNet image tower computes ([`EncoderPrecision`]).
     pub fn load(path: &Path, device: &Device, precision: EncoderPrecision) -> Result<Self> {
-        Self::load_kernel(path, device, precision.conv_kernel(), false)
+        Self::load_kernel(path, device, precision.conv_kernel(), Queries::All)
     }
 
     /// [`OpenAiClip::load`] for text encoding only (datastore builds): the image tower is kept
@@ -310,7 +325,18 @@ impl OpenAiClip {
         device: &Device,
         precision: EncoderPrecision,
     ) -> Result<Self> {
-        Self::load_kernel(path, device, precision.conv_kernel(), true)
+        Self::load_kernel(path, device, precision.conv_kernel(), Queries::Texts)
+    }
+
+    /// [`OpenAiClip::load`] for the `queries` given: the tower they do not need is left out or
+    /// kept unpacked ([`Queries`]).
+    pub fn load_for(
+        path: &Path,
+        device: &Device,
+        precision: EncoderPrecision,
+        queries: Queries,
+    ) -> Result<Self> {
+        Self::load_kernel(path, device, precision.conv_kernel(), queries)
     }
 
     /// [`OpenAiClip::load`] with the ResNet's kernel given.
@@ -318,7 +344,7 @@ impl OpenAiClip {
         path: &Path,
         device: &Device,
         kernel: ConvKernel,
-        texts_only: bool,
+        queries: Queries,
     ) -> Result<Self> {
         let weights = Weights::open(path, device)?;
         let dims_path = path
@@ -337,7 +363,7 @@ impl OpenAiClip {
             None => None,
         };
         let dims = ClipDims::infer_with(&weights, dims_path.as_deref().zip(given.as_ref()))?;
-        Self::from_weights_kernel(&weights, dims, device, kernel, texts_only)
+        Self::from_weights_kernel(&weights, dims, device, kernel, queries)
     }
 
     /// Builds the model from its weights and sizes.
@@ -347,7 +373,7 @@ impl OpenAiClip {
         device: &Device,
         precision: EncoderPrecision,
     ) -> Result<Self> {
-        Self::from_weights_kernel(w, dims, device, precision.conv_kernel(), false)
+        Self::from_weights_kernel(w, dims, device, precision.conv_kernel(), Queries::All)
     }
 
     fn from_weights_kernel(
@@ -355,7 +381,7 @@ impl OpenAiClip {
         dims: ClipDims,
         device: &Device,
         kernel: ConvKernel,
-        texts_only: bool,
+        queries: Queries,
     ) -> Result<Self> {
         let kernel = match device {
             Device::Cpu => kernel,
@@ -377,7 +403,11 @@ impl OpenAiClip {
                     heads: dims.vision_heads(),
                     input_resolution: dims.image_resolution,
                 },
-                if texts_only { ConvKernel::F32 } else { kernel },
+                if queries == Queries::Texts {
+                    ConvKernel::F32
+                } else {
+                    kernel
+                },
             )?),
             VisionLayers::Vit(_) => {
                 let cfg = dims.vit_config(w)?;
@@ -390,7 +420,12 @@ impl OpenAiClip {
                 )
             }
         };
-        let text = ClipText::load(w, &dims.text_dims(), text_kernel)?;
+        let text = match queries {
+            Queries::Images => None,
+            Queries::All | Queries::Texts => {
+                Some(ClipText::load(w, &dims.text_dims(), text_kernel)?)
+            }
+        };
         Ok(Self {
             dims,
             visual,
@@ -421,7 +456,13 @@ impl OpenAiClip {
 
     /// `encode_text` of `clip.tokenize` rows → `[B, embed_dim]` (not normalised).
     pub fn encode_text(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
-        self.text.forward(rows, &self.device)
+        match &self.text {
+            Some(text) => text.forward(rows, &self.device),
+            None => Err(Error::Input(
+                "this CLIP model was loaded for image queries only: its text tower was left out"
+                    .into(),
+            )),
+        }
     }
 }
 
@@ -454,9 +495,13 @@ mod tests {
             kernels.push((ConvKernel::Blocks(level, Split::One), 3e-2));
         }
         for (kernel, bound) in kernels {
-            let model =
-                OpenAiClip::load_kernel(&dir.join("clip_resnet.pt"), &Device::Cpu, kernel, false)
-                    .unwrap();
+            let model = OpenAiClip::load_kernel(
+                &dir.join("clip_resnet.pt"),
+                &Device::Cpu,
+                kernel,
+                Queries::All,
+            )
+            .unwrap();
             let mut n = 0;
             let mut worst = 0f32;
             for (name, px) in t.iter().filter(|(k, _)| k.ends_with(".pixel_values")) {

@@ -13,7 +13,7 @@ use smallcap_datastore::store::normalize_l2;
 use crate::error::{Error, Result};
 use crate::hub;
 use crate::models::clip_hf::HfClip;
-use crate::models::clip_openai::OpenAiClip;
+use crate::models::clip_openai::{OpenAiClip, Queries};
 use crate::models::clip_tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
 use crate::precision::EncoderPrecision;
 use crate::retrieval::openai_models;
@@ -136,7 +136,7 @@ impl RetrievalEncoder {
 
     /// [`RetrievalEncoder::load`] with the precision of the ResNet image towers.
     pub fn load_with(spec: &str, device: &Device, precision: EncoderPrecision) -> Result<Self> {
-        Self::load_impl(spec, device, precision, false)
+        Self::load_for(spec, device, precision, Queries::All)
     }
 
     /// [`RetrievalEncoder::load_with`] for encoding texts only (datastore builds): an OpenAI
@@ -146,19 +146,19 @@ impl RetrievalEncoder {
         device: &Device,
         precision: EncoderPrecision,
     ) -> Result<Self> {
-        Self::load_impl(spec, device, precision, true)
+        Self::load_for(spec, device, precision, Queries::Texts)
     }
 
-    fn load_impl(
+    /// [`RetrievalEncoder::load_with`] for the `queries` given: an OpenAI CLIP model leaves out
+    /// (or keeps unpacked) the tower they do not need ([`Queries`]); a Hugging Face model loads
+    /// both.
+    pub fn load_for(
         spec: &str,
         device: &Device,
         precision: EncoderPrecision,
-        texts_only: bool,
+        queries: Queries,
     ) -> Result<Self> {
-        let load_clip = |file: &Path| match texts_only {
-            true => OpenAiClip::load_for_texts(file, device, precision),
-            false => OpenAiClip::load(file, device, precision),
-        };
+        let load_clip = |file: &Path| OpenAiClip::load_for(file, device, precision, queries);
         let path = Path::new(spec);
         // OpenAI's names (RN50x64, ViT-B/32, …), fetched as clip.load does; recorded by name.
         let looks_like_a_name = spec.starts_with("RN") || spec.starts_with("ViT-");

@@ -26,6 +26,7 @@ use smallcap_datastore::captions::{read_caption_list, read_captions, CaptionList
 use smallcap_datastore::pgvector::PgStore;
 use smallcap_datastore::{CaptionRecord, Datastore, FaissIndex};
 
+pub use crate::models::clip_openai::Queries;
 pub use encoder::RetrievalEncoder;
 pub use retriever::{DatastoreInfo, QueryEncoder, Retrieved, Retriever};
 pub use spec::{DatastoreSpec, NamedSpec};

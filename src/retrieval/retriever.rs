@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use smallcap_datastore::{CaptionRecord, Manifest};
 use smallcap_image::SourceImage;
 
-use super::{CaptionStore, NamedSpec, RetrievalEncoder, SelfExclusion};
+use super::{CaptionStore, NamedSpec, Queries, RetrievalEncoder, SelfExclusion};
 use crate::error::{Error, Result};
 use crate::precision::EncoderPrecision;
 
@@ -158,18 +158,27 @@ impl Retriever {
     /// hub id), or, when `None`, the encoder the first store's manifest records. Stores of
     /// different encoders are refused.
     pub fn open(specs: &[NamedSpec], encoder: Option<&str>, device: &Device) -> Result<Self> {
-        Self::open_with_default(specs, encoder, None, device, EncoderPrecision::default())
+        Self::open_with_default(
+            specs,
+            encoder,
+            None,
+            device,
+            EncoderPrecision::default(),
+            Queries::All,
+        )
     }
 
     /// [`Retriever::open`], with `default` (a checkpoint's `retrieval_encoder`, `RN50x64` in
     /// SmallCap7M) as the encoder when none is given and the first store records none (as a
-    /// FAISS file does not), and the encoder's `precision`.
+    /// FAISS file does not), and the encoder's `precision`, loaded for `queries` (with
+    /// [`Queries::Images`], text queries are an error).
     pub fn open_with_default(
         specs: &[NamedSpec],
         encoder: Option<&str>,
         default: Option<&str>,
         device: &Device,
         precision: EncoderPrecision,
+        queries: Queries,
     ) -> Result<Self> {
         let mut stores = Vec::with_capacity(specs.len());
         for s in specs {
@@ -203,7 +212,7 @@ impl Retriever {
                     })?
             }
         };
-        let enc = RetrievalEncoder::load_with(&encoder_spec, device, precision)?;
+        let enc = RetrievalEncoder::load_for(&encoder_spec, device, precision, queries)?;
         Self::new(Arc::new(enc), stores)
     }
 
