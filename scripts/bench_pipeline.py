@@ -29,6 +29,7 @@ ap.add_argument("perfdir")
 ap.add_argument("--torch-python", required=True)
 ap.add_argument("--runs", type=int, default=1)
 ap.add_argument("--skip-reference", action="store_true", help="reuse PERFDIR/ref_*.json from an earlier run")
+ap.add_argument("--smallcap", default=None, help="the smallcap binary (default: target/release/smallcap)")
 ap.add_argument("--configs", default="f32:f32:1,f32:f32:8,bf16:f32:1,bf16:f32:8,bf16:bf16:8",
                 help="encoder precision:decoder weights:batch size, comma-separated")
 args = ap.parse_args()
@@ -75,7 +76,7 @@ def peak_anon(pid, box, stop):
 
 
 # 2. smallcap, whole process
-exe = os.path.join(repo, "target", "release", "smallcap")
+exe = args.smallcap or os.path.join(repo, "target", "release", "smallcap")
 tokenizer = os.path.join(P, "tokenizer")
 if not os.path.isdir(tokenizer):
     os.makedirs(tokenizer)

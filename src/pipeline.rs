@@ -193,9 +193,10 @@ impl Pipeline {
                 "a retrieval encoder needs at least one datastore".into(),
             ));
         }
-        let retriever = if opts.datastores.is_empty() {
-            None
-        } else {
+        let load_retriever = || -> Result<Option<Retriever>> {
+            if opts.datastores.is_empty() {
+                return Ok(None);
+            }
             let specs = opts
                 .datastores
                 .iter()
@@ -206,21 +207,38 @@ impl Pipeline {
                 .ok()
                 .and_then(|f| crate::SmallCapConfig::from_file(&f.config).ok())
                 .and_then(|c| c.retrieval_encoder);
-            Some(Retriever::open_with_default(
+            Ok(Some(Retriever::open_with_default(
                 &specs,
                 opts.retrieval_encoder.as_deref(),
                 default.as_deref(),
                 &opts.device,
                 opts.encoder_precision,
                 opts.retrieval_queries,
-            )?)
+            )?))
         };
-        let captioner = Captioner::from_specs_with_weights(
-            &opts.model,
-            opts.tokenizer.as_deref(),
-            &opts.device,
-            opts.decoder_weights,
-        )?;
+        let load_captioner = || {
+            Captioner::from_specs_with_weights(
+                &opts.model,
+                opts.tokenizer.as_deref(),
+                &opts.device,
+                opts.decoder_weights,
+            )
+        };
+        // On the CPU the two load side by side: much of loading is copying and page faults that
+        // leave a core idle, which the other's packing uses. (An error of the retriever is
+        // reported first, as when they load in turn.)
+        let (retriever, captioner) = if opts.device.is_cpu() && !opts.datastores.is_empty() {
+            std::thread::scope(|s| {
+                let captioner = s.spawn(load_captioner);
+                let retriever = load_retriever();
+                let captioner = captioner
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                Ok::<_, Error>((retriever?, captioner?))
+            })?
+        } else {
+            (load_retriever()?, load_captioner()?)
+        };
         let pipeline = Self::new(captioner, retriever);
         if opts.share_vision_tower {
             pipeline.share_vision_tower()
