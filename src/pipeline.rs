@@ -485,6 +485,14 @@ impl Pipeline {
         items: Vec<(ImageInput, PromptSource, usize)>,
         generation: &GenerationConfig,
     ) -> Result<Vec<Result<PipelineCaption>>> {
+        self.finish(self.stage(items), generation)
+    }
+
+    /// The first half of [`Pipeline::caption_each`]: decoding, retrieval and the vision
+    /// tower's encoding of a batch, ready for [`Pipeline::finish`]. A front end captioning many
+    /// batches can stage the next batch while the current one decodes (`smallcap caption`
+    /// does), so that the retrieval encoder fills the cores beam search leaves idle.
+    pub fn stage(&self, items: Vec<(ImageInput, PromptSource, usize)>) -> Staged {
         // One result per input, in order; `at` says which input each later stage's entry is.
         let mut out: Vec<Option<Result<PipelineCaption>>> = Vec::with_capacity(items.len());
         let (mut ready, mut at) = (Vec::new(), Vec::new());
@@ -499,17 +507,39 @@ impl Pipeline {
                 Err(e) => out.push(Some(Err(e))),
             }
         }
-        let (mut prepared, mut retrieved, mut prepared_at) = (Vec::new(), Vec::new(), Vec::new());
+        let mut staged = Staged {
+            out,
+            prepared: Vec::new(),
+            retrieved: Vec::new(),
+            prepared_at: Vec::new(),
+        };
         for (r, n) in self.prepare(ready).into_iter().zip(at) {
             match r {
                 Ok((p, found)) => {
-                    prepared.push(p);
-                    retrieved.push(found);
-                    prepared_at.push(n);
+                    staged.prepared.push(p);
+                    staged.retrieved.push(found);
+                    staged.prepared_at.push(n);
                 }
-                Err(e) => out[n] = Some(Err(e)),
+                Err(e) => staged.out[n] = Some(Err(e)),
             }
         }
+        staged
+    }
+
+    /// The second half of [`Pipeline::caption_each`]: beam search over a staged batch, one
+    /// result per image given to [`Pipeline::stage`], in order; the outer error is a failure of
+    /// the shared forward pass.
+    pub fn finish(
+        &self,
+        staged: Staged,
+        generation: &GenerationConfig,
+    ) -> Result<Vec<Result<PipelineCaption>>> {
+        let Staged {
+            mut out,
+            prepared,
+            retrieved,
+            prepared_at,
+        } = staged;
         let captions = self.caption_prepared(&prepared, generation)?;
         for ((c, retrieved), n) in captions.into_iter().zip(retrieved).zip(prepared_at) {
             out[n] = Some(Ok(PipelineCaption {
@@ -527,6 +557,17 @@ impl Pipeline {
     }
 }
 
+/// A batch decoded, retrieved for and encoded by [`Pipeline::stage`], waiting for
+/// [`Pipeline::finish`].
+pub struct Staged {
+    /// Per input: its result where it already failed.
+    out: Vec<Option<Result<PipelineCaption>>>,
+    prepared: Vec<Prepared>,
+    retrieved: Vec<Option<Retrieved>>,
+    /// Which input each prepared image is.
+    prepared_at: Vec<usize>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,5 +576,8 @@ mod tests {
     fn pipeline_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Pipeline>();
+        // A staged batch crosses to the thread that finishes it (`smallcap caption`).
+        fn send<T: Send>() {}
+        send::<Staged>();
     }
 }

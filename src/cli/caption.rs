@@ -168,26 +168,43 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<ExitCode> {
     let report = |path: &Path, e: &dyn std::fmt::Display| {
         progress.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
     };
-    for chunk in images.chunks(args.batch_size) {
-        let mut items = Vec::new();
-        let mut paths = Vec::new();
-        for path in chunk {
-            match prompt_of(path) {
-                Ok(prompt) => {
-                    items.push((ImageInput::Path(path.clone()), prompt, args.k));
-                    paths.push(path.as_path());
+    // Each batch is staged (decoded, retrieved for, encoded) on a second thread while the one
+    // before it is captioned here, so that the retrieval encoder fills the cores beam search
+    // leaves idle; lines are written in the images' order.
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(0);
+        let (pipeline, images) = (&pipeline, &images);
+        s.spawn(move || {
+            for chunk in images.chunks(args.batch_size) {
+                let (mut items, mut paths, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+                for path in chunk {
+                    match prompt_of(path) {
+                        Ok(prompt) => {
+                            items.push((ImageInput::Path(path.clone()), prompt, args.k));
+                            paths.push(path.as_path());
+                        }
+                        Err(e) => failed.push((path.as_path(), e.to_string())),
+                    }
                 }
-                Err(e) => {
-                    report(path, &e);
-                    failures += 1;
+                let staged = pipeline.stage(items);
+                // The receiver is gone when captioning failed: stop staging.
+                if tx.send((chunk.len(), paths, failed, staged)).is_err() {
+                    break;
                 }
             }
+        });
+        for (n, paths, failed, staged) in rx {
+            for (path, e) in &failed {
+                report(path, e);
+            }
+            failures += failed.len();
+            let results = pipeline.finish(staged, &generation)?;
+            let coco_out = args.coco_results.is_some().then_some(&mut coco);
+            failures += write_lines(&paths, results, coco_out, &report)?;
+            progress.inc(n as u64);
         }
-        let results = pipeline.caption_each(items, &generation)?;
-        let coco_out = args.coco_results.is_some().then_some(&mut coco);
-        failures += write_lines(&paths, results, coco_out, &report)?;
-        progress.inc(chunk.len() as u64);
-    }
+        Ok(())
+    })?;
     progress.finish_and_clear();
     if let Some(path) = &args.coco_results {
         super::write_atomic(path, serde_json::to_string(&coco)?.as_bytes())?;
