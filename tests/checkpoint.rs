@@ -399,3 +399,49 @@ fn a_compressed_storage_is_refused_by_name() {
         "{e}"
     );
 }
+
+/// A tensor's f32 values are borrowed from the mapped file where they lie 4-aligned and copied
+/// where they do not (a zip written by another tool need not align its entries): the `dtypes`
+/// seed rewritten after a stored padding entry of 0 to 3 bytes, so that `view`'s storage lands
+/// at every alignment, reads `[2, 3, 4, 5]` each time.
+#[test]
+fn f32_values_are_read_at_any_alignment() {
+    let seed_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes");
+    let seed = std::fs::read(&seed_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut alignments = std::collections::HashSet::new();
+    for pad in 0..4usize {
+        let path = dir.path().join(format!("pad{pad}.bin"));
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&seed)).unwrap();
+        let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        out.start_file("pad", stored).unwrap();
+        out.write_all(&vec![0u8; pad]).unwrap();
+        for i in 0..zip.len() {
+            let mut f = zip.by_index(i).unwrap();
+            let name = f.name().unwrap().to_string();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
+            out.start_file(name, stored).unwrap();
+            out.write_all(&bytes).unwrap();
+        }
+        out.finish().unwrap();
+        // Where `view`'s values (2.0 first, 8 bytes into arange(6.0)'s storage) lie in the file.
+        let file = std::fs::read(&path).unwrap();
+        let values: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let at = file
+            .windows(values.len())
+            .position(|w| w == values.as_slice())
+            .unwrap();
+        alignments.insert((at + 8) % 4);
+        let archive = smallcap::checkpoint::PytorchArchive::open(&path).unwrap();
+        let (got, dims) = archive.f32_values("view").unwrap();
+        assert_eq!(&got[..], [2.0, 3.0, 4.0, 5.0], "padding {pad}");
+        assert_eq!(dims, [4]);
+        // The mmap base is page-aligned, so the file offset's alignment is the values'.
+        let borrowed = matches!(got, std::borrow::Cow::Borrowed(_));
+        assert_eq!(borrowed, (at + 8) % 4 == 0, "padding {pad}");
+    }
+    assert_eq!(alignments.len(), 4, "every alignment was tried");
+}
