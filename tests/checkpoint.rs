@@ -272,21 +272,49 @@ fn dtypes_and_storage_offsets_of_a_torch_save_file() {
     assert_eq!(v("i"), [0.0, 1.0, 2.0, 3.0]);
 }
 
-/// The `dtypes` seed written to `path` with its data.pkl's `view` offset and size
-/// (`BININT1 2, BININT1 4, TUPLE1`) replaced by `patch` (the offset's opcode kept).
-fn dtypes_seed_with_view_size(path: &Path, patch: &[u8]) {
-    let seed =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes"))
-            .unwrap();
+/// The `dtypes` seed (`fuzz/seeds/checkpoint/dtypes`).
+fn dtypes_seed() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes"))
+        .unwrap()
+}
+
+/// Where `view`'s storage (`arange(6.0)`, stored uncompressed) starts in an archive's bytes.
+fn view_storage_at(bytes: &[u8]) -> usize {
+    let values: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    bytes
+        .windows(values.len())
+        .position(|w| w == values.as_slice())
+        .expect("view's storage, arange(6.0), stored uncompressed")
+}
+
+/// The `dtypes` seed rewritten to `path` with every entry stored, after a first entry of `pad`
+/// zero bytes when given, each entry's bytes passed through `edit(name, bytes)`.
+fn rewrite_dtypes_seed(path: &Path, pad: Option<usize>, edit: impl Fn(&str, &mut Vec<u8>)) {
+    let seed = dtypes_seed();
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&seed)).unwrap();
     let mut out = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     let stored =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    if let Some(pad) = pad {
+        out.start_file("pad", stored).unwrap();
+        out.write_all(&vec![0u8; pad]).unwrap();
+    }
     for i in 0..zip.len() {
         let mut f = zip.by_index(i).unwrap();
         let name = f.name().unwrap().to_string();
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
+        edit(&name, &mut bytes);
+        out.start_file(name, stored).unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    out.finish().unwrap();
+}
+
+/// The `dtypes` seed written to `path` with its data.pkl's `view` offset and size
+/// (`BININT1 2, BININT1 4, TUPLE1`) replaced by `patch` (the offset's opcode kept).
+fn dtypes_seed_with_view_size(path: &Path, patch: &[u8]) {
+    rewrite_dtypes_seed(path, None, |name, bytes| {
         if name.ends_with("data.pkl") {
             let at = bytes
                 .windows(5)
@@ -294,10 +322,17 @@ fn dtypes_seed_with_view_size(path: &Path, patch: &[u8]) {
                 .expect("view's offset and size in the pickle");
             bytes.splice(at + 2..at + 4, patch.iter().copied());
         }
-        out.start_file(name, stored).unwrap();
-        out.write_all(&bytes).unwrap();
-    }
-    out.finish().unwrap();
+    });
+}
+
+/// Why `bytes`, written to a file named `name`, is refused as a state dict.
+fn state_dict_error(name: &str, bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    smallcap::checkpoint::read_state_dict(&path, &Device::Cpu)
+        .unwrap_err()
+        .to_string()
 }
 
 /// Sizes in the pickle are checked against the file before anything is allocated: a tensor
@@ -341,20 +376,10 @@ fn a_storage_shorter_than_its_shape_is_refused() {
 /// refused by naming the storage.
 #[test]
 fn a_corrupt_storage_is_refused_by_its_crc() {
-    let seed_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes");
-    let mut bytes = std::fs::read(seed_path).unwrap();
-    let values: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
-    let at = bytes
-        .windows(values.len())
-        .position(|w| w == values.as_slice())
-        .expect("view's storage, arange(6.0), stored uncompressed");
+    let mut bytes = dtypes_seed();
+    let at = view_storage_at(&bytes);
     bytes[at + 3 * 4 + 1] ^= 0x40;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("flipped.bin");
-    std::fs::write(&path, bytes).unwrap();
-    let e = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let e = state_dict_error("flipped.bin", &bytes);
     assert!(
         e.contains("flipped.bin") && e.contains("is corrupt") && e.contains("CRC-32"),
         "{e}"
@@ -367,8 +392,7 @@ fn a_corrupt_storage_is_refused_by_its_crc() {
 /// storage, not misread.
 #[test]
 fn a_compressed_storage_is_refused_by_name() {
-    let seed_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes");
-    let mut bytes = std::fs::read(seed_path).unwrap();
+    let mut bytes = dtypes_seed();
     // (signature, offset of the method field, of the name length, of the name)
     for (sig, method, name_len, name_at) in
         [(b"PK\x03\x04", 8, 26, 30), (b"PK\x01\x02", 10, 28, 46)]
@@ -388,12 +412,7 @@ fn a_compressed_storage_is_refused_by_name() {
             }
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("deflated.bin");
-    std::fs::write(&path, bytes).unwrap();
-    let e = smallcap::checkpoint::read_state_dict(&path, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let e = state_dict_error("deflated.bin", &bytes);
     assert!(
         e.contains("deflated.bin") && e.contains("/data/") && e.contains("compress"),
         "{e}"
@@ -406,42 +425,21 @@ fn a_compressed_storage_is_refused_by_name() {
 /// at every alignment, reads `[2, 3, 4, 5]` each time.
 #[test]
 fn f32_values_are_read_at_any_alignment() {
-    let seed_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint/dtypes");
-    let seed = std::fs::read(&seed_path).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut alignments = std::collections::HashSet::new();
     for pad in 0..4usize {
         let path = dir.path().join(format!("pad{pad}.bin"));
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&seed)).unwrap();
-        let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        let stored = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        out.start_file("pad", stored).unwrap();
-        out.write_all(&vec![0u8; pad]).unwrap();
-        for i in 0..zip.len() {
-            let mut f = zip.by_index(i).unwrap();
-            let name = f.name().unwrap().to_string();
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
-            out.start_file(name, stored).unwrap();
-            out.write_all(&bytes).unwrap();
-        }
-        out.finish().unwrap();
-        // Where `view`'s values (2.0 first, 8 bytes into arange(6.0)'s storage) lie in the file.
-        let file = std::fs::read(&path).unwrap();
-        let values: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let at = file
-            .windows(values.len())
-            .position(|w| w == values.as_slice())
-            .unwrap();
-        alignments.insert((at + 8) % 4);
+        rewrite_dtypes_seed(&path, Some(pad), |_, _| {});
+        // `view`'s values start 8 bytes (2 elements) into its storage.
+        let at = view_storage_at(&std::fs::read(&path).unwrap()) + 8;
+        alignments.insert(at % 4);
         let archive = smallcap::checkpoint::PytorchArchive::open(&path).unwrap();
         let (got, dims) = archive.f32_values("view").unwrap();
         assert_eq!(&got[..], [2.0, 3.0, 4.0, 5.0], "padding {pad}");
         assert_eq!(dims, [4]);
         // The mmap base is page-aligned, so the file offset's alignment is the values'.
         let borrowed = matches!(got, std::borrow::Cow::Borrowed(_));
-        assert_eq!(borrowed, (at + 8) % 4 == 0, "padding {pad}");
+        assert_eq!(borrowed, at % 4 == 0, "padding {pad}");
     }
     assert_eq!(alignments.len(), 4, "every alignment was tried");
 }
