@@ -439,7 +439,7 @@ fn f32_values_are_read_at_any_alignment() {
         assert_eq!(dims, [4]);
         // The mmap base is page-aligned, so the file offset's alignment is the values'.
         let borrowed = matches!(got, std::borrow::Cow::Borrowed(_));
-        assert_eq!(borrowed, at % 4 == 0, "padding {pad}");
+        assert_eq!(borrowed, at.is_multiple_of(4), "padding {pad}");
     }
     assert_eq!(alignments.len(), 4, "every alignment was tried");
 }
