@@ -85,6 +85,27 @@ fn an_encoder_loaded_for_images_gives_the_reference_embeddings_and_refuses_texts
     );
 }
 
+/// Loaded for text queries alone (as datastore builds load it), the encoder leaves its image
+/// tower out: encoding an image is a clear error (its texts are checked against the reference's
+/// store by the datastore build tests).
+#[test]
+fn an_encoder_loaded_for_texts_refuses_images() {
+    let enc = RetrievalEncoder::load_for(
+        &archive(),
+        &Device::Cpu,
+        EncoderPrecision::F32,
+        Queries::Texts,
+    )
+    .unwrap();
+    let image = smallcap_image::load(&fixture("images/chelsea.png")).unwrap();
+    let e = enc.encode_images(&[image]).unwrap_err().to_string();
+    assert!(
+        e.contains("text queries only") && e.contains("image tower"),
+        "{e}"
+    );
+    assert_eq!(enc.encode_texts(&["a dog"]).unwrap().len(), enc.dim());
+}
+
 /// `enc` embeds the 11 fixture images within 1e-4 of the reference's query embeddings.
 fn reference_query_embeddings(enc: &RetrievalEncoder) {
     assert_eq!(enc.image_size(), 448);

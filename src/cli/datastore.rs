@@ -288,7 +288,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<ExitCode> {
         },
         DatastoreCommand::Import(a) => {
             let encoder = match &a.encoder {
-                // Loaded for its identity and dimension: no tower is packed.
+                // Loaded for its identity and dimension: no image tower, no text tower packing.
                 Some(spec) => Some(RetrievalEncoder::load_for_texts(
                     spec,
                     &device,

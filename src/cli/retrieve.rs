@@ -106,10 +106,10 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<ExitCode> {
         None,
         &device,
         args.encoder_precision,
-        // Image queries need no text tower.
+        // Image queries need no text tower, text queries no image tower.
         match args.text.is_empty() {
             true => Queries::Images,
-            false => Queries::All,
+            false => Queries::Texts,
         },
     )?;
     let store_len = retriever.store(None)?.len();

@@ -290,21 +290,21 @@ pub(crate) enum ClipVisual {
 #[derive(Debug, Clone)]
 pub struct OpenAiClip {
     dims: ClipDims,
-    visual: ClipVisual,
+    /// Left out when the model is loaded for text queries only.
+    visual: Option<ClipVisual>,
     /// Left out when the model is loaded for image queries only.
     text: Option<ClipText>,
     device: Device,
 }
 
-/// Which queries a CLIP model is loaded to encode; the tower the others do not need is left
-/// out ([`Queries::Images`]) or kept in its plain f32 form ([`Queries::Texts`]), which saves its
-/// loading and packing.
+/// Which queries a CLIP model is loaded to encode; the tower they do not need is left out, which
+/// saves its loading, packing and memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Queries {
     /// Images and texts.
     #[default]
     All,
-    /// Texts (datastore builds); the ResNet image tower still encodes images, in f32.
+    /// Texts only (datastore builds, text retrieval): no image tower.
     Texts,
     /// Images only (captioning with live retrieval): no text tower.
     Images,
@@ -394,7 +394,8 @@ impl OpenAiClip {
             _ => ConvKernel::F32,
         };
         let visual = match &dims.vision_layers {
-            VisionLayers::ResNet(layers) => ClipVisual::ResNet(ModifiedResNet::load(
+            _ if queries == Queries::Texts => None,
+            VisionLayers::ResNet(layers) => Some(ClipVisual::ResNet(ModifiedResNet::load(
                 w,
                 &ResNetDims {
                     layers: *layers,
@@ -403,21 +404,17 @@ impl OpenAiClip {
                     heads: dims.vision_heads(),
                     input_resolution: dims.image_resolution,
                 },
-                if queries == Queries::Texts {
-                    ConvKernel::F32
-                } else {
-                    kernel
-                },
-            )?),
+                kernel,
+            )?)),
             VisionLayers::Vit(_) => {
                 let cfg = dims.vit_config(w)?;
                 let map = openai_vit_as_hf(w, &cfg, dims.embed_dim)?;
                 let vb = VarBuilder::from_tensors(map, DType::F32, device);
                 let not_vit = |e: candle_core::Error| Error::checkpoint(w.path(), e.to_string());
-                ClipVisual::Vit(
+                Some(ClipVisual::Vit(
                     ClipVision::load(vb.pp("vision_model"), &cfg).map_err(not_vit)?,
                     ProjectionHead::load(vb, &cfg, dims.embed_dim).map_err(not_vit)?,
-                )
+                ))
             }
         };
         let text = match queries {
@@ -449,8 +446,12 @@ impl OpenAiClip {
             )));
         }
         Ok(match &self.visual {
-            ClipVisual::ResNet(m) => m.forward(pixel_values)?,
-            ClipVisual::Vit(tower, head) => head.forward(&tower.forward(pixel_values)?)?,
+            Some(ClipVisual::ResNet(m)) => m.forward(pixel_values)?,
+            Some(ClipVisual::Vit(tower, head)) => head.forward(&tower.forward(pixel_values)?)?,
+            None => return Err(Error::Input(
+                "this CLIP model was loaded for text queries only: its image tower was left out"
+                    .into(),
+            )),
         })
     }
 

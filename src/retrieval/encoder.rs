@@ -140,7 +140,7 @@ impl RetrievalEncoder {
     }
 
     /// [`RetrievalEncoder::load_with`] for encoding texts only (datastore builds): an OpenAI
-    /// ResNet image tower is not packed for `precision` (it still encodes images, in f32).
+    /// CLIP model's image tower is left out, and encoding images is an error.
     pub fn load_for_texts(
         spec: &str,
         device: &Device,
