@@ -718,13 +718,7 @@ impl PytorchArchive {
     /// Tensor `name` as f32 on `device`.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
         let info = self.view(name)?;
-        let bytes = self.raw(name, info)?;
-        let t = if info.dtype == DType::F32 {
-            Tensor::from_vec(f32_from_le(bytes), info.dims.as_slice(), device)?
-        } else {
-            Tensor::from_raw_buffer(bytes, info.dtype, &info.dims, device)?
-        };
-        Ok(t.to_dtype(DType::F32)?)
+        decode(self.raw(name, info)?, info, device)
     }
 
     /// Tensor `name`'s values as f32 with its shape: borrowed from the mapped file when stored
@@ -733,7 +727,7 @@ impl PytorchArchive {
         let info = self.view(name)?;
         let bytes = self.raw(name, info)?;
         let values = if info.dtype != DType::F32 {
-            let t = self.tensor(name, &Device::Cpu)?;
+            let t = decode(bytes, info, &Device::Cpu)?;
             std::borrow::Cow::Owned(t.flatten_all()?.to_vec1::<f32>()?)
         } else if cfg!(target_endian = "little") && bytes.as_ptr().align_offset(4) == 0 {
             // SAFETY: `bytes` is 4-aligned and its length a multiple of 4 (`nbytes` is the
@@ -858,6 +852,16 @@ impl PytorchArchive {
             .insert(storage_path.to_string());
         Ok(())
     }
+}
+
+/// A tensor's `bytes` (as `info` describes them) as an f32 tensor on `device`.
+fn decode(bytes: &[u8], info: &StorageView, device: &Device) -> Result<Tensor> {
+    let t = if info.dtype == DType::F32 {
+        Tensor::from_vec(f32_from_le(bytes), info.dims.as_slice(), device)?
+    } else {
+        Tensor::from_raw_buffer(bytes, info.dtype, &info.dims, device)?
+    };
+    Ok(t.to_dtype(DType::F32)?)
 }
 
 /// Little-endian f32 values of `bytes` (a multiple of 4 long), decoded in parallel.

@@ -300,9 +300,10 @@ unsafe fn split_rows_avx512(src: &[f32], stride: usize, rows: usize, dst: &mut [
 }
 
 /// Packs B (`k × n`) as split parts for [`Step`]s: `column(j, col)` fills `col` (`k` values,
-/// zero when it is called) with column `j < n`. Returns, per part, `n_blocks × k_steps` pieces of 1024 bf16 (`k` and `n`
-/// padded to 32 with zeros), piece `(nb, ks)` at `(nb * k_steps + ks) * 1024`, each two tiles of
-/// 16 pairs of K × 16 columns. Column blocks are packed in parallel.
+/// zero when it is called) with column `j < n`. Returns, per part, `n_blocks × k_steps` pieces
+/// of 1024 bf16 (`k` and `n` padded to 32 with zeros), piece `(nb, ks)` at
+/// `(nb * k_steps + ks) * 1024`, each two tiles of 16 pairs of K × 16 columns. Column blocks are
+/// packed in parallel.
 pub fn pack_b(
     k: usize,
     n: usize,

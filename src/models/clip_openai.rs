@@ -318,18 +318,8 @@ impl OpenAiClip {
         Self::load_kernel(path, device, precision.conv_kernel(), Queries::All)
     }
 
-    /// [`OpenAiClip::load`] for text encoding only (datastore builds): the image tower is kept
-    /// in its plain f32 form, which costs no packing at load.
-    pub fn load_for_texts(
-        path: &Path,
-        device: &Device,
-        precision: EncoderPrecision,
-    ) -> Result<Self> {
-        Self::load_kernel(path, device, precision.conv_kernel(), Queries::Texts)
-    }
-
-    /// [`OpenAiClip::load`] for the `queries` given: the tower they do not need is left out or
-    /// kept unpacked ([`Queries`]).
+    /// [`OpenAiClip::load`] for the `queries` given: the tower they do not need is left out
+    /// ([`Queries`]).
     pub fn load_for(
         path: &Path,
         device: &Device,

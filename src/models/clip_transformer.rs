@@ -151,13 +151,13 @@ impl Block {
     ) -> Result<Self> {
         let mlp = wts.need_shape(&format!("{p}.mlp.c_fc.weight"))?[0];
         let p_attn = format!("{p}.attn");
-        let in_proj = (
+        let in_proj = [
             format!("{p_attn}.in_proj_weight"),
             format!("{p_attn}.in_proj_bias"),
-        );
+        ];
         Ok(Self {
             ln_1: layer_norm(wts, &format!("{p}.ln_1"), width)?,
-            in_proj: TowerLinear::load(wts, (&in_proj.0, &in_proj.1), width, 3 * width, kernel)?,
+            in_proj: TowerLinear::load(wts, (&in_proj[0], &in_proj[1]), width, 3 * width, kernel)?,
             out_proj: TowerLinear::at(wts, &format!("{p_attn}.out_proj"), width, width, kernel)?,
             ln_2: layer_norm(wts, &format!("{p}.ln_2"), width)?,
             c_fc: TowerLinear::at(wts, &format!("{p}.mlp.c_fc"), width, mlp, kernel)?,

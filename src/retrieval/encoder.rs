@@ -150,8 +150,7 @@ impl RetrievalEncoder {
     }
 
     /// [`RetrievalEncoder::load_with`] for the `queries` given: an OpenAI CLIP model leaves out
-    /// (or keeps unpacked) the tower they do not need ([`Queries`]); a Hugging Face model loads
-    /// both.
+    /// the tower they do not need ([`Queries`]); a Hugging Face model loads both.
     pub fn load_for(
         spec: &str,
         device: &Device,

@@ -170,8 +170,8 @@ impl Retriever {
 
     /// [`Retriever::open`], with `default` (a checkpoint's `retrieval_encoder`, `RN50x64` in
     /// SmallCap7M) as the encoder when none is given and the first store records none (as a
-    /// FAISS file does not), and the encoder's `precision`, loaded for `queries` (with
-    /// [`Queries::Images`], text queries are an error).
+    /// FAISS file does not), and the encoder's `precision`, loaded for `queries` (the other kind
+    /// of query is then an error).
     pub fn open_with_default(
         specs: &[NamedSpec],
         encoder: Option<&str>,
