@@ -7,7 +7,8 @@ Needs torch and ftfy. Writes PERFDIR/rn50x64.pt once: an OpenAI CLIP RN50x64 (`c
 with RN50x64's sizes: text tower 1024 wide, 12 layers, 16 heads, context 77; the image tower is
 built too, since the project loads whole CLIP files) with random weights, as a state dict. Then:
 1. the reference: `clip.tokenize` + `model.encode_text` of N captions (the fixture datastore's 588
-   COCO-style captions, cycled) in batches, fp32 and under `torch.autocast("cpu", bfloat16)`,
+   COCO-style captions; past them, each further round worded differently around them, so that
+   all N differ) in batches, fp32 and under `torch.autocast("cpu", bfloat16)`,
    with torch threads = cores; captions per second;
 2. this project: `target/release/smallcap datastore build --captions … --encoder PERFDIR/rn50x64.pt
    --batch-size B --encoder-precision P` of the same captions for P in `--precisions` (wall time,
@@ -74,7 +75,23 @@ else:
 model.eval()
 
 caps = json.load(open(os.path.join(repo, "tests/fixtures/smallcap-tiny/retrieval/datastore_captions.json")))
-texts = [caps[i % len(caps)] for i in range(args.n)]
+# Past the fixture's 588 captions, each round of them gets its own wording around the caption, so
+# that all N differ (copies would tie in the top-4 comparison below) and lengths stay COCO-like.
+WORDINGS = [("", ""), ("a photo of ", ""), ("", " in the picture"), ("there is ", ""),
+             ("", " on a sunny day"), ("an image of ", ""), ("", " seen from above"), ("here ", " again"),
+             ("", " at night"), ("a close up of ", ""), ("", " in the city"), ("a view of ", ""),
+             ("", " near the water"), ("a snapshot of ", ""), ("", " during the day"), ("an old photo of ", ""),
+             ("", " in black and white"), ("a picture of ", ""), ("", " outside"), ("a scene with ", "")]
+
+
+def caption(i):
+    pre, post = WORDINGS[(i // len(caps)) % len(WORDINGS)]
+    base = caps[i % len(caps)].rstrip(" .")
+    return pre + (base[0].lower() + base[1:] if pre else base) + post
+
+
+texts = [caption(i) for i in range(args.n)]
+print(json.dumps({"distinct_captions": len(set(texts))}))
 captions_file = os.path.join(args.perfdir, f"captions_{args.n}.json")
 json.dump(texts, open(captions_file, "w"))
 tokens = tokenize(texts, truncate=True)

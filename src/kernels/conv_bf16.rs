@@ -324,6 +324,44 @@ impl Nhwc {
     }
 }
 
+/// What the epilogue applies to `acc + bias [+ residual]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Nothing.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// CLIP's QuickGELU, `x · sigmoid(1.702 x)` (the vectorised `exp` of
+    /// [`super::vector_math`]).
+    QuickGelu,
+}
+
+impl Act {
+    /// The activation of one value.
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Self::Identity => x,
+            Self::Relu => x.max(0.0),
+            Self::QuickGelu => x * (1.0 / (1.0 + super::vector_math::exp(-1.702 * x))),
+        }
+    }
+}
+
+/// An f32 buffer of `len` values (stale contents, for the caller to overwrite), from this
+/// thread's pool of the buffers the blocks work in.
+pub fn scratch(len: usize) -> Vec<f32> {
+    let mut v = take_stale(&F32_POOL, len);
+    v.resize(len, 0.0);
+    v
+}
+
+/// Gives a buffer (one of [`ConvWeights::forward_rows`]' results, or any other) back to this
+/// thread's pool: reusing buffers spares the page faults of fresh memory.
+pub fn recycle(v: Vec<f32>) {
+    give(&F32_POOL, v);
+}
+
 /// A convolution's weights packed for the blocks: `k × k` taps (1 or 3, stride 1, padding
 /// `k / 2`), `c_in` and `c_out` padded to 32, split into the parts of `split`.
 #[derive(Debug, Clone)]
@@ -389,22 +427,39 @@ impl ConvWeights {
     /// in blocks of 32 channels.
     pub fn input_parts(&self, x: &Nhwc) -> InputParts {
         let plane = x.plane();
-        let blocks = x.c / 32;
+        InputParts {
+            h: x.h,
+            w: x.w,
+            c: x.c,
+            pad: x.pad,
+            plane,
+            data: self.split_pixels(&x.data, x.c, plane, plane),
+        }
+    }
+
+    /// The parts of `pixels` pixels of `c` channels (`c` a multiple of 32) at `src[i · c..]`,
+    /// for a plane of `plane` pixels; the pixels after `pixels` are zero.
+    fn split_pixels(&self, src: &[f32], c: usize, pixels: usize, plane: usize) -> Vec<Vec<u16>> {
+        assert!(src.len() >= pixels * c && pixels <= plane && c.is_multiple_of(32));
+        let blocks = c / 32;
         // Every value is written below, so a reused buffer is not cleared first.
         let mut data: Vec<Vec<u16>> = (0..self.split.parts())
             .map(|_| {
                 let mut v = take_stale(&U16_POOL, blocks * plane * 32);
                 v.resize(blocks * plane * 32, 0);
+                for block in v.chunks_mut(plane * 32) {
+                    block[pixels * 32..].fill(0);
+                }
                 v
             })
             .collect();
         // One task per (channel block, run of pixels): each writes its own range of every part.
         const RUN: usize = 1024;
-        let runs = plane.div_ceil(RUN);
+        let runs = pixels.div_ceil(RUN);
         let ptrs: Vec<SendPtr<u16>> = data.iter_mut().map(|d| SendPtr(d.as_mut_ptr())).collect();
         (0..blocks * runs).into_par_iter().for_each(|t| {
             let (cb, run) = (t / runs, t % runs);
-            let (p0, p1) = (run * RUN, ((run + 1) * RUN).min(plane));
+            let (p0, p1) = (run * RUN, ((run + 1) * RUN).min(pixels));
             let mut dst: Vec<&mut [u16]> = ptrs
                 .iter()
                 .map(|p| {
@@ -418,15 +473,47 @@ impl ConvWeights {
                     }
                 })
                 .collect();
-            bf16_gemm::split_rows(&x.data[p0 * x.c + cb * 32..], x.c, p1 - p0, &mut dst);
+            bf16_gemm::split_rows(&src[p0 * c + cb * 32..], c, p1 - p0, &mut dst);
         });
+        data
+    }
+
+    /// The parts of `rows` (`n × in`, row-major) as the `1 × n` input of a 1 × 1 convolution.
+    fn row_parts(&self, rows: &[f32]) -> InputParts {
+        assert_eq!(self.k, 1, "rows are the input of a 1 × 1 convolution");
+        let in_features = self.in_features;
+        assert_eq!(rows.len() % in_features, 0, "rows of {in_features} values");
+        let n = rows.len() / in_features;
+        if in_features != self.c_in {
+            let mut x = Nhwc::zeros(1, n, self.c_in, 0);
+            for (i, r) in rows.chunks(in_features).enumerate() {
+                let o = x.at(0, i);
+                x.data[o..o + in_features].copy_from_slice(r);
+            }
+            return self.input_parts(&x);
+        }
+        // The rows are the pixels as they are: split straight from them.
+        let plane = n + SLACK_PIXELS;
         InputParts {
-            h: x.h,
-            w: x.w,
-            c: x.c,
-            pad: x.pad,
+            h: 1,
+            w: n,
+            c: self.c_in,
+            pad: 0,
             plane,
-            data,
+            data: self.split_pixels(rows, self.c_in, n, plane),
+        }
+    }
+
+    /// The rows of a `1 × n` f32 output (its first `n` pixels), without the padded channels.
+    fn output_rows(&self, mut y: Nhwc) -> Vec<f32> {
+        let n = y.w;
+        if self.out_features == self.c_out {
+            // The first `n` pixels are the rows: the buffer is the result.
+            let mut out = std::mem::take(&mut y.data);
+            out.truncate(n * self.c_out);
+            out
+        } else {
+            y.tokens(self.out_features)
         }
     }
 
@@ -443,44 +530,33 @@ impl ConvWeights {
     /// A 1 × 1 convolution as a linear layer over rows: `rows` (`n × in`, row-major) → `n ×
     /// out` (`y = x · Wᵀ + b` of `nn.Linear`).
     pub fn forward_rows(&self, level: Level, rows: &[f32]) -> Vec<f32> {
-        assert_eq!(self.k, 1, "forward_rows is a 1 × 1 convolution");
-        let in_features = self.in_features;
-        assert_eq!(rows.len() % in_features, 0, "rows of {in_features} values");
-        let n = rows.len() / in_features;
-        let x = if in_features == self.c_in {
-            // The rows are the activation's pixels as they are: one copy, then the slack.
-            let mut data = take_stale(&F32_POOL, (n + SLACK_PIXELS) * self.c_in);
-            data.clear();
-            data.extend_from_slice(rows);
-            data.resize((n + SLACK_PIXELS) * self.c_in, 0.0);
-            Nhwc {
-                h: 1,
-                w: n,
-                c: self.c_in,
-                pad: 0,
-                data,
-            }
-        } else {
-            let mut x = Nhwc::zeros(1, n, self.c_in, 0);
-            for (i, r) in rows.chunks(in_features).enumerate() {
-                let o = x.at(0, i);
-                x.data[o..o + in_features].copy_from_slice(r);
-            }
-            x
-        };
-        let parts = self.input_parts(&x);
-        drop(x);
-        let mut y = self
-            .forward(level, &parts, false, None, 0, false)
-            .into_f32();
-        if self.out_features == self.c_out {
-            // The first `n` pixels are the rows: the buffer is the result.
-            let mut out = std::mem::take(&mut y.data);
-            out.truncate(n * self.c_out);
-            out
-        } else {
-            y.tokens(self.out_features)
-        }
+        self.forward_rows_act(level, rows, Act::Identity)
+    }
+
+    /// [`Self::forward_rows`] with `act` applied to each result (`act(x · Wᵀ + b)`).
+    pub fn forward_rows_act(&self, level: Level, rows: &[f32], act: Act) -> Vec<f32> {
+        let parts = self.row_parts(rows);
+        self.output_rows(self.forward(level, &parts, act, None, 0, false).into_f32())
+    }
+
+    /// Two linear layers over rows, `next(act(rows · Wᵀ + b))` (an MLP), the intermediate
+    /// handed over as `next`'s bf16 parts instead of f32. `next` must split as this one and
+    /// take this one's outputs.
+    pub fn forward_rows_then(
+        &self,
+        level: Level,
+        rows: &[f32],
+        act: Act,
+        next: &ConvWeights,
+    ) -> Vec<f32> {
+        assert!(next.k == 1 && next.c_in == self.c_out && next.split == self.split);
+        let parts = self.row_parts(rows);
+        let mid = self.forward(level, &parts, act, None, 0, true).into_parts();
+        drop(parts);
+        next.output_rows(
+            next.forward(level, &mid, Act::Identity, None, 0, false)
+                .into_f32(),
+        )
     }
 
     /// `act(conv(x) + bias [+ residual])` of the input's parts ([`Self::input_parts`]),
@@ -490,7 +566,7 @@ impl ConvWeights {
         &self,
         level: Level,
         x_parts: &InputParts,
-        relu: bool,
+        act: Act,
         residual: Option<&Nhwc>,
         out_pad: usize,
         out_parts: bool,
@@ -569,7 +645,7 @@ impl ConvWeights {
         let geom = BlockGeometry {
             w,
             out_pad,
-            relu,
+            act,
             avx512: avx512_available(),
         };
         let products = self.split.products();
@@ -636,7 +712,7 @@ enum Dst {
 struct BlockGeometry {
     w: usize,
     out_pad: usize,
-    relu: bool,
+    act: Act,
     /// Whether the epilogue may take its AVX-512 build (checked once per convolution).
     avx512: bool,
 }
@@ -714,7 +790,7 @@ unsafe fn write_block_plain(
                 let ro = r.at(y, x) + nb * 32;
                 <&[f32; 32]>::try_from(&r.data[ro..ro + 32]).expect("32")
             });
-            let v = epilogue(acc, bias, res, g.relu);
+            let v = epilogue(acc, bias, res, g.act);
             match dst {
                 Dst::F32 { ptr, row, c } => {
                     let o = ((y + g.out_pad) * row + x + g.out_pad) * c + nb * 32;
@@ -747,7 +823,7 @@ fn epilogue(
     acc: &[f32; 32],
     bias: &[f32; 32],
     residual: Option<&[f32; 32]>,
-    relu: bool,
+    act: Act,
 ) -> [f32; 32] {
     let mut v = [0f32; 32];
     for j in 0..32 {
@@ -758,10 +834,11 @@ fn epilogue(
             v[j] += r[j];
         }
     }
-    if relu {
-        for x in v.iter_mut() {
-            *x = x.max(0.0);
-        }
+    // One loop per activation (a `match` per value keeps the compiler from vectorising).
+    match act {
+        Act::Identity => {}
+        Act::Relu => v.iter_mut().for_each(|x| *x = Act::Relu.apply(*x)),
+        Act::QuickGelu => v.iter_mut().for_each(|x| *x = Act::QuickGelu.apply(*x)),
     }
     v
 }
@@ -867,7 +944,7 @@ mod tests {
         let residual = Nhwc::from_nchw(res, co, oh, ow, 0);
         let parts = weights.input_parts(&input);
         let out = weights
-            .forward(level, &parts, true, Some(&residual), 1, false)
+            .forward(level, &parts, Act::Relu, Some(&residual), 1, false)
             .into_f32();
         let mut nchw = vec![0f32; co * oh * ow];
         for o in 0..co {
@@ -931,6 +1008,68 @@ mod tests {
         }
     }
 
+    /// Rows through a linear layer with the QuickGELU epilogue equal `x · Wᵀ + b` and
+    /// `v · sigmoid(1.702 v)` computed in f64 (operands that bf16 holds exactly, so only the
+    /// f32 sums and the vectorised `exp` differ); widths that are not multiples of 32.
+    #[test]
+    fn rows_with_quick_gelu_equal_the_definition() {
+        let mut seed = SplitMix64(41);
+        let (n, i, o) = (37, 45, 40);
+        let mut exact = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| bf16_to_f32(bf16_round(uniform(&mut seed) * 3.0)))
+                .collect()
+        };
+        let (x, wt, b) = (exact(n * i), exact(o * i), exact(o));
+        let want: Vec<f64> = (0..n * o)
+            .map(|k| {
+                let (r, c) = (k / o, k % o);
+                let v = b[c] as f64
+                    + (0..i)
+                        .map(|j| x[r * i + j] as f64 * wt[c * i + j] as f64)
+                        .sum::<f64>();
+                v / (1.0 + (-1.702 * v).exp())
+            })
+            .collect();
+        let weights = ConvWeights::new(&wt, &b, o, i, 1, Split::One);
+        for level in levels() {
+            let got = weights.forward_rows_act(level, &x, Act::QuickGelu);
+            let err = max_abs_diff(&got, &want);
+            assert!(err < 1e-5, "{level:?}: {err}");
+            recycle(got);
+        }
+        // Without the activation the same rows give the plain product.
+        let plain = weights.forward_rows(levels()[0], &x);
+        assert!(plain
+            .iter()
+            .zip(&want)
+            .any(|(p, w)| (*p as f64 - w).abs() > 0.1));
+    }
+
+    /// Two layers with the intermediate handed over in bf16 parts equal the two layers one
+    /// after the other through f32 (both split the same values), for every split and level.
+    #[test]
+    fn an_mlp_through_parts_equals_two_layers_through_f32() {
+        let mut seed = SplitMix64(43);
+        let (n, i, m, o) = (29, 64, 96, 45);
+        let x: Vec<f32> = (0..n * i).map(|_| uniform(&mut seed)).collect();
+        let w1: Vec<f32> = (0..m * i).map(|_| uniform(&mut seed)).collect();
+        let w2: Vec<f32> = (0..o * m).map(|_| uniform(&mut seed)).collect();
+        let (b1, b2) = (vec![0.3f32; m], vec![-0.1f32; o]);
+        for s in [Split::One, Split::Two, Split::Three] {
+            let (l1, l2) = (
+                ConvWeights::new(&w1, &b1, m, i, 1, s),
+                ConvWeights::new(&w2, &b2, o, m, 1, s),
+            );
+            for level in levels() {
+                let mid = l1.forward_rows_act(level, &x, Act::QuickGelu);
+                let want = l2.forward_rows(level, &mid);
+                let got = l1.forward_rows_then(level, &x, Act::QuickGelu, &l2);
+                assert_eq!(got, want, "{level:?} {s:?}");
+            }
+        }
+    }
+
     /// A convolution handing its result to the next one as bf16 parts gives what the next one
     /// computes from the f32 result split afterwards: both paths split the same values.
     #[test]
@@ -947,13 +1086,20 @@ mod tests {
             let input = Nhwc::from_nchw(&x, ci, h, w, 0);
             for level in levels() {
                 let p = c1.input_parts(&input);
-                let via_parts = c1.forward(level, &p, true, None, 1, true).into_parts();
+                let via_parts = c1.forward(level, &p, Act::Relu, None, 1, true).into_parts();
                 let y1 = c2
-                    .forward(level, &via_parts, false, None, 0, false)
+                    .forward(level, &via_parts, Act::Identity, None, 0, false)
                     .into_f32();
-                let f32_mid = c1.forward(level, &p, true, None, 1, false).into_f32();
+                let f32_mid = c1.forward(level, &p, Act::Relu, None, 1, false).into_f32();
                 let y2 = c2
-                    .forward(level, &c2.input_parts(&f32_mid), false, None, 0, false)
+                    .forward(
+                        level,
+                        &c2.input_parts(&f32_mid),
+                        Act::Identity,
+                        None,
+                        0,
+                        false,
+                    )
                     .into_f32();
                 assert_eq!(y1.data, y2.data, "{level:?} {s:?}");
             }

@@ -2,7 +2,8 @@
 //! decoding ([`packed_linear`], an AVX-512 small-batch GEMM for f32, f16 and bf16), the KV cache
 //! ([`kv_cache`]), and the training operations (fused gelu/LayerNorm/attention softmax with
 //! one-pass backward passes in [`fused`], the frozen-weight matmul and linear of
-//! [`frozen_matmul`] (and in bf16 on the matrix units, [`bf16_linear`]), [`dropout`], the vectorised `exp`/`tanh` of [`vector_math`]). Each checks
+//! [`frozen_matmul`] (and in bf16 on the matrix units, [`bf16_linear`]), [`dropout`], the vectorised `exp`/`tanh` of [`vector_math`]), and the
+//! causal attention of CLIP's text tower over captions packed end to end ([`packed_attention`]). Each checks
 //! the CPU at run time and falls back to candle's operations elsewhere.
 
 pub mod amx;
@@ -14,5 +15,6 @@ pub mod dropout;
 pub mod frozen_matmul;
 pub mod fused;
 pub mod kv_cache;
+pub mod packed_attention;
 pub mod packed_linear;
 pub mod vector_math;

@@ -103,6 +103,36 @@ pub fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     body(x, out, f)
 }
 
+/// `x[i] = f(x[i])`, as [`map`] in place.
+#[inline(always)]
+pub fn map_in_place(x: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+    #[inline(always)]
+    fn body(x: &mut [f32], f: impl Fn(f32) -> f32) {
+        for v in x.iter_mut() {
+            *v = f(*v);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// `body` compiled for AVX-512.
+        ///
+        /// # Safety
+        /// The CPU must have the features it is compiled for.
+        #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+        unsafe fn wide(x: &mut [f32], f: impl Fn(f32) -> f32) {
+            body(x, f)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: as in `map`: the features `wide` is compiled for are detected just above
+            // (AVX2 and FMA come with AVX-512F); `wide` does only safe slice work.
+            return unsafe { wide(x, f) };
+        }
+    }
+    body(x, f)
+}
+
 /// `out[i] = f(x[i], y[i])`, as [`map`].
 #[inline(always)]
 pub fn map2(x: &[f32], y: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Copy) {
@@ -193,6 +223,9 @@ mod tests {
         assert_eq!(wide, plain);
         let mut sums = vec![0f32; x.len()];
         map2(&x, &plain, &mut sums, |a, b| a + b);
+        let mut in_place = x.clone();
+        map_in_place(&mut in_place, tanh);
+        assert_eq!(in_place, plain);
         assert!(sums
             .iter()
             .zip(&x)

@@ -15,7 +15,7 @@ use super::clip_transformer::{attention, TowerLinear};
 use super::clip_weights::Weights;
 use crate::error::Result;
 use crate::kernels::bf16_gemm::Level;
-use crate::kernels::conv_bf16::{runs_directly, Activation, ConvWeights, InputParts, Nhwc};
+use crate::kernels::conv_bf16::{runs_directly, Act, Activation, ConvWeights, InputParts, Nhwc};
 use crate::precision::ConvKernel;
 
 const BN_EPS: f64 = 1e-5;
@@ -143,7 +143,8 @@ impl ConvBn {
         let Self::Blocks { weights, .. } = self else {
             unreachable!("run is only called on a tower loaded for the bf16 blocks")
         };
-        weights.forward(level, parts, relu, residual, out_pad, out_parts)
+        let act = if relu { Act::Relu } else { Act::Identity };
+        weights.forward(level, parts, act, residual, out_pad, out_parts)
     }
 }
 

@@ -6,7 +6,10 @@
 //!
 //! The attention is causal, so what follows a row's end-of-text token never reaches its
 //! features: each row runs only up to that token (a COCO caption is about 15 of the 77
-//! positions), and rows ending at the same position run together.
+//! positions). On the CPU the rows' tokens are packed end to end into one matrix, so that the
+//! linear layers run over all of them at once and attention stays within each row
+//! ([`crate::kernels::packed_attention`]); elsewhere rows ending at the same position run
+//! together.
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::LayerNorm;
@@ -60,7 +63,6 @@ impl ClipText {
 
     /// Token ids (`clip.tokenize` rows, all of one length ≤ context) → text features `[B, E]`.
     pub(crate) fn forward(&self, rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
-        let b = rows.len();
         let l = rows.first().map_or(0, Vec::len);
         let ctx = self.positional_embedding.dim(0)?;
         if l == 0 || l > ctx || rows.iter().any(|r| r.len() != l) {
@@ -87,6 +89,51 @@ impl ClipText {
                 best
             })
             .collect();
+        let pooled = match device {
+            Device::Cpu => self.pooled_packed(rows, &ends)?,
+            _ => self.pooled_grouped(rows, &ends, device)?,
+        };
+        Ok(pooled.matmul(&self.text_projection)?)
+    }
+
+    /// The `ln_final` features at each row's end (`ends`), every row's tokens up to its end
+    /// packed into one matrix on the CPU (the linear layers run over all of them at once).
+    fn pooled_packed(&self, rows: &[Vec<u32>], ends: &[usize]) -> Result<Tensor> {
+        let width = self.positional_embedding.dim(1)?;
+        let mut ids = Vec::new();
+        let mut spans = Vec::with_capacity(rows.len());
+        for (r, &end) in rows.iter().zip(ends) {
+            let start = ids.len();
+            ids.extend_from_slice(&r[..=end]);
+            spans.push(start..ids.len());
+        }
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, n, &Device::Cpu)?;
+        let mut x = self
+            .token_embedding
+            .index_select(&ids, 0)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let pos = self.positional_embedding.flatten_all()?.to_vec1::<f32>()?;
+        for s in &spans {
+            let rows = &mut x[s.start * width..s.end * width];
+            for (x, p) in rows.chunks_mut(width).zip(pos.chunks(width)) {
+                x.iter_mut().zip(p).for_each(|(x, p)| *x += p);
+            }
+        }
+        self.transformer.forward_packed(&mut x, &spans)?;
+        let last: Vec<f32> = spans
+            .iter()
+            .flat_map(|s| &x[(s.end - 1) * width..s.end * width])
+            .copied()
+            .collect();
+        let last = Tensor::from_vec(last, (rows.len(), width), &Device::Cpu)?;
+        Ok(self.ln_final.forward(&last)?)
+    }
+
+    /// [`Self::pooled_packed`] on other devices: rows ending at the same position run together.
+    fn pooled_grouped(&self, rows: &[Vec<u32>], ends: &[usize], device: &Device) -> Result<Tensor> {
+        let b = rows.len();
         let mut order: Vec<usize> = (0..b).collect();
         order.sort_by_key(|&i| ends[i]);
         let mut pooled: Vec<Option<Tensor>> = vec![None; b];
@@ -110,7 +157,7 @@ impl ClipText {
             .into_iter()
             .map(|p| p.ok_or_else(|| Error::Input("a text row was not encoded".into())))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&pooled, 0)?.matmul(&self.text_projection)?)
+        Ok(Tensor::stack(&pooled, 0)?)
     }
 
     /// The transformer over `g` rows of `len` tokens: `[g, len, width]`.

@@ -4,15 +4,18 @@
 //! width read from `c_fc`), LayerNorm eps 1e-5. Also the [`attention`] and weight helpers the
 //! ResNet's attention pool uses. (ViT image towers run on [`super::clip_vision`].)
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
+use rayon::prelude::*;
 
 use super::clip_weights::Weights;
 use crate::error::Result;
 use crate::kernels::bf16_gemm::Level;
-use crate::kernels::conv_bf16::ConvWeights;
+use crate::kernels::conv_bf16::{self, Act, ConvWeights};
+use crate::kernels::{fused, packed_attention, vector_math};
 use crate::precision::ConvKernel;
 
 /// A frozen `nn.Linear` of the CLIP towers: candle's f32 layer, or packed for the bf16 blocks
@@ -62,7 +65,7 @@ impl TowerLinear {
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::F32(l) => l.forward(x),
-            Self::Blocks(w, level) => {
+            Self::Blocks(w, _) => {
                 let dims = x.dims().to_vec();
                 let Some((&i, lead)) = dims.split_last() else {
                     candle_core::bail!("a linear layer's input has no dimension")
@@ -73,11 +76,54 @@ impl TowerLinear {
                         w.in_features()
                     );
                 }
-                let rows = x.flatten_all()?.to_vec1::<f32>()?;
-                let y = w.forward_rows(*level, &rows);
+                let y = self.forward_rows(&x.flatten_all()?.to_vec1::<f32>()?, Act::Identity)?;
                 let mut out = lead.to_vec();
-                out.push(y.len() / lead.iter().product::<usize>().max(1));
+                out.push(w.out_features());
                 Tensor::from_vec(y, out, x.device())
+            }
+        }
+    }
+
+    /// `rows` (`n × in`, row-major, on the CPU) → `act` of each of the `n × out` results.
+    pub(crate) fn forward_rows(&self, rows: &[f32], act: Act) -> candle_core::Result<Vec<f32>> {
+        match self {
+            Self::F32(l) => {
+                let i = l.weight().dim(1)?;
+                let x = Tensor::from_slice(rows, (rows.len() / i, i), &candle_core::Device::Cpu)?;
+                let mut y = l.forward(&x)?.flatten_all()?.to_vec1()?;
+                // One closure per activation, so that each vectorises.
+                let chunks = y.par_chunks_mut(1 << 15);
+                match act {
+                    Act::Identity => {}
+                    Act::Relu => {
+                        chunks.for_each(|c| vector_math::map_in_place(c, |v| Act::Relu.apply(v)))
+                    }
+                    Act::QuickGelu => chunks
+                        .for_each(|c| vector_math::map_in_place(c, |v| Act::QuickGelu.apply(v))),
+                }
+                Ok(y)
+            }
+            Self::Blocks(w, level) => Ok(w.forward_rows_act(*level, rows, act)),
+        }
+    }
+
+    /// `next(act(self(rows)))` over rows on the CPU (a block's MLP); between two layers on the
+    /// bf16 blocks the intermediate stays in bf16 parts.
+    pub(crate) fn forward_rows_then(
+        &self,
+        rows: &[f32],
+        act: Act,
+        next: &TowerLinear,
+    ) -> candle_core::Result<Vec<f32>> {
+        match (self, next) {
+            (Self::Blocks(w, level), Self::Blocks(n, _)) => {
+                Ok(w.forward_rows_then(*level, rows, act, n))
+            }
+            _ => {
+                let mid = self.forward_rows(rows, act)?;
+                let out = next.forward_rows(&mid, Act::Identity)?;
+                conv_bf16::recycle(mid);
+                Ok(out)
             }
         }
     }
@@ -95,6 +141,25 @@ pub(crate) fn layer_norm(wts: &Weights, prefix: &str, w: usize) -> Result<LayerN
 /// QuickGELU: `x * sigmoid(1.702 x)`.
 fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
+
+/// `x += y`, on the CPU's threads.
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(1 << 15)
+        .zip(y.par_chunks(1 << 15))
+        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, b)| *a += b));
+}
+
+/// A LayerNorm of each `width`-wide row of `x`, on the CPU (into a pooled buffer).
+fn layer_norm_rows(ln: &LayerNorm, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+    let w = ln.weight().to_vec1::<f32>()?;
+    let b = match ln.bias() {
+        Some(b) => b.to_vec1::<f32>()?,
+        None => vec![0.0; w.len()],
+    };
+    let mut out = conv_bf16::scratch(x.len());
+    fused::layer_norm_rows(x, &w, &b, ln.eps(), &mut out);
+    Ok(out)
 }
 
 /// Multi-head attention of `q` `[B, Lq, W]` over `k`, `v` `[B, L, W]` (already projected),
@@ -180,6 +245,29 @@ impl Block {
         let h = self.c_proj.forward(&quick_gelu(&self.c_fc.forward(&h)?)?)?;
         x + h
     }
+
+    /// [`Block::forward`] on the CPU over sequences packed end to end: `x` `[tokens, width]`,
+    /// causal attention within each of `spans`.
+    fn forward_packed(&self, x: &mut [f32], spans: &[Range<usize>]) -> candle_core::Result<()> {
+        // Each intermediate goes back to the pool once used (fresh memory costs page faults).
+        let h = layer_norm_rows(&self.ln_1, x)?;
+        let qkv = self.in_proj.forward_rows(&h, Act::Identity)?;
+        conv_bf16::recycle(h);
+        let mut a = conv_bf16::scratch(x.len());
+        packed_attention::causal_self_attention(&qkv, spans, self.heads, self.width, &mut a);
+        conv_bf16::recycle(qkv);
+        let o = self.out_proj.forward_rows(&a, Act::Identity)?;
+        add_in_place(x, &o);
+        conv_bf16::recycle(o);
+        let h = layer_norm_rows(&self.ln_2, x)?;
+        let o = self
+            .c_fc
+            .forward_rows_then(&h, Act::QuickGelu, &self.c_proj)?;
+        conv_bf16::recycle(h);
+        add_in_place(x, &o);
+        conv_bf16::recycle(o);
+        Ok(())
+    }
 }
 
 /// `Transformer(width, layers, heads)` at `<prefix>.resblocks.{i}`.
@@ -219,5 +307,19 @@ impl ClipTransformer {
             x = b.forward(&x, mask)?;
         }
         Ok(x)
+    }
+
+    /// The causal transformer on the CPU over sequences packed end to end: `x` `[tokens,
+    /// width]` in place, each token attending to the tokens of its span (of `spans`, which
+    /// cover the tokens in order) up to itself. The linear layers run over all tokens at once.
+    pub(crate) fn forward_packed(
+        &self,
+        x: &mut [f32],
+        spans: &[Range<usize>],
+    ) -> candle_core::Result<()> {
+        for b in &self.blocks {
+            b.forward_packed(x, spans)?;
+        }
+        Ok(())
     }
 }
