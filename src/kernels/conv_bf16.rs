@@ -25,6 +25,10 @@ use super::bf16_gemm::{self, Level, Split, Step};
 /// a row reads up to 15 pixels (and, for a 3 × 3 tap, 2 more) past it.
 const SLACK_PIXELS: usize = 18;
 
+/// The bytes of A rows (and of B columns) a group of blocks reads ([`ConvWeights::forward`]):
+/// both together stay well inside a core's L2 (2 MiB on Sapphire Rapids).
+const GROUP_BYTES: usize = 512 * 1024;
+
 /// Buffers kept per thread for reuse, at most this many of each type.
 const POOL_SIZE: usize = 8;
 
@@ -621,7 +625,6 @@ impl ConvWeights {
         let n_blocks = self.c_out / 32;
         let k_steps = self.k * self.k * self.c_in / 32;
         let cb = self.c_in / 32;
-        // The larger operand is read once: weights-major when they outweigh the activation.
         let weights_major = self.c_out > tiles.len() * 16;
         let dst = match &mut out {
             Activation::F32(o) => Dst::F32 {
@@ -649,42 +652,57 @@ impl ConvWeights {
             avx512: avx512_available(),
         };
         let products = self.split.products();
-        (0..m_blocks * n_blocks).into_par_iter().for_each_init(
-            || (Vec::with_capacity(products.len() * k_steps), [0f32; 1024]),
-            |(steps, blk), i| {
-                let (mb, nb) = if weights_major {
-                    (i % m_blocks, i / m_blocks)
-                } else {
-                    (i / n_blocks, i % n_blocks)
-                };
-                let t0 = tiles[2 * mb];
-                let t1 = tiles.get(2 * mb + 1).copied().unwrap_or((t0.0, 0, t0.2));
-                steps.clear();
-                for &(pa, pb) in products {
-                    let a = &x_parts.data[pa];
-                    let b = &self.parts[pb];
-                    for (tap, off) in taps.iter().enumerate() {
-                        for j in 0..cb {
-                            let ks = tap * cb + j;
-                            let block = j * plane;
-                            steps.push(Step {
-                                a0: a[(block + t0.2 + off) * 32..].as_ptr(),
-                                a1: a[(block + t1.2 + off) * 32..].as_ptr(),
-                                b: b[(nb * k_steps + ks) * 1024..].as_ptr(),
-                            });
-                        }
+        // Blocks are taken in groups of `group × group` (of M and N blocks) whose A rows and
+        // B columns fit in L2 together, so that each is read from memory once per group
+        // instead of once per block of the other operand.
+        let bytes_per_block = 32 * 32 * k_steps * 2 * self.split.parts();
+        let group = (GROUP_BYTES / bytes_per_block).clamp(1, 16);
+        let (groups_m, groups_n) = (m_blocks.div_ceil(group), n_blocks.div_ceil(group));
+        let run_block = |steps: &mut Vec<Step>, blk: &mut [f32; 1024], mb: usize, nb: usize| {
+            let t0 = tiles[2 * mb];
+            let t1 = tiles.get(2 * mb + 1).copied().unwrap_or((t0.0, 0, t0.2));
+            steps.clear();
+            for &(pa, pb) in products {
+                let a = &x_parts.data[pa];
+                let b = &self.parts[pb];
+                for (tap, off) in taps.iter().enumerate() {
+                    for j in 0..cb {
+                        let ks = tap * cb + j;
+                        let block = j * plane;
+                        steps.push(Step {
+                            a0: a[(block + t0.2 + off) * 32..].as_ptr(),
+                            a1: a[(block + t1.2 + off) * 32..].as_ptr(),
+                            b: b[(nb * k_steps + ks) * 1024..].as_ptr(),
+                        });
                     }
                 }
-                // SAFETY: `level.runs_here()` was asserted; each A pointer starts inside its
-                // channel block's plane and its 16 rows of 32 stay inside it (`last` above
-                // bounds the farthest pixel); each B piece is 1024 values inside the packed
-                // part (nb < n_blocks, ks < k_steps).
-                unsafe { bf16_gemm::block(level, steps, 64, blk) };
-                let bias: &[f32; 32] = self.bias[nb * 32..nb * 32 + 32].try_into().expect("32");
-                // SAFETY: pixels t0.0..t0.0+t0.1 and t1.0..t1.0+t1.1 (all < h·w) and channel
-                // block nb (< the output's c / 32) lie inside the output, and are written by
-                // this block alone: each pixel belongs to one tile, each tile to one M block.
-                unsafe { write_block(&dst, &geom, nb, [t0, t1], blk, bias, residual) };
+            }
+            // SAFETY: `level.runs_here()` was asserted; each A pointer starts inside its
+            // channel block's plane and its 16 rows of 32 stay inside it (`last` above
+            // bounds the farthest pixel); each B piece is 1024 values inside the packed
+            // part (nb < n_blocks, ks < k_steps).
+            unsafe { bf16_gemm::block(level, steps, 64, blk) };
+            let bias: &[f32; 32] = self.bias[nb * 32..nb * 32 + 32].try_into().expect("32");
+            // SAFETY: pixels t0.0..t0.0+t0.1 and t1.0..t1.0+t1.1 (all < h·w) and channel
+            // block nb (< the output's c / 32) lie inside the output, and are written by
+            // this block alone: each pixel belongs to one tile, each tile to one M block.
+            unsafe { write_block(&dst, &geom, nb, [t0, t1], blk, bias, residual) };
+        };
+        (0..groups_m * groups_n).into_par_iter().for_each_init(
+            || (Vec::with_capacity(products.len() * k_steps), [0f32; 1024]),
+            |(steps, blk), g| {
+                // The larger operand is read once: weights-major when they outweigh the
+                // activation.
+                let (gm, gn) = if weights_major {
+                    (g % groups_m, g / groups_m)
+                } else {
+                    (g / groups_n, g % groups_n)
+                };
+                for mb in gm * group..((gm + 1) * group).min(m_blocks) {
+                    for nb in gn * group..((gn + 1) * group).min(n_blocks) {
+                        run_block(steps, blk, mb, nb);
+                    }
+                }
             },
         );
         out

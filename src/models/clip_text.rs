@@ -121,12 +121,7 @@ impl ClipText {
                 x.iter_mut().zip(p).for_each(|(x, p)| *x += p);
             }
         }
-        self.transformer.forward_packed(&mut x, &spans)?;
-        let last: Vec<f32> = spans
-            .iter()
-            .flat_map(|s| &x[(s.end - 1) * width..s.end * width])
-            .copied()
-            .collect();
+        let last = self.transformer.forward_packed_last(&mut x, &spans)?;
         let last = Tensor::from_vec(last, (rows.len(), width), &Device::Cpu)?;
         Ok(self.ln_final.forward(&last)?)
     }

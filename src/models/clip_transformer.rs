@@ -150,6 +150,17 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
         .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, b)| *a += b));
 }
 
+/// The row of `x` (`[tokens, width]`) at the last token of each of `spans` (which end at
+/// `tokens`): `[spans, width]`.
+fn last_rows(x: &[f32], spans: &[Range<usize>]) -> Vec<f32> {
+    let width = x.len() / spans.last().map_or(1, |s| s.end.max(1));
+    spans
+        .iter()
+        .flat_map(|s| &x[(s.end - 1) * width..s.end * width])
+        .copied()
+        .collect()
+}
+
 /// A LayerNorm of each `width`-wide row of `x`, on the CPU (into a pooled buffer).
 fn layer_norm_rows(ln: &LayerNorm, x: &[f32]) -> candle_core::Result<Vec<f32>> {
     let w = ln.weight().to_vec1::<f32>()?;
@@ -249,6 +260,28 @@ impl Block {
     /// [`Block::forward`] on the CPU over sequences packed end to end: `x` `[tokens, width]`,
     /// causal attention within each of `spans`.
     fn forward_packed(&self, x: &mut [f32], spans: &[Range<usize>]) -> candle_core::Result<()> {
+        let a = self.attend_packed(x, spans)?;
+        self.finish_packed(x, &a)?;
+        conv_bf16::recycle(a);
+        Ok(())
+    }
+
+    /// [`Block::forward_packed`] of the last token of each span only (`[spans, width]`): the
+    /// other tokens' keys and values are computed, but not their projections and MLP.
+    fn forward_packed_last(
+        &self,
+        x: &[f32],
+        spans: &[Range<usize>],
+    ) -> candle_core::Result<Vec<f32>> {
+        let a = self.attend_packed(x, spans)?;
+        let (mut x_last, a_last) = (last_rows(x, spans), last_rows(&a, spans));
+        conv_bf16::recycle(a);
+        self.finish_packed(&mut x_last, &a_last)?;
+        Ok(x_last)
+    }
+
+    /// The attention half before its output projection: `attn(ln_1(x))` `[tokens, width]`.
+    fn attend_packed(&self, x: &[f32], spans: &[Range<usize>]) -> candle_core::Result<Vec<f32>> {
         // Each intermediate goes back to the pool once used (fresh memory costs page faults).
         let h = layer_norm_rows(&self.ln_1, x)?;
         let qkv = self.in_proj.forward_rows(&h, Act::Identity)?;
@@ -256,7 +289,12 @@ impl Block {
         let mut a = conv_bf16::scratch(x.len());
         packed_attention::causal_self_attention(&qkv, spans, self.heads, self.width, &mut a);
         conv_bf16::recycle(qkv);
-        let o = self.out_proj.forward_rows(&a, Act::Identity)?;
+        Ok(a)
+    }
+
+    /// The rest, row by row: `x += out_proj(a)`, then `x += mlp(ln_2(x))`.
+    fn finish_packed(&self, x: &mut [f32], a: &[f32]) -> candle_core::Result<()> {
+        let o = self.out_proj.forward_rows(a, Act::Identity)?;
         add_in_place(x, &o);
         conv_bf16::recycle(o);
         let h = layer_norm_rows(&self.ln_2, x)?;
@@ -309,17 +347,22 @@ impl ClipTransformer {
         Ok(x)
     }
 
-    /// The causal transformer on the CPU over sequences packed end to end: `x` `[tokens,
-    /// width]` in place, each token attending to the tokens of its span (of `spans`, which
-    /// cover the tokens in order) up to itself. The linear layers run over all tokens at once.
-    pub(crate) fn forward_packed(
+    /// The causal transformer on the CPU over sequences packed end to end, `x` `[tokens,
+    /// width]` (overwritten), each token attending to the tokens of its span (of `spans`, which
+    /// cover the tokens in order) up to itself; the linear layers run over all tokens at once.
+    /// Returns the outputs at the last token of each span, `[spans, width]` (what CLIP's text
+    /// tower reads): the last layer computes no others.
+    pub(crate) fn forward_packed_last(
         &self,
         x: &mut [f32],
         spans: &[Range<usize>],
-    ) -> candle_core::Result<()> {
-        for b in &self.blocks {
+    ) -> candle_core::Result<Vec<f32>> {
+        let Some((last, rest)) = self.blocks.split_last() else {
+            return Ok(last_rows(x, spans));
+        };
+        for b in rest {
             b.forward_packed(x, spans)?;
         }
-        Ok(())
+        last.forward_packed_last(x, spans)
     }
 }

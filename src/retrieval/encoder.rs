@@ -6,6 +6,7 @@
 //! BPE (`clip.tokenize`, context 77), and returns rows L2-normalised as `faiss.normalize_L2`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use smallcap_datastore::store::normalize_l2;
@@ -42,17 +43,29 @@ struct Provenance {
     weights_sha256: String,
 }
 
-/// A [`Provenance`] known at load, or a local OpenAI CLIP file's, computed when first asked for:
-/// hashing a 2.5 GB `RN50x64.pt` takes seconds that captioning never needs.
+/// A [`Provenance`] known at load, or a local OpenAI CLIP file's, computed when first asked for
+/// (hashing a 2.5 GB `RN50x64.pt` takes seconds that captioning never needs) or, where it will
+/// be asked for, on a thread of its own while the model loads ([`ProvenanceCell::hashing`]).
 enum ProvenanceCell {
     Known(Provenance),
     File(
         std::path::PathBuf,
-        std::sync::OnceLock<std::result::Result<Provenance, String>>,
+        Arc<std::sync::OnceLock<std::result::Result<Provenance, String>>>,
     ),
 }
 
 impl ProvenanceCell {
+    /// The cell of a local file, its hash started now on a thread of its own (a caller asking
+    /// meanwhile waits for it).
+    fn hashing(path: &Path) -> Self {
+        let cell: Arc<std::sync::OnceLock<_>> = Arc::default();
+        let (file, filled) = (path.to_path_buf(), Arc::clone(&cell));
+        std::thread::spawn(move || {
+            filled.get_or_init(|| Self::of_file(&file).map_err(|e| e.to_string()));
+        });
+        Self::File(path.to_path_buf(), cell)
+    }
+
     fn get(&self) -> Result<&Provenance> {
         match self {
             Self::Known(p) => Ok(p),
@@ -176,11 +189,17 @@ impl RetrievalEncoder {
             });
         }
         if path.is_file() {
+            // Text queries build and search stores, which record and check the weights' hash:
+            // it is computed beside the load. Image queries (captioning) may never need it.
+            let provenance = match queries {
+                Queries::Texts => ProvenanceCell::hashing(path),
+                _ => ProvenanceCell::File(path.to_path_buf(), Default::default()),
+            };
             let model = load_clip(path)?;
             return Ok(Self {
                 description: format!("openai-clip:{}", model.dims().name()),
                 model: Model::OpenAi(model),
-                provenance: ProvenanceCell::File(path.to_path_buf(), Default::default()),
+                provenance,
                 device: device.clone(),
             });
         }
