@@ -136,7 +136,7 @@ impl CustomOp3 for Attention {
 }
 
 /// `a · b` summed in 16 lanes, then the lanes in order (the compiler vectorises the lanes).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));

@@ -13,6 +13,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::decode_attention::dot;
+
 /// `qkv` (`[tokens, 3 · width]`: each token's q, then k, then v, `heads` heads of `width /
 /// heads` each) → `out` `[tokens, width]` (every value overwritten): the attention of each
 /// token over the tokens of its span up to itself. `spans` cover `0..tokens` in order, one per
@@ -94,24 +96,6 @@ fn one_sequence(qkv: &[f32], out: &mut [f32], heads: usize, width: usize) {
             }
         }
     }
-}
-
-/// `a · b` in 16 lanes (which the compiler vectorises), then their sum.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *l += x * y;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
