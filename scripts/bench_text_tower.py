@@ -14,7 +14,8 @@ built too, since the project loads whole CLIP files) with random weights, as a s
    --batch-size B --encoder-precision P` of the same captions for P in `--precisions` (wall time,
    minus a build of one caption for the load); and the largest difference between its stored
    rows and the reference's normalised fp32 features, and whether every caption's top-4 among the
-   others agrees.
+   others agrees. It also prints how many tokens the project's prefix trees compute: each
+   batch's distinct caption openings (the start token, a shared "a photo of", once).
 """
 import argparse
 import json
@@ -96,6 +97,16 @@ captions_file = os.path.join(args.perfdir, f"captions_{args.n}.json")
 json.dump(texts, open(captions_file, "w"))
 tokens = tokenize(texts, truncate=True)
 print(json.dumps({"captions": args.n, "mean_tokens_with_sot_eot": float((tokens != 0).sum(1).float().mean())}))
+# Distinct openings per batch (what the project's prefix trees compute): every caption's tokens up to
+# its EOT (the arg-max id), those that begin several captions of a batch alike counted once.
+openings = 0
+for i in range(0, args.n, args.batch):
+    seen = set()
+    for row in tokens[i:i + args.batch].tolist():
+        end = row.index(max(row))
+        seen.update(tuple(row[:j + 1]) for j in range(end + 1))
+    openings += len(seen)
+print(json.dumps({"tokens_up_to_eot": int((tokens != 0).sum()), "distinct_openings_in_batches": openings}))
 
 
 def reference(autocast):

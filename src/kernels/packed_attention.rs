@@ -1,27 +1,30 @@
-//! Causal self-attention over sequences packed end to end, as CLIP's text tower runs a batch of
-//! captions: each caption keeps only its tokens up to its end-of-text token, the captions'
-//! tokens are stacked into one `[tokens, 3 · width]` matrix of fused q, k, v projections (so
+//! Causal self-attention over sequences packed into a prefix tree, as CLIP's text tower runs a
+//! batch of captions: each caption keeps only its tokens up to its end-of-text token, tokens
+//! that begin several captions alike (the start token, a shared "a photo of") are stored once,
+//! all of them stacked into one `[tokens, 3 · width]` matrix of fused q, k, v projections (so
 //! that the linear layers run over all of them at once), and each token attends to the tokens
-//! of its own caption up to itself.
+//! before it in its caption and to itself.
 //!
 //! Per head of `d` values: `softmax((q / √d) · kᵀ)` over the visible positions, then the
 //! probabilities times `v`, as `F.multi_head_attention_forward` computes with the causal mask
 //! (queries scaled first; the masked positions are left out instead of adding −∞, which gives
-//! them probability 0 in both). Sequences run in parallel; the sums are f32.
-
-use std::ops::Range;
+//! them probability 0 in both). Tokens run in parallel; the sums are f32, over the positions in
+//! order from the first.
 
 use rayon::prelude::*;
 
 use super::decode_attention::dot;
 
+/// Tokens per parallel task.
+const CHUNK: usize = 16;
+
 /// `qkv` (`[tokens, 3 · width]`: each token's q, then k, then v, `heads` heads of `width /
 /// heads` each) → `out` `[tokens, width]` (every value overwritten): the attention of each
-/// token over the tokens of its span up to itself. `spans` cover `0..tokens` in order, one per
-/// sequence.
+/// token over the tokens before it in its sequence and itself. `parents[t]` is the token
+/// before `t` in its sequence (an earlier one), `None` where `t` begins a sequence.
 pub fn causal_self_attention(
     qkv: &[f32],
-    spans: &[Range<usize>],
+    parents: &[Option<usize>],
     heads: usize,
     width: usize,
     out: &mut [f32],
@@ -30,69 +33,66 @@ pub fn causal_self_attention(
         heads > 0 && width.is_multiple_of(heads),
         "{width} wide in {heads} heads"
     );
+    let tokens = parents.len();
     assert_eq!(
-        qkv.len() % (3 * width),
-        0,
+        qkv.len(),
+        tokens * 3 * width,
         "q, k and v of {width} per token"
     );
-    let tokens = qkv.len() / (3 * width);
-    let mut next = 0;
-    for s in spans {
-        assert!(
-            s.start == next && s.end >= s.start,
-            "spans cover the tokens in order"
-        );
-        next = s.end;
-    }
-    assert_eq!(next, tokens, "spans cover every token");
     assert_eq!(out.len(), tokens * width, "an output of {width} per token");
-    let mut rest = out;
-    let mut pieces = Vec::with_capacity(spans.len());
-    for s in spans {
-        let (here, after) = rest.split_at_mut(s.len() * width);
-        pieces.push((s.clone(), here));
-        rest = after;
+    for (t, p) in parents.iter().enumerate() {
+        assert!(
+            p.is_none_or(|p| p < t),
+            "token {t}'s parent comes before it"
+        );
     }
-    pieces.into_par_iter().for_each(|(s, out)| {
-        one_sequence(
-            &qkv[s.start * 3 * width..s.end * 3 * width],
-            out,
-            heads,
-            width,
-        )
-    });
+    out.par_chunks_mut(CHUNK * width)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let mut chain = Vec::new();
+            for (k, out) in out.chunks_mut(width).enumerate() {
+                let t = c * CHUNK + k;
+                chain.clear();
+                let mut at = Some(t);
+                while let Some(a) = at {
+                    chain.push(a);
+                    at = parents[a];
+                }
+                chain.reverse();
+                one_token(qkv, &chain, heads, width, out);
+            }
+        });
 }
 
-/// One sequence: `qkv` `[l, 3 · width]` → `out` `[l, width]`.
-fn one_sequence(qkv: &[f32], out: &mut [f32], heads: usize, width: usize) {
+/// One token's output `[width]`, attending to `chain` (its sequence's tokens from the first up
+/// to itself).
+fn one_token(qkv: &[f32], chain: &[usize], heads: usize, width: usize, out: &mut [f32]) {
     let d = width / heads;
-    let l = out.len() / width;
     let scale = 1.0 / (d as f32).sqrt();
     let mut q = vec![0f32; d];
-    let mut p = vec![0f32; l];
+    let mut p = vec![0f32; chain.len()];
+    let i = *chain.last().expect("a chain ends at its token");
     for h in 0..heads {
         let at = |row: usize, which: usize| &qkv[row * 3 * width + which * width + h * d..][..d];
-        for i in 0..l {
-            for (q, &v) in q.iter_mut().zip(at(i, 0)) {
-                *q = v * scale;
-            }
-            let mut max = f32::NEG_INFINITY;
-            for (j, p) in p[..=i].iter_mut().enumerate() {
-                *p = dot(&q, at(j, 1));
-                max = max.max(*p);
-            }
-            let mut sum = 0f32;
-            for p in &mut p[..=i] {
-                *p = (*p - max).exp();
-                sum += *p;
-            }
-            let o = &mut out[i * width + h * d..][..d];
-            o.fill(0.0);
-            for (j, &pj) in p[..=i].iter().enumerate() {
-                let pj = pj / sum;
-                for (o, &v) in o.iter_mut().zip(at(j, 2)) {
-                    *o += pj * v;
-                }
+        for (q, &v) in q.iter_mut().zip(at(i, 0)) {
+            *q = v * scale;
+        }
+        let mut max = f32::NEG_INFINITY;
+        for (&j, p) in chain.iter().zip(p.iter_mut()) {
+            *p = dot(&q, at(j, 1));
+            max = max.max(*p);
+        }
+        let mut sum = 0f32;
+        for p in p.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        let o = &mut out[h * d..][..d];
+        o.fill(0.0);
+        for (&j, &pj) in chain.iter().zip(&p) {
+            let pj = pj / sum;
+            for (o, &v) in o.iter_mut().zip(at(j, 2)) {
+                *o += pj * v;
             }
         }
     }
@@ -102,19 +102,22 @@ fn one_sequence(qkv: &[f32], out: &mut [f32], heads: usize, width: usize) {
 mod tests {
     use super::*;
 
-    /// Attention written out in f64 from its definition: scores with a −∞ mask, softmax, sum.
-    fn plain(qkv: &[f32], spans: &[Range<usize>], heads: usize, width: usize) -> Vec<f64> {
+    /// Attention written out in f64 from its definition, sequence by sequence (each a list of
+    /// token rows from its first): scores with a −∞ mask, softmax, sum. A row shared by several
+    /// sequences must come out the same from each.
+    fn plain(qkv: &[f32], sequences: &[Vec<usize>], heads: usize, width: usize) -> Vec<f64> {
         let d = width / heads;
         let tokens = qkv.len() / (3 * width);
-        let mut out = vec![0f64; tokens * width];
+        let mut out = vec![f64::NAN; tokens * width];
         let x = |t: usize, c: usize| qkv[t * 3 * width + c] as f64;
-        for s in spans {
+        for s in sequences {
             for h in 0..heads {
-                for i in s.clone() {
+                for (pos, &i) in s.iter().enumerate() {
                     let scores: Vec<f64> = s
-                        .clone()
-                        .map(|j| {
-                            if j > i {
+                        .iter()
+                        .enumerate()
+                        .map(|(pj, &j)| {
+                            if pj > pos {
                                 f64::NEG_INFINITY
                             } else {
                                 (0..d)
@@ -128,16 +131,30 @@ mod tests {
                     let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for c in 0..d {
-                        out[i * width + h * d + c] = s
-                            .clone()
+                        let v: f64 = s
+                            .iter()
                             .zip(&e)
-                            .map(|(j, e)| e / z * x(j, 2 * width + h * d + c))
+                            .map(|(&j, e)| e / z * x(j, 2 * width + h * d + c))
                             .sum();
+                        let o = &mut out[i * width + h * d + c];
+                        assert!(o.is_nan() || *o == v, "row {i} differs between sequences");
+                        *o = v;
                     }
                 }
             }
         }
         out
+    }
+
+    /// `parents` of sequences given as rows from their first.
+    fn parents_of(sequences: &[Vec<usize>], tokens: usize) -> Vec<Option<usize>> {
+        let mut parents = vec![None; tokens];
+        for s in sequences {
+            for w in s.windows(2) {
+                parents[w[1]] = Some(w[0]);
+            }
+        }
+        parents
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -151,14 +168,28 @@ mod tests {
     }
 
     #[test]
-    fn matches_the_definition_on_uneven_spans_and_odd_head_widths() {
-        // Head widths 5 (no full lane chunk), 16, and 40 (chunks plus a tail); a one-token span.
+    fn matches_the_definition_on_uneven_and_shared_sequences_and_odd_head_widths() {
+        // Head widths 5 (no full lane chunk), 16, and 40 (chunks plus a tail); one-token
+        // sequences; sequences sharing their first tokens (0, 1 and 20, 21), one ending inside
+        // another (0, 1, 2), and more tokens than one parallel task takes.
+        let sequences = [
+            vec![0, 1, 2],
+            vec![0, 1, 2, 3, 4, 5, 6, 7],
+            vec![0, 1, 8, 9],
+            vec![10],
+            vec![11, 12, 13, 14, 15, 16, 17, 18, 19],
+            vec![0, 26],
+            vec![20, 21, 22, 23, 24, 25],
+            vec![20, 21],
+            (20..22).chain(27..40).collect(),
+        ];
+        let tokens = 40;
+        let parents = parents_of(&sequences, tokens);
         for (heads, width) in [(3, 15), (2, 32), (2, 80)] {
-            let spans = [0..1, 1..8, 8..10, 10..27];
-            let qkv = values(27 * 3 * width, width as u32);
-            let mut got = vec![f32::NAN; 27 * width];
-            causal_self_attention(&qkv, &spans, heads, width, &mut got);
-            let want = plain(&qkv, &spans, heads, width);
+            let qkv = values(tokens * 3 * width, width as u32);
+            let mut got = vec![f32::NAN; tokens * width];
+            causal_self_attention(&qkv, &parents, heads, width, &mut got);
+            let want = plain(&qkv, &sequences, heads, width);
             for (g, w) in got.iter().zip(&want) {
                 assert!((*g as f64 - w).abs() < 1e-5, "{heads}×{width}: {g} vs {w}");
             }
@@ -167,12 +198,12 @@ mod tests {
 
     #[test]
     fn a_token_sees_only_its_own_sequence_up_to_itself() {
-        // The first token of every span attends to itself alone: its output is its own v.
+        // The first token of every sequence attends to itself alone: its output is its own v.
         let (heads, width) = (2, 8);
-        let spans = [0..3, 3..5];
+        let parents = [None, Some(0), Some(1), None, Some(3)];
         let qkv = values(5 * 3 * width, 9);
         let mut out = vec![f32::NAN; 5 * width];
-        causal_self_attention(&qkv, &spans, heads, width, &mut out);
+        causal_self_attention(&qkv, &parents, heads, width, &mut out);
         for start in [0, 3] {
             assert_eq!(
                 &out[start * width..(start + 1) * width],
@@ -182,9 +213,8 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "spans cover every token")]
-    fn spans_must_cover_the_tokens() {
-        // Two tokens, of which the spans cover one.
-        causal_self_attention(&[0.0; 2 * 3 * 4], &[0..1, 1..1], 1, 4, &mut [0.0; 2 * 4]);
+    #[should_panic(expected = "token 1's parent comes before it")]
+    fn parents_must_come_first() {
+        causal_self_attention(&[0.0; 2 * 3 * 4], &[None, Some(1)], 1, 4, &mut [0.0; 2 * 4]);
     }
 }

@@ -6,10 +6,14 @@
 //!
 //! The attention is causal, so what follows a row's end-of-text token never reaches its
 //! features: each row runs only up to that token (a COCO caption is about 15 of the 77
-//! positions). On the CPU the rows' tokens are packed end to end into one matrix, so that the
-//! linear layers run over all of them at once and attention stays within each row
-//! ([`crate::kernels::packed_attention`]); elsewhere rows ending at the same position run
+//! positions). On the CPU the rows' tokens are packed into one matrix, so that the linear
+//! layers run over all of them at once and attention stays within each row
+//! ([`crate::kernels::packed_attention`]); tokens that begin several rows alike (the start
+//! token in all, a shared opening such as "a man") have the same features in each, so they are
+//! stored and computed once, as a prefix tree. Elsewhere rows ending at the same position run
 //! together.
+
+use std::collections::HashMap;
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::LayerNorm;
@@ -97,31 +101,26 @@ impl ClipText {
     }
 
     /// The `ln_final` features at each row's end (`ends`), every row's tokens up to its end
-    /// packed into one matrix on the CPU (the linear layers run over all of them at once).
+    /// packed into one matrix on the CPU (the linear layers run over all of them at once), the
+    /// tokens that begin several rows alike once.
     fn pooled_packed(&self, rows: &[Vec<u32>], ends: &[usize]) -> Result<Tensor> {
         let width = self.positional_embedding.dim(1)?;
-        let mut ids = Vec::new();
-        let mut spans = Vec::with_capacity(rows.len());
-        for (r, &end) in rows.iter().zip(ends) {
-            let start = ids.len();
-            ids.extend_from_slice(&r[..=end]);
-            spans.push(start..ids.len());
-        }
-        let n = ids.len();
-        let ids = Tensor::from_vec(ids, n, &Device::Cpu)?;
+        let tree = PrefixTree::of(rows.iter().zip(ends).map(|(r, &end)| &r[..=end]));
+        let n = tree.ids.len();
+        let ids = Tensor::from_vec(tree.ids, n, &Device::Cpu)?;
         let mut x = self
             .token_embedding
             .index_select(&ids, 0)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let pos = self.positional_embedding.flatten_all()?.to_vec1::<f32>()?;
-        for s in &spans {
-            let rows = &mut x[s.start * width..s.end * width];
-            for (x, p) in rows.chunks_mut(width).zip(pos.chunks(width)) {
-                x.iter_mut().zip(p).for_each(|(x, p)| *x += p);
-            }
+        for (x, &p) in x.chunks_mut(width).zip(&tree.positions) {
+            let p = &pos[p * width..(p + 1) * width];
+            x.iter_mut().zip(p).for_each(|(x, p)| *x += p);
         }
-        let last = self.transformer.forward_packed_last(&mut x, &spans)?;
+        let last = self
+            .transformer
+            .forward_packed_last(&mut x, &tree.parents, &tree.ends)?;
         let last = Tensor::from_vec(last, (rows.len(), width), &Device::Cpu)?;
         Ok(self.ln_final.forward(&last)?)
     }
@@ -175,5 +174,66 @@ impl ClipText {
             .collect();
         let mask = Tensor::from_vec(mask, (len, len), device)?;
         Ok(self.transformer.forward(&x, Some(&mask))?)
+    }
+}
+
+/// Token sequences stored as a prefix tree: each distinct opening once, in first-seen order
+/// (so a token's parent comes before it).
+#[derive(Debug, PartialEq)]
+struct PrefixTree {
+    /// Each token's id.
+    ids: Vec<u32>,
+    /// Each token's position in its sequences.
+    positions: Vec<usize>,
+    /// The token before each one, `None` at position 0.
+    parents: Vec<Option<usize>>,
+    /// The last token of each sequence, in order.
+    ends: Vec<usize>,
+}
+
+impl PrefixTree {
+    fn of<'a>(sequences: impl Iterator<Item = &'a [u32]>) -> Self {
+        let mut tree = PrefixTree {
+            ids: Vec::new(),
+            positions: Vec::new(),
+            parents: Vec::new(),
+            ends: Vec::new(),
+        };
+        let mut children: HashMap<(Option<usize>, u32), usize> = HashMap::new();
+        for s in sequences {
+            let mut at = None;
+            for (p, &id) in s.iter().enumerate() {
+                let next = *children.entry((at, id)).or_insert_with(|| {
+                    tree.ids.push(id);
+                    tree.positions.push(p);
+                    tree.parents.push(at);
+                    tree.ids.len() - 1
+                });
+                at = Some(next);
+            }
+            tree.ends.extend(at);
+        }
+        tree
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_tree_stores_each_opening_once() {
+        // [1 2 3], [1 2 4], [1 2] (inside the first), [5], [1 2 3] again.
+        let rows: [&[u32]; 5] = [&[1, 2, 3], &[1, 2, 4], &[1, 2], &[5], &[1, 2, 3]];
+        let tree = PrefixTree::of(rows.into_iter());
+        assert_eq!(
+            tree,
+            PrefixTree {
+                ids: vec![1, 2, 3, 4, 5],
+                positions: vec![0, 1, 2, 2, 0],
+                parents: vec![None, Some(0), Some(1), Some(1), None],
+                ends: vec![2, 3, 1, 4, 2],
+            }
+        );
     }
 }

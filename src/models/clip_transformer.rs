@@ -4,7 +4,6 @@
 //! width read from `c_fc`), LayerNorm eps 1e-5. Also the [`attention`] and weight helpers the
 //! ResNet's attention pool uses. (ViT image towers run on [`super::clip_vision`].)
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::{Module, Tensor, D};
@@ -150,13 +149,10 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
         .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, b)| *a += b));
 }
 
-/// The row of `x` (`[tokens, width]`) at the last token of each of `spans` (which end at
-/// `tokens`): `[spans, width]`.
-fn last_rows(x: &[f32], spans: &[Range<usize>]) -> Vec<f32> {
-    let width = x.len() / spans.last().map_or(1, |s| s.end.max(1));
-    spans
-        .iter()
-        .flat_map(|s| &x[(s.end - 1) * width..s.end * width])
+/// The rows of `x` (`[tokens, width]`) at `ends`: `[ends, width]`.
+fn last_rows(x: &[f32], ends: &[usize], width: usize) -> Vec<f32> {
+    ends.iter()
+        .flat_map(|&t| &x[t * width..(t + 1) * width])
         .copied()
         .collect()
 }
@@ -257,37 +253,40 @@ impl Block {
         x + h
     }
 
-    /// [`Block::forward`] on the CPU over sequences packed end to end: `x` `[tokens, width]`,
-    /// causal attention within each of `spans`.
-    fn forward_packed(&self, x: &mut [f32], spans: &[Range<usize>]) -> candle_core::Result<()> {
-        let a = self.attend_packed(x, spans)?;
+    /// [`Block::forward`] on the CPU over sequences packed into a prefix tree: `x` `[tokens,
+    /// width]`, each token attending to its sequence up to itself (`parents`, as
+    /// [`packed_attention::causal_self_attention`] takes them).
+    fn forward_packed(&self, x: &mut [f32], parents: &[Option<usize>]) -> candle_core::Result<()> {
+        let a = self.attend_packed(x, parents)?;
         self.finish_packed(x, &a)?;
         conv_bf16::recycle(a);
         Ok(())
     }
 
-    /// [`Block::forward_packed`] of the last token of each span only (`[spans, width]`): the
-    /// other tokens' keys and values are computed, but not their projections and MLP.
+    /// [`Block::forward_packed`] of the tokens at `ends` only (`[ends, width]`): the other
+    /// tokens' keys and values are computed, but not their projections and MLP.
     fn forward_packed_last(
         &self,
         x: &[f32],
-        spans: &[Range<usize>],
+        parents: &[Option<usize>],
+        ends: &[usize],
     ) -> candle_core::Result<Vec<f32>> {
-        let a = self.attend_packed(x, spans)?;
-        let (mut x_last, a_last) = (last_rows(x, spans), last_rows(&a, spans));
+        let a = self.attend_packed(x, parents)?;
+        let w = self.width;
+        let (mut x_last, a_last) = (last_rows(x, ends, w), last_rows(&a, ends, w));
         conv_bf16::recycle(a);
         self.finish_packed(&mut x_last, &a_last)?;
         Ok(x_last)
     }
 
     /// The attention half before its output projection: `attn(ln_1(x))` `[tokens, width]`.
-    fn attend_packed(&self, x: &[f32], spans: &[Range<usize>]) -> candle_core::Result<Vec<f32>> {
+    fn attend_packed(&self, x: &[f32], parents: &[Option<usize>]) -> candle_core::Result<Vec<f32>> {
         // Each intermediate goes back to the pool once used (fresh memory costs page faults).
         let h = layer_norm_rows(&self.ln_1, x)?;
         let qkv = self.in_proj.forward_rows(&h, Act::Identity)?;
         conv_bf16::recycle(h);
         let mut a = conv_bf16::scratch(x.len());
-        packed_attention::causal_self_attention(&qkv, spans, self.heads, self.width, &mut a);
+        packed_attention::causal_self_attention(&qkv, parents, self.heads, self.width, &mut a);
         conv_bf16::recycle(qkv);
         Ok(a)
     }
@@ -347,22 +346,24 @@ impl ClipTransformer {
         Ok(x)
     }
 
-    /// The causal transformer on the CPU over sequences packed end to end, `x` `[tokens,
-    /// width]` (overwritten), each token attending to the tokens of its span (of `spans`, which
-    /// cover the tokens in order) up to itself; the linear layers run over all tokens at once.
-    /// Returns the outputs at the last token of each span, `[spans, width]` (what CLIP's text
-    /// tower reads): the last layer computes no others.
+    /// The causal transformer on the CPU over sequences packed into a prefix tree, `x`
+    /// `[tokens, width]` (overwritten): `parents[t]` is the token before `t` in its sequence
+    /// (`None` where `t` begins one; a token shared by sequences that begin alike is computed
+    /// once), and each token attends to its sequence up to itself; the linear layers run over
+    /// all tokens at once. Returns the outputs at `ends` (each sequence's last token), `[ends,
+    /// width]` (what CLIP's text tower reads): the last layer computes no others.
     pub(crate) fn forward_packed_last(
         &self,
         x: &mut [f32],
-        spans: &[Range<usize>],
+        parents: &[Option<usize>],
+        ends: &[usize],
     ) -> candle_core::Result<Vec<f32>> {
         let Some((last, rest)) = self.blocks.split_last() else {
-            return Ok(last_rows(x, spans));
+            return Ok(last_rows(x, ends, x.len() / parents.len().max(1)));
         };
         for b in rest {
-            b.forward_packed(x, spans)?;
+            b.forward_packed(x, parents)?;
         }
-        last.forward_packed_last(x, spans)
+        last.forward_packed_last(x, parents, ends)
     }
 }
