@@ -11,15 +11,17 @@ built too, since the project loads whole CLIP files) with random weights, as a s
    all N differ) in batches, fp32 and under `torch.autocast("cpu", bfloat16)`,
    with torch threads = cores; captions per second;
 2. this project: `target/release/smallcap datastore build --captions … --encoder PERFDIR/rn50x64.pt
-   --batch-size B --encoder-precision P` of the same captions for P in `--precisions` (wall time,
+   --encoder-precision P` (its default batch size unless `--project-batch`) of the same captions for P in `--precisions` (wall time,
    minus a build of one caption for the load); and the largest difference between its stored
    rows and the reference's normalised fp32 features, and whether every caption's top-4 among the
-   others agrees. It also prints how many tokens the project's prefix trees compute: each
-   batch's distinct caption openings (the start token, a shared "a photo of", once).
+   others agrees. It also prints how many tokens the project's prefix trees compute: in each
+   pack of a batch's sorted captions, the distinct openings (the start token, a shared "a photo
+   of", once).
 """
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +33,8 @@ import torch
 ap = argparse.ArgumentParser()
 ap.add_argument("perfdir")
 ap.add_argument("--n", type=int, default=512)
-ap.add_argument("--batch", type=int, default=256)
+ap.add_argument("--batch", type=int, default=256, help="the reference's batch size")
+ap.add_argument("--project-batch", type=int, help="this project's --batch-size (default: its own default)")
 ap.add_argument("--precisions", default="f32,bf16", help="this project's --encoder-precision values")
 args = ap.parse_args()
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,16 +100,20 @@ captions_file = os.path.join(args.perfdir, f"captions_{args.n}.json")
 json.dump(texts, open(captions_file, "w"))
 tokens = tokenize(texts, truncate=True)
 print(json.dumps({"captions": args.n, "mean_tokens_with_sot_eot": float((tokens != 0).sum(1).float().mean())}))
-# Distinct openings per batch (what the project's prefix trees compute): every caption's tokens up to
-# its EOT (the arg-max id), those that begin several captions of a batch alike counted once.
+exe = os.path.join(repo, "target/release/smallcap")
+if args.project_batch is None:
+    usage = subprocess.run([exe, "datastore", "build", "--help"], capture_output=True, text=True, check=True).stdout
+    args.project_batch = int(re.search(r"--batch-size[^\[]*\[default: (\d+)\]", usage).group(1))
+# The tokens the project computes: each batch's captions (up to the EOT, the arg-max id) sorted and
+# packed 256 at a time (`clip_text::PACKED_ROWS`), the tokens that begin several captions of a pack
+# alike counted once.
 openings = 0
-for i in range(0, args.n, args.batch):
-    seen = set()
-    for row in tokens[i:i + args.batch].tolist():
-        end = row.index(max(row))
-        seen.update(tuple(row[:j + 1]) for j in range(end + 1))
-    openings += len(seen)
-print(json.dumps({"tokens_up_to_eot": int((tokens != 0).sum()), "distinct_openings_in_batches": openings}))
+for i in range(0, args.n, args.project_batch):
+    batch = sorted(row[:row.index(max(row)) + 1] for row in tokens[i:i + args.project_batch].tolist())
+    for j in range(0, len(batch), 256):
+        openings += len({tuple(row[:k + 1]) for row in batch[j:j + 256] for k in range(len(row))})
+print(json.dumps({"project_batch": args.project_batch, "tokens_up_to_eot": int((tokens != 0).sum()),
+                  "tokens_computed": openings}))
 
 
 def reference(autocast):
@@ -125,14 +132,13 @@ print(json.dumps({"reference": "fp32", "seconds": round(dt32, 2), "captions_per_
 dt16, _ = reference(True)
 print(json.dumps({"reference": "autocast bf16", "seconds": round(dt16, 2), "captions_per_s": round(args.n / dt16, 1)}))
 
-exe = os.path.join(repo, "target/release/smallcap")
-
 
 def build(captions, out, batch, precision):
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     subprocess.run([exe, "datastore", "build", "--captions", captions, "--encoder", weights, "--out", out,
-                    "--batch-size", str(batch), "--encoder-precision", precision], check=True, stderr=subprocess.DEVNULL)
+                    "--encoder-precision", precision] + (["--batch-size", str(batch)] if batch else []),
+                   check=True, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
 
 
@@ -140,7 +146,7 @@ one = os.path.join(args.perfdir, "one.json")
 json.dump(texts[:1], open(one, "w"))
 for precision in args.precisions.split(","):
     load = build(one, os.path.join(args.perfdir, "store-one"), 1, precision)
-    wall = build(captions_file, os.path.join(args.perfdir, "store"), args.batch, precision)
+    wall = build(captions_file, os.path.join(args.perfdir, "store"), args.project_batch, precision)
     ours = np.fromfile(os.path.join(args.perfdir, "store", "embeddings.bin"), dtype="<f4").reshape(args.n, -1)
     diff = float(np.abs(ours - ref).max())
     sims_ref, sims_ours = ref @ ref.T, ours @ ours.T

@@ -116,6 +116,28 @@ fn built_store_matches_the_reference_embeddings_and_faiss_top_k() {
     assert_eq!(res.len(), 11);
 }
 
+/// The default batch (4096) takes all 588 captions at once: the text tower sorts them and packs
+/// 256 at a time, the captions that begin alike sharing their first tokens' work. Each row is
+/// the reference's, and byte for byte what batches of 100 store.
+#[test]
+fn one_large_batch_stores_the_reference_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (large, small) = (tmp.path().join("large"), tmp.path().join("small"));
+    let mut cmd = smallcap();
+    cmd.args(["datastore", "build", "--captions"])
+        .arg(rfix("datastore_captions.json"))
+        .arg("--encoder")
+        .arg(encoder())
+        .arg("--out")
+        .arg(&large);
+    run(&mut cmd);
+    let worst = common::store_rows_vs_reference(&large, 32);
+    assert!(worst < 1e-4, "a caption's relative error is {worst}");
+    run(&mut build(&small, &rfix("datastore_captions.json"), &[]));
+    let rows = |dir: &Path| std::fs::read(dir.join("embeddings.bin")).unwrap();
+    assert!(rows(&large) == rows(&small), "rows depend on the batch");
+}
+
 #[test]
 fn text_queries_on_the_faiss_file() {
     let c = cases();

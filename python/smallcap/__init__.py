@@ -248,14 +248,15 @@ class Datastore:
         captions: Union[str, os.PathLike, Sequence[str]],
         encoder: str,
         out: Union[str, os.PathLike],
-        batch_size: int = 256,
+        batch_size: Optional[int] = None,
         f16: bool = False,
         device: str = "cpu",
         encoder_precision: str = "f32",
     ) -> "Datastore":
         """Encodes ``captions`` (a file: text lines, JSON list, COCO or Karpathy annotations; or
         a list of strings) with the retrieval encoder ``encoder`` into a new datastore folder
-        ``out``, as ``smallcap datastore build`` (an interrupted build resumes).
+        ``out``, as ``smallcap datastore build`` (an interrupted build resumes after its last whole
+        batch of ``batch_size`` captions, by default 4096).
         ``encoder_precision="bf16"`` encodes faster with embeddings within about 1e-3 of f32's."""
         path, texts = _captions_args(captions)
         return cls(
@@ -268,7 +269,7 @@ class Datastore:
         store: Union[str, os.PathLike],
         captions: Union[str, os.PathLike, Sequence[str]],
         encoder: Optional[str] = None,
-        batch_size: int = 256,
+        batch_size: Optional[int] = None,
         device: str = "cpu",
         encoder_precision: str = "f32",
     ) -> "Datastore":

@@ -38,7 +38,7 @@ class Store:
         encoder: str,
         path: Optional[str],
         texts: Optional[List[str]],
-        batch_size: int,
+        batch_size: Optional[int],
         f16: bool,
         encoder_precision: str,
         device: str,
@@ -49,7 +49,7 @@ class Store:
         encoder: Optional[str],
         path: Optional[str],
         texts: Optional[List[str]],
-        batch_size: int,
+        batch_size: Optional[int],
         encoder_precision: str,
         device: str,
     ) -> "Store": ...

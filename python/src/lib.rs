@@ -17,7 +17,9 @@ use std::time::Duration;
 use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use smallcap::retrieval::build::{add_to_datastore, build_datastore, BuildOptions};
+use smallcap::retrieval::build::{
+    add_to_datastore, build_datastore, BuildOptions, DEFAULT_BATCH_SIZE,
+};
 use smallcap::retrieval::{CaptionStore, RetrievalEncoder};
 use smallcap::{
     EncoderPrecision, Error, GenerationConfig, ImageInput, Pipeline, PipelineCaption,
@@ -345,7 +347,7 @@ impl Store {
         encoder: String,
         path: Option<PathBuf>,
         texts: Option<Vec<String>>,
-        batch_size: usize,
+        batch_size: Option<usize>,
         f16: bool,
         encoder_precision: &str,
         device: &str,
@@ -358,7 +360,7 @@ impl Store {
             let caps = caption_records(path, texts)?;
             let enc = RetrievalEncoder::load_for_texts(&encoder, &device, precision)?;
             let opts = BuildOptions {
-                batch_size,
+                batch_size: batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
                 dtype: if f16 { Dtype::F16 } else { Dtype::F32 },
                 stop_after_batches: None,
             };
@@ -379,7 +381,7 @@ impl Store {
         encoder: Option<String>,
         path: Option<PathBuf>,
         texts: Option<Vec<String>>,
-        batch_size: usize,
+        batch_size: Option<usize>,
         encoder_precision: &str,
         device: &str,
     ) -> PyResult<Self> {
@@ -396,7 +398,7 @@ impl Store {
             let enc = RetrievalEncoder::load_for_texts(&spec, &device, precision)?;
             let caps = caption_records(path, texts)?;
             let opts = BuildOptions {
-                batch_size,
+                batch_size: batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
                 dtype: ds.dtype(),
                 stop_after_batches: None,
             };

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use smallcap::hub;
 use smallcap::retrieval::build::{
     add_to_datastore, build_datastore, dedup, filter_by_gpt2_length, recorded_encoder_spec,
-    BuildOptions, MAX_CAPTION_TOKENS,
+    BuildOptions, DEFAULT_BATCH_SIZE, MAX_CAPTION_TOKENS,
 };
 use smallcap::retrieval::{DatastoreSpec, RetrievalEncoder};
 use smallcap::Tokenizer;
@@ -65,8 +65,8 @@ struct FilterArgs {
     /// Keep only the first caption of each distinct text.
     #[arg(long)]
     dedup: bool,
-    /// Captions encoded per batch.
-    #[arg(long, default_value_t = 256)]
+    /// Captions encoded per batch (an interrupted build resumes after the last whole one).
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: usize,
 }
 
