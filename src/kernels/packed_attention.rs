@@ -49,7 +49,8 @@ pub fn causal_self_attention(
     out.par_chunks_mut(CHUNK * width)
         .enumerate()
         .for_each(|(c, out)| {
-            let mut chain = Vec::new();
+            // Buffers reused by the chunk's tokens.
+            let (mut chain, mut q, mut p) = (Vec::new(), vec![0f32; width / heads], Vec::new());
             for (k, out) in out.chunks_mut(width).enumerate() {
                 let t = c * CHUNK + k;
                 chain.clear();
@@ -59,18 +60,25 @@ pub fn causal_self_attention(
                     at = parents[a];
                 }
                 chain.reverse();
-                one_token(qkv, &chain, heads, width, out);
+                p.resize(chain.len(), 0.0);
+                one_token(qkv, &chain, heads, width, &mut q, &mut p, out);
             }
         });
 }
 
 /// One token's output `[width]`, attending to `chain` (its sequence's tokens from the first up
-/// to itself).
-fn one_token(qkv: &[f32], chain: &[usize], heads: usize, width: usize, out: &mut [f32]) {
+/// to itself); `q` (one head's width) and `p` (one value per chain token) are scratch.
+fn one_token(
+    qkv: &[f32],
+    chain: &[usize],
+    heads: usize,
+    width: usize,
+    q: &mut [f32],
+    p: &mut [f32],
+    out: &mut [f32],
+) {
     let d = width / heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut q = vec![0f32; d];
-    let mut p = vec![0f32; chain.len()];
     let i = *chain.last().expect("a chain ends at its token");
     for h in 0..heads {
         let at = |row: usize, which: usize| &qkv[row * 3 * width + which * width + h * d..][..d];
@@ -79,7 +87,7 @@ fn one_token(qkv: &[f32], chain: &[usize], heads: usize, width: usize, out: &mut
         }
         let mut max = f32::NEG_INFINITY;
         for (&j, p) in chain.iter().zip(p.iter_mut()) {
-            *p = dot(&q, at(j, 1));
+            *p = dot(q, at(j, 1));
             max = max.max(*p);
         }
         let mut sum = 0f32;
@@ -89,7 +97,7 @@ fn one_token(qkv: &[f32], chain: &[usize], heads: usize, width: usize, out: &mut
         }
         let o = &mut out[h * d..][..d];
         o.fill(0.0);
-        for (&j, &pj) in chain.iter().zip(&p) {
+        for (&j, &pj) in chain.iter().zip(p.iter()) {
             let pj = pj / sum;
             for (o, &v) in o.iter_mut().zip(at(j, 2)) {
                 *o += pj * v;
