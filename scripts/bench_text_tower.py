@@ -11,10 +11,10 @@ built too, since the project loads whole CLIP files) with random weights, as a s
    all N differ) in batches, fp32 and under `torch.autocast("cpu", bfloat16)`,
    with torch threads = cores; captions per second;
 2. this project: `target/release/smallcap datastore build --captions … --encoder PERFDIR/rn50x64.pt
-   --encoder-precision P` (its default batch size unless `--project-batch`) of the same captions for P in `--precisions` (wall time,
-   minus a build of one caption for the load); and the largest difference between its stored
-   rows and the reference's normalised fp32 features, and whether every caption's top-4 among the
-   others agrees. It also prints how many tokens the project's prefix trees compute: in each
+   --encoder-precision P` (at its default batch size unless `--project-batch`) of the same
+   captions for P in `--precisions` (wall time, minus a build of one caption for the load); and
+   the largest difference between its stored rows and the reference's normalised fp32 features,
+   and whether every caption's top-4 among the others agrees. It also prints how many tokens the project's prefix trees compute: in each
    pack of a batch's sorted captions, the distinct openings (the start token, a shared "a photo
    of", once).
 """
