@@ -459,18 +459,27 @@ impl ModifiedResNet {
         if let ConvKernel::Blocks(level, _) = self.kernel {
             return self.forward_nhwc(level, x);
         }
-        let mut x = x.clone();
-        for c in &self.stem {
-            x = c.forward(&x)?.relu()?;
-        }
-        x = x.avg_pool2d(2)?;
-        for stage in &self.stages {
-            for b in stage {
-                x = b.forward(&x)?;
-            }
-        }
-        // NCHW → [B, HW, C].
-        self.attnpool.forward(&x.flatten_from(2)?.transpose(1, 2)?)
+        // One image at a time through the convolutions, as on the bf16 blocks: an image is
+        // already a GEMM of thousands of columns, and a batch's im2col buffers (gigabytes for
+        // eight images at 448 px) cost more in page faults than the batch saves (BENCHMARKS.md,
+        // "Exact mode: RN50x64 one image at a time"). Each image's GEMMs are the same either way.
+        let tokens = (0..x.dim(0)?)
+            .map(|i| {
+                let mut x = x.narrow(0, i, 1)?;
+                for c in &self.stem {
+                    x = c.forward(&x)?.relu()?;
+                }
+                x = x.avg_pool2d(2)?;
+                for stage in &self.stages {
+                    for b in stage {
+                        x = b.forward(&x)?;
+                    }
+                }
+                // NCHW → [1, HW, C].
+                x.flatten_from(2)?.transpose(1, 2)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.attnpool.forward(&Tensor::cat(&tokens, 0)?)
     }
 
     /// The tower on NHWC activations through the bf16 blocks, one image at a time (an image
