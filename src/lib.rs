@@ -23,6 +23,7 @@
 
 #![deny(missing_docs)]
 
+pub mod allocator;
 pub mod captioner;
 pub mod checkpoint;
 pub mod config;

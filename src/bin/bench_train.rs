@@ -50,10 +50,17 @@ struct Args {
     /// The decoder's linear products, as `smallcap train --precision`.
     #[arg(long, default_value = "f32")]
     precision: TrainPrecision,
+    /// Leave the allocator's defaults (freed buffers go back to the kernel) instead of
+    /// keeping freed buffers as `smallcap train` does.
+    #[arg(long)]
+    default_allocator: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.default_allocator {
+        smallcap::allocator::keep_freed_buffers();
+    }
     write_random_checkpoint(&args.model_dir, &full_size_config(), 1234)
         .context("writing the random checkpoint")?;
     let device = Device::cuda_if_available(0)?;

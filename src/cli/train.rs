@@ -109,6 +109,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    smallcap::allocator::keep_freed_buffers();
     let device = super::device_or_cpu()?;
     let ann = Annotations::from_file(&args.annotations)?;
     let samples = ann.samples(TRAIN_SPLITS)?;
