@@ -164,6 +164,19 @@ fn faiss_reads_our_files_and_we_read_faiss_files() {
     for (i, c) in cases.iter().enumerate() {
         assert_eq!(ids(&ours[i]), c.2, "{}", c.0);
     }
+    // 61 queries take the GEMM; a batch of up to 32 (a pipeline's 8 images) is scored by dot
+    // products: FAISS's ids either way
+    let few = top_k(
+        &FlatIndex::open(w.join("ours_flat")).unwrap().vectors(),
+        &queries[..cases.len() * d],
+        d,
+        8,
+    )
+    .unwrap();
+    assert_eq!(
+        all_ids(&few),
+        ids_of(&r["flat_ids"])[..cases.len()].to_vec()
+    );
     // FAISS reads our IVF files and its nprobe search equals ours
     for (name, nlist) in [("ours_ivf_full", 16), ("ours_ivf_sprs", 64)] {
         assert_eq!(
