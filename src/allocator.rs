@@ -1,11 +1,11 @@
 //! How the process's allocator treats large freed buffers.
 //!
-//! A training step (and a batch of RN50x64 activations) allocates and frees buffers of several
-//! megabytes by the hundred: candle gives every intermediate gradient a fresh zeroed tensor. By
-//! default glibc hands buffers of this size back to the kernel when they are freed (`munmap`,
-//! or trimming the heap), so the next step's buffer of the same size starts as untouched pages,
-//! and every page costs a fault and a kernel-side clear on first touch (`clear_page_erms` was
-//! 14% of a bf16 training step's profile; BENCHMARKS.md, "Training: freed buffers kept").
+//! A training step allocates and frees buffers of several megabytes by the hundred: candle gives
+//! every intermediate gradient a fresh zeroed tensor. By default glibc hands buffers of this size
+//! back to the kernel when they are freed (`munmap`, or trimming the heap), so the next step's
+//! buffer of the same size starts as untouched pages, and every page costs a fault and a
+//! kernel-side clear on first touch (`clear_page_erms` alone was 5.5% of a bf16 training step's
+//! samples; BENCHMARKS.md, "A second machine: AMD EPYC (Zen 4), no AMX").
 //! [`keep_freed_buffers`] makes the allocator keep them for reuse instead.
 
 /// Largest buffer glibc serves from its heaps rather than its own `mmap` (glibc's own maximum

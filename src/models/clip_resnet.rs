@@ -462,7 +462,7 @@ impl ModifiedResNet {
         // One image at a time through the convolutions, as on the bf16 blocks: an image is
         // already a GEMM of thousands of columns, and a batch's im2col buffers (gigabytes for
         // eight images at 448 px) cost more in page faults than the batch saves (BENCHMARKS.md,
-        // "Exact mode: RN50x64 one image at a time"). Each image's GEMMs are the same either way.
+        // "A second machine: AMD EPYC"). Each image's GEMMs are the same either way.
         let tokens = (0..x.dim(0)?)
             .map(|i| {
                 let mut x = x.narrow(0, i, 1)?;
