@@ -153,26 +153,15 @@ fn faiss_reads_our_files_and_we_read_faiss_files() {
 
     // FAISS reads our flat file: same type, sizes, vectors, and search results
     assert_eq!(r["flat"], serde_json::json!(["IndexFlatIP", 588, 32, true]));
-    let ours = top_k(
-        &FlatIndex::open(w.join("ours_flat")).unwrap().vectors(),
-        &queries,
-        d,
-        8,
-    )
-    .unwrap();
+    let flat = FlatIndex::open(w.join("ours_flat")).unwrap();
+    let ours = top_k(&flat.vectors(), &queries, d, 8).unwrap();
     assert_eq!(all_ids(&ours), ids_of(&r["flat_ids"]));
     for (i, c) in cases.iter().enumerate() {
         assert_eq!(ids(&ours[i]), c.2, "{}", c.0);
     }
     // 61 queries take the GEMM; a batch of up to 32 (a pipeline's 8 images) is scored by dot
     // products: FAISS's ids either way
-    let few = top_k(
-        &FlatIndex::open(w.join("ours_flat")).unwrap().vectors(),
-        &queries[..cases.len() * d],
-        d,
-        8,
-    )
-    .unwrap();
+    let few = top_k(&flat.vectors(), &queries[..cases.len() * d], d, 8).unwrap();
     assert_eq!(
         all_ids(&few),
         ids_of(&r["flat_ids"])[..cases.len()].to_vec()
