@@ -1,6 +1,7 @@
 //! `--encoder-precision`: how the CLIP image towers compute their products.
 //!
-//! `f32` (the default) gives f32 results through f32 GEMMs. `bf16` rounds the operands to bf16
+//! `f32` (the default) gives f32 results through f32 GEMMs (a ResNet's 3×3 convolutions by
+//! Winograd's F(2×2, 3×3), [`crate::kernels::winograd`]). `bf16` rounds the operands to bf16
 //! (as torch's bf16 autocast does) and sums in f32, on AMX where the CPU has it, else AVX-512
 //! BF16, else plain loops: about 4× faster on RN50x64 here, with embeddings that agree with
 //! f32's to about 1e-3 relative on the fixture (more on random full-size weights; see
@@ -55,7 +56,8 @@ impl fmt::Display for EncoderPrecision {
 /// How a convolution tower runs for a precision on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConvKernel {
-    /// f32 GEMMs over NCHW tensors (candle's matmul).
+    /// f32 over NCHW tensors: 3×3 stride-1 convolutions by Winograd's F(2×2, 3×3), the others
+    /// as GEMMs (candle's matmul).
     F32,
     /// The bf16 blocks on NHWC activations, operands split as given.
     Blocks(Level, Split),

@@ -46,7 +46,7 @@ struct Args {
     #[arg(long)]
     no_resnet: bool,
     /// The RN50x64 kernels to time, the first the baseline of the agreement columns: `nchw`
-    /// (f32 GEMMs), `split3` / `split2` (f32 operands split into 3 / 2 bf16 parts on the bf16
+    /// (f32: Winograd 3 × 3 convolutions and GEMMs), `split3` / `split2` (f32 operands split into 3 / 2 bf16 parts on the bf16
     /// blocks), `bf16` (`--encoder-precision bf16`).
     #[arg(long, value_delimiter = ',', default_value = "nchw,split3,split2,bf16")]
     kernels: Vec<String>,

@@ -464,7 +464,8 @@ mod tests {
 
     /// The fixture's ResNet (every convolution shape: the stride-2 stem through im2col, 3 × 3,
     /// 1 × 1, pooling, downsampling, channel counts below 32) against the reference's query
-    /// embeddings, with each kernel this CPU runs: f32 GEMMs and three-part split products
+    /// embeddings, with each kernel this CPU runs: f32 (Winograd 3 × 3 convolutions and GEMMs)
+    /// and three-part split products
     /// within the reference's 1e-4, two parts and bf16 within the bounds BENCHMARKS.md reports.
     #[test]
     fn every_resnet_kernel_matches_the_reference_embeddings() {

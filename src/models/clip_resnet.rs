@@ -5,9 +5,10 @@
 //!
 //! BatchNorm runs in eval mode; each bias-free convolution is folded with the BatchNorm after it
 //! at load time (`w·γ/√(var+ε)`, `β − mean·γ/√(var+ε)`, ε = 1e-5), which computes the same
-//! function with one pass less. Convolutions run as one GEMM per image over an im2col matrix in
-//! the weight's own layout (1×1 convolutions directly on the NCHW input): on RN50x64 at 448 px
-//! this takes about 0.6× the CPU time of candle's `conv2d` (see `bench_retrieval`).
+//! function with one pass less. In f32, the 3×3 stride-1 convolutions (55% of RN50x64's
+//! products) run by Winograd's F(2×2, 3×3) ([`crate::kernels::winograd`]: 2.25× fewer products,
+//! the same function up to rounding), the others as one GEMM per image over an im2col matrix in
+//! the weight's own layout (1×1 convolutions directly on the NCHW input).
 
 use candle_core::Tensor;
 
@@ -16,12 +17,14 @@ use super::clip_weights::Weights;
 use crate::error::Result;
 use crate::kernels::bf16_gemm::Level;
 use crate::kernels::conv_bf16::{runs_directly, Act, Activation, ConvWeights, InputParts, Nhwc};
+use crate::kernels::winograd::Winograd3x3;
 use crate::precision::ConvKernel;
 
 const BN_EPS: f64 = 1e-5;
 
 /// A bias-free convolution followed by BatchNorm, folded into one convolution with a bias:
-/// f32 tensors for candle's NCHW GEMMs, or packed for the bf16 blocks on NHWC activations.
+/// f32 tensors for candle's NCHW GEMMs, f32 filters transformed for Winograd's F(2×2, 3×3) on
+/// NCHW, or packed for the bf16 blocks on NHWC activations.
 #[derive(Debug, Clone)]
 enum ConvBn {
     Nchw {
@@ -30,6 +33,8 @@ enum ConvBn {
         padding: usize,
         stride: usize,
     },
+    /// A 3×3 stride-1 convolution in f32 by Winograd's F(2×2, 3×3), the bias included.
+    Winograd(Box<Winograd3x3>),
     Blocks {
         weights: Box<ConvWeights>,
         c_in: usize,
@@ -59,6 +64,14 @@ impl ConvBn {
         let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
         let bias = (beta - mean.mul(&scale)?)?;
         Ok(match kernel {
+            // The fold happens in the filter transform, on the values as mapped.
+            ConvKernel::F32 if k == 3 && stride == 1 => Self::Winograd(Box::new(Winograd3x3::new(
+                &wts.values(&w_name, &w_shape)?,
+                &scale.to_vec1::<f32>()?,
+                &bias.to_vec1::<f32>()?,
+                cout,
+                cin,
+            ))),
             ConvKernel::F32 => Self::Nchw {
                 weight: wts
                     .get(&w_name, &w_shape)?
@@ -100,6 +113,23 @@ impl ConvBn {
                 padding,
                 stride,
             } => conv2d_gemm(x, weight, *padding, *stride)?.broadcast_add(bias),
+            Self::Winograd(conv) => {
+                let (b, c, h, w) = x.dims4()?;
+                if c != conv.in_channels() {
+                    candle_core::bail!(
+                        "conv: input has {c} channels, the weight expects {}",
+                        conv.in_channels()
+                    );
+                }
+                let images = (0..b)
+                    .map(|i| {
+                        let pixels = x.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+                        let y = conv.forward(&pixels, h, w);
+                        Tensor::from_vec(y, (1, conv.out_channels(), h, w), x.device())
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&images, 0)
+            }
             Self::Blocks { .. } => {
                 candle_core::bail!("a bf16 convolution runs on NHWC activations")
             }
@@ -381,7 +411,7 @@ pub struct ModifiedResNet {
 }
 
 impl ModifiedResNet {
-    /// Loads the tower for `kernel` (f32 NCHW GEMMs, or the packed bf16 blocks).
+    /// Loads the tower for `kernel` (f32 on NCHW, or the packed bf16 blocks).
     pub(crate) fn load(wts: &Weights, d: &ResNetDims, kernel: ConvKernel) -> Result<Self> {
         let w = d.width;
         let p = "visual";
