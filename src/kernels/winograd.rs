@@ -283,17 +283,10 @@ fn output_transform<'a>(
 mod tests {
     use super::*;
 
-    /// A small deterministic generator (xorshift) for test data in [-1, 1).
+    /// Test data uniform in [-1, 1), reproducible from `seed`.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        let mut rng = smallcap_util::rng::SplitMix64(seed);
+        (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
     }
 
     /// The definition, in f64:
@@ -370,7 +363,7 @@ mod tests {
         ];
         for (i, shape) in shapes.into_iter().enumerate() {
             // A wrong tap, tile, band or border is off by about one product: ≥ 1e-3 of the
-            // scale here. Rounding measured 0.4e-7 to 1.4e-7 of it (a few units of f32's
+            // scale here. Rounding measured 0.1e-7 to 1.6e-7 of it (a few units of f32's
             // epsilon, 1.2e-7, through transforms whose coefficients are 0, ±1 and ½).
             let e = relative_error(shape, i as u64 + 1);
             assert!(e <= 5e-7, "{shape:?}: error {e:e} of the scale");
