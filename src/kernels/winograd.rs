@@ -38,6 +38,7 @@ const G: [[f64; 3]; A] = [
     [0.5, -0.5, 0.5],
     [0.0, 0.0, 1.0],
 ];
+
 /// `G (s·g) Gᵀ` for one 3×3 filter `g` (row-major) scaled by `s`, in f64, row-major `A`×`A`.
 fn transform_filter(g: &[f32], s: f32) -> [[f64; A]; A] {
     // G applied to three values (a column of g, then a row of G g).
@@ -129,9 +130,10 @@ impl Winograd3x3 {
                     let rhs = &v[xi * tiles..];
                     // SAFETY: dst is `dst`, the row-major K × tiles slice of `m` for ξ; lhs is the
                     // row-major K × C slice `lhs`; rhs is the C × tiles matrix at offset ξ·tiles of
-                    // `v` ([C][A²][tiles], C·A²·tiles long) with row stride A²·tiles, whose last
-                    // element, (C-1)·A²·tiles + ξ·tiles + tiles - 1, is inside `rhs` (ξ < A²).
-                    // `dst` is written only by this task and overlaps neither input.
+                    // `v` ([C][A²][tiles], C·A²·tiles long) with row stride A²·tiles: its last
+                    // element is v[(C-1)·A²·tiles + ξ·tiles + tiles - 1], inside `v` as ξ < A², so
+                    // the matrix lies within `rhs` (= &v[ξ·tiles..]). `dst` is written only by
+                    // this task and overlaps neither input.
                     unsafe {
                         gemm::gemm(
                             k,
